@@ -1,0 +1,90 @@
+# nsgate: build, install, test.
+#   make                      build launchers, the cffi module and the library tree under build/
+#   make install              install under PREFIX (default /usr/local), setuid root
+#   make install CAPS=1       the same with file capabilities (cap_setuid / cap_setgid) instead
+#   make test                 install, then run the whole test suite (as root)
+#   make demo                 install, then map a user namespace for a demo user
+
+PREFIX     ?= /usr/local
+DESTDIR    ?=
+PYTHON     ?= /usr/bin/python3
+CC         ?= cc
+CAPS       ?= 0
+LIBEXECDIR := $(PREFIX)/libexec/nsgate
+LIBDIR     := $(PREFIX)/lib/nsgate
+BUILD      := build
+PYLIB      := $(BUILD)/lib
+HELPERS    := newuidmap newgidmap getsubids
+CFLAGS     ?= -O2 -g
+HARDEN     := -Wall -Wextra -Werror -std=c11 -D_FORTIFY_SOURCE=2 -fstack-protector-strong \
+              -fPIE -pie -Wl,-z,relro,-z,now
+TEST_VENV  := $(BUILD)/test-venv
+
+.PHONY: all install uninstall test demo bench lint clean check-paths
+
+all: $(addprefix $(BUILD)/bin/,$(HELPERS)) $(PYLIB)/.stamp
+
+check-paths:
+	@case "$(LIBDIR)$(PYTHON)" in *[!A-Za-z0-9/._+-]*) \
+	  echo "PREFIX and PYTHON may hold only [A-Za-z0-9/._+-]" >&2; exit 1;; esac
+	@case "$(PYTHON)" in /*) ;; *) echo "PYTHON must be an absolute path" >&2; exit 1;; esac
+
+$(BUILD)/bin/%: csrc/launcher.c | check-paths
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(HARDEN) -DNSGATE_HELPER='"$*"' -DNSGATE_PYTHON='"$(PYTHON)"' \
+	  -DNSGATE_LIBDIR='"$(LIBDIR)"' -o $@ $<
+
+# The library tree: runtime dependencies (pinned), the nsgate package and the compiled cffi module.
+$(PYLIB)/.stamp: requirements/runtime.txt csrc/sysmodule_build.py $(shell find helpers -name '*.py')
+	rm -rf $(PYLIB) && mkdir -p $(PYLIB) $(BUILD)/ffi
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-compile --only-binary=:all: \
+	  --target $(PYLIB) -r requirements/runtime.txt
+	cp -r helpers/nsgate $(PYLIB)/nsgate
+	find $(PYLIB)/nsgate -name __pycache__ -prune -exec rm -rf {} +
+	PYTHONPATH=$(PYLIB) $(PYTHON) csrc/sysmodule_build.py $(BUILD)/ffi
+	cp $(BUILD)/ffi/_nsgate_sys*.so $(PYLIB)/
+	rm -rf $(PYLIB)/bin
+	touch $@
+
+install: all
+	install -d -m 0755 $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(LIBDIR)
+	rm -rf $(DESTDIR)$(LIBDIR)/*
+	cp -r $(PYLIB)/. $(DESTDIR)$(LIBDIR)/
+	rm -f $(DESTDIR)$(LIBDIR)/.stamp
+	$(PYTHON) -I -m compileall -q -d $(LIBDIR) $(DESTDIR)$(LIBDIR) >/dev/null
+	chown -R 0:0 $(DESTDIR)$(LIBDIR)
+	chmod -R u+rwX,go+rX,go-w $(DESTDIR)$(LIBDIR)
+	install -m 0755 -o 0 -g 0 $(BUILD)/bin/getsubids $(DESTDIR)$(LIBEXECDIR)/getsubids
+ifeq ($(CAPS),1)
+	install -m 0755 -o 0 -g 0 $(BUILD)/bin/newuidmap $(DESTDIR)$(LIBEXECDIR)/newuidmap
+	install -m 0755 -o 0 -g 0 $(BUILD)/bin/newgidmap $(DESTDIR)$(LIBEXECDIR)/newgidmap
+	setcap cap_setuid+ep $(DESTDIR)$(LIBEXECDIR)/newuidmap
+	setcap cap_setgid+ep $(DESTDIR)$(LIBEXECDIR)/newgidmap
+else
+	install -m 4755 -o 0 -g 0 $(BUILD)/bin/newuidmap $(DESTDIR)$(LIBEXECDIR)/newuidmap
+	install -m 4755 -o 0 -g 0 $(BUILD)/bin/newgidmap $(DESTDIR)$(LIBEXECDIR)/newgidmap
+endif
+
+uninstall:
+	rm -rf $(DESTDIR)$(LIBDIR) $(DESTDIR)$(LIBEXECDIR)
+
+demo: install
+	$(PYTHON) -I tools/demo.py $(LIBEXECDIR)
+
+$(TEST_VENV)/.stamp: requirements/test.txt
+	$(PYTHON) -m venv $(TEST_VENV)
+	$(TEST_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements/test.txt
+	touch $@
+
+test: install $(TEST_VENV)/.stamp
+	NSGATE_PREFIX=$(PREFIX) $(TEST_VENV)/bin/python -m pytest -q tests
+
+lint: $(TEST_VENV)/.stamp
+	$(TEST_VENV)/bin/ruff check helpers tests bench tools
+	$(TEST_VENV)/bin/mypy --strict helpers/nsgate
+
+bench: install
+	$(PYTHON) -I bench/bench.py --prefix $(PREFIX)
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,155 @@
+"""Builds nsgate's cffi module `_nsgate_sys`: the system calls Python 3.11 lacks.
+
+Run at build time: `python3 csrc/sysmodule_build.py OUTDIR`. The module is API mode (compiled C),
+so at run time only `_cffi_backend` is needed, never a compiler.
+"""
+
+import sys
+
+from cffi import FFI
+
+CDEF = """
+typedef unsigned int uid_t;
+typedef unsigned int gid_t;
+
+int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4,
+          unsigned long arg5);
+int setns(int fd, int nstype);
+int setfsuid(uid_t fsuid);
+int setfsgid(gid_t fsgid);
+
+int nsg_capget(uint64_t *effective, uint64_t *permitted, uint64_t *inheritable);
+int nsg_capset(uint64_t effective, uint64_t permitted, uint64_t inheritable);
+long nsg_fstatfs_type(int fd);
+
+struct nsg_subid_range { unsigned long start; unsigned long count; };
+int nsg_plugin_open(const char *libname, char *err, size_t errlen);
+int nsg_plugin_has_range(const char *owner, unsigned long start, unsigned long count,
+                         int idtype, bool *result);
+int nsg_plugin_list_ranges(const char *owner, int idtype, struct nsg_subid_range *out,
+                           int max, int *count);
+"""
+
+SOURCE = r"""
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sched.h>
+#include <linux/capability.h>
+#include <sys/fsuid.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+
+static int nsg_capget(uint64_t *effective, uint64_t *permitted, uint64_t *inheritable)
+{
+    struct __user_cap_header_struct head = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct data[2];
+
+    if (syscall(SYS_capget, &head, data) != 0)
+        return -1;
+    *effective = data[0].effective | (uint64_t)data[1].effective << 32;
+    *permitted = data[0].permitted | (uint64_t)data[1].permitted << 32;
+    *inheritable = data[0].inheritable | (uint64_t)data[1].inheritable << 32;
+    return 0;
+}
+
+static int nsg_capset(uint64_t effective, uint64_t permitted, uint64_t inheritable)
+{
+    struct __user_cap_header_struct head = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct data[2] = {
+        { (uint32_t)effective, (uint32_t)permitted, (uint32_t)inheritable },
+        { (uint32_t)(effective >> 32), (uint32_t)(permitted >> 32),
+          (uint32_t)(inheritable >> 32) },
+    };
+    return (int)syscall(SYS_capset, &head, data);
+}
+
+static long nsg_fstatfs_type(int fd)
+{
+    struct statfs st;
+
+    if (fstatfs(fd, &st) != 0)
+        return -1;
+    return (long)st.f_type;
+}
+
+/* shadow's libsubid NSS plugin interface (lib/nss.c, libsubid/subid.h). */
+struct nsg_subid_range { unsigned long start; unsigned long count; };
+typedef int (*has_range_fn)(const char *, unsigned long, unsigned long, int, bool *);
+typedef int (*list_ranges_fn)(const char *, int, struct nsg_subid_range **, int *);
+typedef void (*free_fn)(void *);
+static has_range_fn plugin_has_range;
+static list_ranges_fn plugin_list_ranges;
+static free_fn plugin_free;
+
+static int nsg_plugin_open(const char *libname, char *err, size_t errlen)
+{
+    void *h = dlopen(libname, RTLD_NOW | RTLD_LOCAL);
+
+    if (h == NULL) {
+        snprintf(err, errlen, "%s", dlerror());
+        return -1;
+    }
+    plugin_has_range = (has_range_fn)dlsym(h, "shadow_subid_has_range");
+    plugin_list_ranges = (list_ranges_fn)dlsym(h, "shadow_subid_list_owner_ranges");
+    plugin_free = (free_fn)dlsym(h, "shadow_subid_free");
+    if (plugin_free == NULL)
+        plugin_free = free;
+    if (plugin_has_range == NULL || plugin_list_ranges == NULL) {
+        snprintf(err, errlen, "missing shadow_subid_has_range or shadow_subid_list_owner_ranges");
+        dlclose(h);
+        plugin_has_range = NULL;
+        plugin_list_ranges = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+static int nsg_plugin_has_range(const char *owner, unsigned long start, unsigned long count,
+                                int idtype, bool *result)
+{
+    *result = false;
+    if (plugin_has_range == NULL)
+        return -1;
+    return plugin_has_range(owner, start, count, idtype, result);
+}
+
+static int nsg_plugin_list_ranges(const char *owner, int idtype, struct nsg_subid_range *out,
+                                  int max, int *count)
+{
+    struct nsg_subid_range *ranges = NULL;
+    int n = 0, status;
+
+    *count = 0;
+    if (plugin_list_ranges == NULL)
+        return -1;
+    status = plugin_list_ranges(owner, idtype, &ranges, &n);
+    if (status == 0) {
+        if (n < 0)
+            n = 0;
+        for (int i = 0; i < n && i < max; i++)
+            out[i] = ranges[i];
+        *count = n < max ? n : max;
+    }
+    if (ranges != NULL)
+        plugin_free(ranges);
+    return status;
+}
+"""
+
+
+def builder() -> FFI:
+    ffi = FFI()
+    ffi.cdef(CDEF)
+    ffi.set_source("_nsgate_sys", SOURCE, libraries=["dl"])
+    return ffi
+
+
+if __name__ == "__main__":
+    builder().compile(tmpdir=sys.argv[1] if len(sys.argv) > 1 else ".", verbose=False)

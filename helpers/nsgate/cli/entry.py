@@ -1,0 +1,62 @@
+"""The entry point of every helper: the launcher's fixed code calls `run("newuidmap")`.
+
+Verifies the code it runs before anything else, dispatches, writes the one message, exits. No
+exception ever reaches the user as a traceback.
+"""
+
+import posix
+import sys
+
+HELPERS = ("newuidmap", "newgidmap", "getsubids")
+
+
+def run(prog: str) -> None:
+    status, out, text = 1, "", ""
+    try:
+        status, out, text = _dispatch(prog, sys.argv[1:])
+    except BaseException as err:  # noqa: BLE001 - the last line of defence: never a traceback
+        _drop_privilege()
+        text = f"{prog}: internal error ({type(err).__name__}); nothing more was done\n"
+    _emit(1, out)
+    _emit(2, text)
+    posix._exit(status)
+
+
+def _dispatch(prog: str, argv: list[str]) -> tuple[int, str, str]:
+    """The exit status, the text for stdout and the text for stderr."""
+    from nsgate.errors import Refusal
+    from nsgate.system import integrity
+
+    try:
+        integrity.verify_startup(__file__.rsplit("/", 3)[0])
+    except Refusal as refusal:
+        _drop_privilege()
+        return 1, "", "".join(f"{prog}: {line}\n" for line in (refusal.first, *refusal.details))
+    if prog in ("newuidmap", "newgidmap"):
+        from nsgate.cli import newidmap
+
+        status, text = newidmap.main(prog, argv)
+        return status, "", text
+    if prog == "getsubids":
+        from nsgate.cli import getsubids
+
+        return getsubids.main(argv)
+    return 1, "", f"nsgate: unknown helper {prog!r}\n"
+
+
+def _drop_privilege() -> None:
+    uid, gid = posix.getuid(), posix.getgid()
+    posix.setresgid(gid, gid, gid)
+    posix.setresuid(uid, uid, uid)
+
+
+def _emit(fd: int, text: str) -> None:
+    data = text.encode("utf-8", "surrogateescape")
+    while data:
+        try:
+            written = posix.write(fd, data)
+        except InterruptedError:
+            continue
+        except OSError:
+            return  # nowhere to say it; the exit status still tells
+        data = data[written:]

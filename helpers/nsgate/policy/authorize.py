@@ -1,0 +1,48 @@
+"""Deciding a map request: which triples are allowed, and what that implies (newuidmap.md §5.3, §7).
+
+Pure: the caller's identity and a way to ask "does the caller own these subordinate ids" come in,
+a decision comes out. Nothing here reads a file or makes a system call.
+"""
+
+from __future__ import annotations
+
+from nsgate.policy.idmap_request import Triple
+
+TYPE_CHECKING = False  # typing costs import time on every helper run
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+
+class Decision:
+    """The outcome for a whole request (all or nothing).
+
+    `refused`: the first triple that is not allowed, or None. `allow_setgroups`: some triple was
+    granted through the subordinate ids (else newgidmap must write `deny` to setgroups first,
+    CVE-2018-7169). `maps_host_root`: host id 0 is mapped (CAP_SETFCAP needed for uid_map).
+    """
+
+    __slots__ = ("allow_setgroups", "maps_host_root", "refused")
+
+    def __init__(self, refused: Triple | None, allow_setgroups: bool, maps_host_root: bool):
+        self.refused = refused
+        self.allow_setgroups = allow_setgroups
+        self.maps_host_root = maps_host_root
+
+
+def is_self_map(triple: Triple, self_id: int) -> bool:
+    """The caller's own id, one id long: allowed without any subordinate entry."""
+    return triple.count == 1 and triple.lower == self_id
+
+
+def decide(triples: list[Triple], self_id: int,
+           owns: Callable[[int, int], bool]) -> Decision:
+    """`self_id` is the caller's uid (newuidmap) or real gid (newgidmap); `owns(start, count)`
+    says whether the caller's subordinate ids cover [start, start + count)."""
+    through_subids = False
+    for triple in triples:
+        if is_self_map(triple, self_id):
+            continue
+        if not owns(triple.lower, triple.count):
+            return Decision(triple, through_subids, False)
+        through_subids = True
+    return Decision(None, through_subids, any(t.lower == 0 for t in triples))

@@ -1,0 +1,48 @@
+"""Small system configuration files nsgate honours: /etc/login.defs and /etc/nsswitch.conf."""
+
+from __future__ import annotations
+
+NSS_MODULE_NAME_MAX = 50
+_NSS_NAME_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+def login_defs_value(data: bytes, key: bytes) -> bytes | None:
+    """The value of `key` in login.defs text (shadow's getdef: `NAME value`, `#` comments)."""
+    for line in data.split(b"\n"):
+        fields = line.split(None, 1)
+        if len(fields) == 2 and fields[0] == key:
+            value = fields[1].strip()
+            if value.startswith(b'"'):
+                value = value[1:].split(b'"', 1)[0]
+            return value
+    return None
+
+
+def login_defs_flag(data: bytes, key: bytes) -> bool:
+    value = login_defs_value(data, key)
+    return value is not None and value.lower() == b"yes"
+
+
+class InvalidSubidSource(ValueError):
+    """A `subid:` source name nsgate will not turn into a library name."""
+
+
+def subid_source(nsswitch: bytes) -> bytes | None:
+    """The NSS module named by the first `subid:` line with a value, or None for the files.
+
+    As shadow's lib/nss.c: case-insensitive `subid:` at column 0, first token only, `files`
+    means the files. Unlike shadow, a name that cannot be a library name is an error, not files.
+    """
+    for line in nsswitch.split(b"\n"):
+        if line.startswith(b"#") or line[:6].lower() != b"subid:":
+            continue
+        tokens = line[6:].split()
+        if not tokens:
+            continue
+        name = tokens[0]
+        if name == b"files":
+            return None
+        if len(name) > NSS_MODULE_NAME_MAX or not _NSS_NAME_CHARS.issuperset(name):
+            raise InvalidSubidSource(repr(name[:64])[1:])
+        return name
+    return None

@@ -1,0 +1,93 @@
+"""Who runs this helper, with which privilege, and the credential changes around each action.
+
+Two install modes reach here (newuidmap.md §8.2): setuid root (real uid = caller, effective and
+saved uid 0) and file capabilities (every uid the caller's, the capability carried over by the
+launcher as an ambient capability). Every change of credentials nsgate makes is in this module.
+"""
+
+from __future__ import annotations
+
+import posix
+
+from nsgate.errors import Refusal
+from nsgate.system import kernel
+
+
+class Caller:
+    """The real ids of the process that ran the helper, and how this process holds privilege."""
+
+    __slots__ = ("gid", "setuid_root", "uid")
+
+    def __init__(self) -> None:
+        self.uid = posix.getuid()
+        self.gid = posix.getgid()
+        self.setuid_root = posix.geteuid() == 0
+
+
+def harden_process() -> None:
+    """First thing: no ambient capabilities for anything we might run, no core dumps or ptrace."""
+    kernel.prctl(kernel.PR_CAP_AMBIENT, kernel.PR_CAP_AMBIENT_CLEAR_ALL)
+    kernel.prctl(kernel.PR_SET_DUMPABLE, 0)
+
+
+def require_capability(cap: int) -> None:
+    """Fail before any side effect, naming the reason, when `cap` cannot be had (§11 items 6, 7)."""
+    _, permitted, _ = kernel.capabilities()
+    if permitted & kernel.bit(cap):
+        return
+    name = kernel.CAP_NAMES[cap]
+    if kernel.prctl(kernel.PR_GET_NO_NEW_PRIVS) == 1:
+        raise Refusal(f"cannot get {name}: no_new_privs is set on the calling process: setuid "
+                      "helpers cannot gain privilege under it",
+                      "it is set by NoNewPrivileges= (systemd), --security-opt no-new-privileges "
+                      "(docker, podman), allowPrivilegeEscalation: false (Kubernetes) or "
+                      "setpriv --no-new-privs; run the container runtime without it")
+    if kernel.prctl(kernel.PR_CAPBSET_READ, cap) == 0:
+        raise Refusal(f"cannot get {name}: it is not in the capability bounding set of the "
+                      "calling process",
+                      f"something started this process with {name} dropped from the bounding set "
+                      "(a container or a service unit): add it back there")
+    raise Refusal(f"cannot get {name}: the launcher is not setuid root and has no file "
+                  "capabilities",
+                  "the setuid bit or the file capabilities were lost (copied without them, or a "
+                  "nosuid file system): reinstall nsgate (make install), or restore them with "
+                  "chmod 4755 on the helper")
+
+
+def has_capability(cap: int) -> bool:
+    _, permitted, _ = kernel.capabilities()
+    return bool(permitted & kernel.bit(cap))
+
+
+def act_as_caller(caller: Caller) -> None:
+    """Effective uid = the caller's, no effective capabilities: the kernel checks the caller."""
+    if caller.setuid_root:
+        posix.seteuid(caller.uid)  # from 0: clears the effective set, the saved uid keeps 0
+    if caller.uid != 0:
+        _, permitted, _ = kernel.capabilities()
+        kernel.set_capabilities(0, permitted)
+
+
+def act_as_root(caller: Caller) -> None:
+    """Back to full privilege for reading root's files (setuid mode; a no-op with file caps)."""
+    if caller.setuid_root:
+        posix.seteuid(0)
+
+
+def become_map_writer(caller: Caller, caps: list[int]) -> None:
+    """The reference's sequence before opening a map file: euid = caller, and effective =
+    permitted = exactly `caps`, nothing inheritable (newuidmap.md §8.2, security-cases A7)."""
+    if caller.setuid_root:
+        posix.seteuid(0)
+        posix.seteuid(caller.uid)
+    mask = 0
+    for cap in caps:
+        mask |= kernel.bit(cap)
+    kernel.set_capabilities(mask, mask, 0)
+
+
+def drop_all(caller: Caller) -> None:
+    """Irreversibly become the caller, with no capabilities: before any output is written."""
+    posix.setresgid(caller.gid, caller.gid, caller.gid)
+    posix.setresuid(caller.uid, caller.uid, caller.uid)
+    kernel.set_capabilities(0, 0, 0)

@@ -1,0 +1,83 @@
+"""Opening the system files nsgate trusts: no symlinks, regular files, root-owned, not writable
+by group or others (security-cases C11). Content is handed to the policy modules as bytes."""
+
+from __future__ import annotations
+
+import posix
+
+from nsgate.errors import Refusal
+
+TYPE_CHECKING = False  # typing costs import time on every helper run
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+CHUNK = 1 << 20
+_OPEN_FLAGS = (posix.O_RDONLY | posix.O_NOCTTY | posix.O_NONBLOCK | posix.O_NOFOLLOW
+               | posix.O_CLOEXEC)
+_S_IFMT = 0o170000
+_S_IFREG = 0o100000
+
+
+def open_trusted(path: str) -> int | None:
+    """An fd on `path`, or None if it does not exist; a Refusal if it cannot be trusted."""
+    try:
+        fd = posix.open(path, _OPEN_FLAGS)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        details = []
+        if err.errno == 40:  # ELOOP
+            details.append(f"{path} is a symbolic link: like shadow, nsgate does not follow it; "
+                           "replace it with a regular file")
+        raise Refusal(f"cannot open {path}: {err.strerror}", *details) from None
+    try:
+        _check_trusted(fd, path)
+    except BaseException:
+        posix.close(fd)
+        raise
+    return fd
+
+
+def _check_trusted(fd: int, path: str) -> None:
+    st = posix.fstat(fd)
+    if st.st_mode & _S_IFMT != _S_IFREG:
+        raise Refusal(f"cannot open {path}: not a regular file")
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        raise Refusal(f"refusing to trust {path}: owner uid {st.st_uid}, mode "
+                      f"{st.st_mode & 0o7777:04o}",
+                      f"{path} decides who may use which ids: it must be owned by root and not "
+                      f"writable by group or others (chown root: {path}; chmod go-w {path})")
+    directory = path.rsplit("/", 1)[0] or "/"
+    dst = posix.stat(directory)
+    if dst.st_uid != 0 or dst.st_mode & 0o022:
+        raise Refusal(f"refusing to trust {path}: its directory {directory} is owned by uid "
+                      f"{dst.st_uid} with mode {dst.st_mode & 0o7777:04o}")
+
+
+def chunks(fd: int) -> Iterator[bytes]:
+    """The file's content in chunks of at most CHUNK bytes, from the start."""
+    posix.lseek(fd, 0, 0)
+    while True:
+        data = posix.read(fd, CHUNK)
+        if not data:
+            return
+        yield data
+
+
+def read_small(path: str, limit: int = 1 << 20) -> bytes | None:
+    """The whole of a small trusted file (login.defs, nsswitch.conf), or None if absent."""
+    fd = open_trusted(path)
+    if fd is None:
+        return None
+    parts = []
+    try:
+        for part in chunks(fd):
+            parts.append(part)
+            if sum(map(len, parts)) > limit:
+                break
+    finally:
+        posix.close(fd)
+    data = b"".join(parts)
+    if len(data) > limit:
+        raise Refusal(f"{path} is larger than {limit} bytes: refusing to read it")
+    return data

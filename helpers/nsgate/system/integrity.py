@@ -1,0 +1,75 @@
+"""Before anything else: the code this process runs must come only from root-owned files in
+root-owned directories that neither group nor others can write (security-cases C3).
+
+Checked: the interpreter, every directory on sys.path and each of its ancestors, the nsgate
+package tree (before any of it is imported beyond this module), and every module loaded so far.
+`verify_loaded_modules` runs again right before the first side effect, to cover later imports.
+"""
+
+from __future__ import annotations
+
+import posix
+import sys
+
+from nsgate.errors import Refusal
+
+_checked: set[str] = set()
+
+
+def _check(path: str) -> None:
+    if path in _checked:
+        return
+    try:
+        st = posix.stat(path)
+    except OSError as err:
+        raise Refusal(f"refusing to run: cannot check {path}: {err.strerror}") from None
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        raise Refusal(f"refusing to run: {path} is owned by uid {st.st_uid} with mode "
+                      f"{st.st_mode & 0o7777:04o}",
+                      "code that runs as root must be owned by root and not writable by group or "
+                      "others: reinstall nsgate, or fix the owner and mode of that path")
+    _checked.add(path)
+
+
+def _check_with_ancestors(path: str) -> None:
+    while path not in ("", "/"):
+        _check(path)
+        path = path.rsplit("/", 1)[0]
+    _check("/")
+
+
+def _check_tree(top: str) -> None:
+    _check(top)
+    for entry in posix.scandir(top):
+        if entry.is_dir(follow_symlinks=False):
+            _check_tree(entry.path)
+        else:
+            _check(entry.path)
+
+
+def verify_startup(libdir: str) -> None:
+    """`libdir` holds the nsgate package and the compiled modules it loads."""
+    _check_with_ancestors(posix.readlink("/proc/self/exe"))
+    for entry in sys.path:
+        try:
+            posix.stat(entry)
+        except OSError:
+            continue  # absent (python311.zip): nothing can be imported from it
+        _check_with_ancestors(entry)
+    for item in posix.scandir(libdir):
+        if not item.is_dir(follow_symlinks=False):
+            _check(item.path)
+    _check_tree(libdir + "/nsgate")
+    verify_loaded_modules()
+
+
+def verify_loaded_modules() -> None:
+    for module in list(sys.modules.values()):
+        for attr in ("__file__", "__cached__"):
+            path = getattr(module, attr, None)
+            if isinstance(path, str) and path.startswith("/"):
+                try:
+                    posix.stat(path)
+                except OSError:
+                    continue  # a __cached__ path that was never written
+                _check(path)
