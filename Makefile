@@ -16,11 +16,13 @@ BUILD      := build
 PYLIB      := $(BUILD)/lib
 HELPERS    := newuidmap newgidmap getsubids
 CFLAGS     ?= -O2 -g
+# Static PIE: no dynamic loader runs before the launcher's own checks (LD_* variables, a
+# file limit too low to load libc).
 HARDEN     := -Wall -Wextra -Werror -std=c11 -D_FORTIFY_SOURCE=2 -fstack-protector-strong \
-              -fPIE -pie -Wl,-z,relro,-z,now
+              -fPIE -static-pie -Wl,-z,relro,-z,now
 TEST_VENV  := $(BUILD)/test-venv
 
-.PHONY: all install uninstall test demo bench lint clean check-paths
+.PHONY: all install uninstall test demo bench lint clean check-paths FORCE
 
 all: $(addprefix $(BUILD)/bin/,$(HELPERS)) $(PYLIB)/.stamp
 
@@ -29,7 +31,12 @@ check-paths:
 	  echo "PREFIX and PYTHON may hold only [A-Za-z0-9/._+-]" >&2; exit 1;; esac
 	@case "$(PYTHON)" in /*) ;; *) echo "PYTHON must be an absolute path" >&2; exit 1;; esac
 
-$(BUILD)/bin/%: csrc/launcher.c | check-paths
+# The launchers embed PYTHON and LIBDIR: rebuild them whenever either changes.
+$(BUILD)/launcher.config: FORCE | check-paths
+	@mkdir -p $(@D)
+	@echo '$(PYTHON) $(LIBDIR)' | cmp -s - $@ || echo '$(PYTHON) $(LIBDIR)' > $@
+
+$(BUILD)/bin/%: csrc/launcher.c $(BUILD)/launcher.config
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(HARDEN) -DNSGATE_HELPER='"$*"' -DNSGATE_PYTHON='"$(PYTHON)"' \
 	  -DNSGATE_LIBDIR='"$(LIBDIR)"' -o $@ $<
@@ -54,15 +61,15 @@ install: all
 	$(PYTHON) -I -m compileall -q -d $(LIBDIR) $(DESTDIR)$(LIBDIR) >/dev/null
 	chown -R 0:0 $(DESTDIR)$(LIBDIR)
 	chmod -R u+rwX,go+rX,go-w $(DESTDIR)$(LIBDIR)
-	install -m 0755 -o 0 -g 0 $(BUILD)/bin/getsubids $(DESTDIR)$(LIBEXECDIR)/getsubids
+	install -s -m 0755 -o 0 -g 0 $(BUILD)/bin/getsubids $(DESTDIR)$(LIBEXECDIR)/getsubids
 ifeq ($(CAPS),1)
-	install -m 0755 -o 0 -g 0 $(BUILD)/bin/newuidmap $(DESTDIR)$(LIBEXECDIR)/newuidmap
-	install -m 0755 -o 0 -g 0 $(BUILD)/bin/newgidmap $(DESTDIR)$(LIBEXECDIR)/newgidmap
+	install -s -m 0755 -o 0 -g 0 $(BUILD)/bin/newuidmap $(DESTDIR)$(LIBEXECDIR)/newuidmap
+	install -s -m 0755 -o 0 -g 0 $(BUILD)/bin/newgidmap $(DESTDIR)$(LIBEXECDIR)/newgidmap
 	setcap cap_setuid+ep $(DESTDIR)$(LIBEXECDIR)/newuidmap
 	setcap cap_setgid+ep $(DESTDIR)$(LIBEXECDIR)/newgidmap
 else
-	install -m 4755 -o 0 -g 0 $(BUILD)/bin/newuidmap $(DESTDIR)$(LIBEXECDIR)/newuidmap
-	install -m 4755 -o 0 -g 0 $(BUILD)/bin/newgidmap $(DESTDIR)$(LIBEXECDIR)/newgidmap
+	install -s -m 4755 -o 0 -g 0 $(BUILD)/bin/newuidmap $(DESTDIR)$(LIBEXECDIR)/newuidmap
+	install -s -m 4755 -o 0 -g 0 $(BUILD)/bin/newgidmap $(DESTDIR)$(LIBEXECDIR)/newgidmap
 endif
 
 uninstall:

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #define MAX_ARGS 4096
+#define MIN_FILES 32
 
 static void die(const char *why)
 {
@@ -87,23 +88,38 @@ static void reset_signals(void)
 			die("cannot cancel interval timers");
 }
 
-static void set_limit(int resource, rlim_t value, const char *name)
+/*
+ * Set both limits to `value`. Without CAP_SYS_RESOURCE (file capabilities, or a container that
+ * drops it from the bounding set) a hard limit the caller lowered cannot be raised: then the
+ * soft limit goes as close as it can, and Python fails closed on whatever it cannot do (it
+ * ignores SIGXFSZ and checks every write's length).
+ */
+static void set_limit(int resource, rlim_t value)
 {
 	struct rlimit lim = { value, value };
 
+	if (setrlimit(resource, &lim) == 0)
+		return;
+	if (getrlimit(resource, &lim) != 0)
+		die("getrlimit failed");
+	lim.rlim_cur = lim.rlim_max < value ? lim.rlim_max : value;
 	if (setrlimit(resource, &lim) != 0)
-		die(name);
+		die("cannot set a resource limit");
 }
 
 static void reset_process_state(void)
 {
-	set_limit(RLIMIT_CORE, 0, "cannot set RLIMIT_CORE");
-	set_limit(RLIMIT_FSIZE, RLIM_INFINITY, "cannot raise RLIMIT_FSIZE (lowered by the caller)");
-	set_limit(RLIMIT_AS, RLIM_INFINITY, "cannot raise RLIMIT_AS (lowered by the caller)");
-	set_limit(RLIMIT_DATA, RLIM_INFINITY, "cannot raise RLIMIT_DATA (lowered by the caller)");
-	set_limit(RLIMIT_STACK, 8 << 20, "cannot set RLIMIT_STACK to 8 MiB");
-	set_limit(RLIMIT_NOFILE, 1024, "cannot set RLIMIT_NOFILE to 1024");
-	set_limit(RLIMIT_CPU, RLIM_INFINITY, "cannot raise RLIMIT_CPU (lowered by the caller)");
+	struct rlimit lim;
+
+	set_limit(RLIMIT_CORE, 0);
+	set_limit(RLIMIT_FSIZE, RLIM_INFINITY);
+	set_limit(RLIMIT_AS, RLIM_INFINITY);
+	set_limit(RLIMIT_DATA, RLIM_INFINITY);
+	set_limit(RLIMIT_STACK, 8 << 20);
+	set_limit(RLIMIT_NOFILE, 1024);
+	set_limit(RLIMIT_CPU, RLIM_INFINITY);
+	if (getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur < MIN_FILES)
+		die("RLIMIT_NOFILE is too low to run the helper: raise it");
 	/* Raising a niced priority needs privilege that a file-capabilities install lacks. */
 	if (setpriority(PRIO_PROCESS, 0, 0) != 0 && geteuid() == 0)
 		die("cannot reset the scheduling priority");

@@ -7,15 +7,17 @@ _NSS_NAME_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWX
 
 
 def login_defs_value(data: bytes, key: bytes) -> bytes | None:
-    """The value of `key` in login.defs text (shadow's getdef: `NAME value`, `#` comments)."""
+    """The value of `key` in login.defs text (shadow's getdef: `NAME value`, `#` comments; a
+    later definition overrides an earlier one)."""
+    found = None
     for line in data.split(b"\n"):
         fields = line.split(None, 1)
         if len(fields) == 2 and fields[0] == key:
             value = fields[1].strip()
             if value.startswith(b'"'):
                 value = value[1:].split(b'"', 1)[0]
-            return value
-    return None
+            found = value
+    return found
 
 
 def login_defs_flag(data: bytes, key: bytes) -> bool:

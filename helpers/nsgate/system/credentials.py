@@ -63,7 +63,7 @@ def act_as_caller(caller: Caller) -> None:
     """Effective uid = the caller's, no effective capabilities: the kernel checks the caller."""
     if caller.setuid_root:
         posix.seteuid(caller.uid)  # from 0: clears the effective set, the saved uid keeps 0
-    if caller.uid != 0:
+    else:
         _, permitted, _ = kernel.capabilities()
         kernel.set_capabilities(0, permitted)
 
@@ -77,8 +77,7 @@ def act_as_root(caller: Caller) -> None:
 def become_map_writer(caller: Caller, caps: list[int]) -> None:
     """The reference's sequence before opening a map file: euid = caller, and effective =
     permitted = exactly `caps`, nothing inheritable (newuidmap.md §8.2, security-cases A7)."""
-    if caller.setuid_root:
-        posix.seteuid(0)
+    if posix.geteuid() != caller.uid:
         posix.seteuid(caller.uid)
     mask = 0
     for cap in caps:

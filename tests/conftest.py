@@ -1,0 +1,127 @@
+"""The test sandbox: real kernel, real setuid helpers, nothing of the host touched.
+
+At session start, as root, the pytest process moves into a private mount namespace and lays a
+copy-on-write overlay over /etc (upper layer on a tmpfs), so tests can add users and rewrite
+/etc/subuid, /etc/subgid, /etc/login.defs and /etc/nsswitch.conf freely; the host's files never
+change, and everything vanishes with the namespace. Helpers run as unprivileged test users through
+`setpriv --reuid … --init-groups`, against targets that are those users' own user namespaces.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support import (
+    ALICE,
+    SANDBOX,
+    TEST_GROUPS,
+    TEST_USERS,
+    Target,
+)
+
+CLONE_NEWNS = 0x00020000
+
+
+def _enter_private_mount_namespace() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNS) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+    subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+
+
+def _overlay_etc() -> None:
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "nsgate-test", str(SANDBOX)],
+                   check=True)
+    upper, work = SANDBOX / "etc-upper", SANDBOX / "etc-work"
+    upper.mkdir(mode=0o755)
+    work.mkdir(mode=0o755)
+    os.chmod(upper, 0o755)
+    subprocess.run(["mount", "-t", "overlay", "nsgate-etc", "-o",
+                    f"lowerdir=/etc,upperdir={upper},workdir={work}", "/etc"], check=True)
+
+
+def _add_test_accounts() -> None:
+    with open("/etc/passwd", "a") as passwd:
+        for name, uid, gid in TEST_USERS:
+            passwd.write(f"{name}:x:{uid}:{gid}::/nonexistent:/bin/sh\n")
+    with open("/etc/group", "a") as group:
+        for name, gid, members in TEST_GROUPS:
+            group.write(f"{name}:x:{gid}:{','.join(members)}\n")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sandbox() -> None:
+    if os.geteuid() != 0:
+        pytest.exit("the nsgate tests run as root (they create namespaces and test users)", 2)
+    _enter_private_mount_namespace()
+    SANDBOX.mkdir(parents=True, exist_ok=True)
+    _overlay_etc()
+    _add_test_accounts()
+
+
+@pytest.fixture(autouse=True)
+def clean_config() -> None:
+    """Every test starts from the same /etc: default subid files, stock login.defs/nsswitch."""
+    Path("/etc/subuid").unlink(missing_ok=True)
+    Path("/etc/subgid").unlink(missing_ok=True)
+    Path("/etc/subuid").write_text("nsgt-alice:200000:65536\nnsgt-bob:300000:65536\n")
+    Path("/etc/subgid").write_text("nsgt-alice:200000:65536\nnsgt-bob:300000:65536\n")
+    for name in ("subuid", "subgid"):
+        os.chmod(f"/etc/{name}", 0o644)
+        os.chown(f"/etc/{name}", 0, 0)
+    _restore("/etc/login.defs")
+    _restore("/etc/nsswitch.conf")
+
+
+_originals: dict[str, bytes] = {}
+
+
+def _restore(path: str) -> None:
+    data = _originals.setdefault(path, Path(path).read_bytes())
+    Path(path).write_bytes(data)
+
+
+@pytest.fixture
+def user_dir(request) -> Path:
+    """A fresh directory alice owns, reachable by her (pytest's tmp_path is under root's 0700)."""
+    path = SANDBOX / "users" / request.node.name.replace("/", "_")[:100]
+    subprocess.run(["rm", "-rf", str(path)], check=True)
+    path.mkdir(parents=True)
+    (SANDBOX / "users").chmod(0o755)
+    os.chown(path, ALICE.uid, ALICE.gid)
+    return path
+
+
+@pytest.fixture
+def targets():
+    """Factory: `targets(user)` starts a process of `user` in a new user namespace."""
+    started: list[Target] = []
+
+    def start(user=ALICE, *, net: bool = False) -> Target:
+        target = Target.start(user, net=net)
+        started.append(target)
+        return target
+
+    yield start
+    for target in started:
+        target.stop()
+
+
+@pytest.fixture
+def target(targets) -> Target:
+    return targets(ALICE)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    # Any stray test processes are ours; the mount namespace dies with this process.
+    for pid in Target.live_pids():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -1,0 +1,108 @@
+"""Shared helpers for the tests: test accounts, target processes, running the helpers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+PREFIX = Path(os.environ.get("NSGATE_PREFIX", "/usr/local"))
+NSGATE = PREFIX / "libexec" / "nsgate"
+SHADOW = Path("/usr/bin")  # Debian's uidmap package: the reference
+SANDBOX = Path("/run/nsgate-test")
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    uid: int
+    gid: int
+
+
+ALICE = User("nsgt-alice", 23001, 23001)
+BOB = User("nsgt-bob", 23002, 23002)
+CAROL = User("nsgt-carol", 23003, 23003)  # no subordinate ids by default
+ALICE_ALIAS = User("nsgt-alias", 23001, 23001)  # a second name for alice's uid
+AUX_GID = 23010  # a group alice is a member of
+NOBODY_UID = 23099  # no passwd entry at all
+
+TEST_USERS = [(u.name, u.uid, u.gid) for u in (ALICE, BOB, CAROL, ALICE_ALIAS)]
+TEST_GROUPS = [("nsgt-alice", 23001, []), ("nsgt-bob", 23002, []), ("nsgt-carol", 23003, []),
+               ("nsgt-aux", AUX_GID, ["nsgt-alice"])]
+
+
+def as_user(user: User, argv: list[str], *, gid: int | None = None,
+            extra: tuple[str, ...] = ()) -> list[str]:
+    """argv run as `user` with its groups, as a login would give them."""
+    return ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid if gid is None else gid}",
+            "--init-groups", *extra, "--", *argv]
+
+
+def run_as(user: User, argv: list[str], *, gid: int | None = None,
+           extra: tuple[str, ...] = (), env: dict[str, str] | None = None,
+           timeout: float = 30, **kwargs) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(as_user(user, argv, gid=gid, extra=extra), capture_output=True,
+                          timeout=timeout, env=env, **kwargs)
+
+
+def helper(name: str, impl: str = "nsgate") -> str:
+    return str((NSGATE if impl == "nsgate" else SHADOW) / name)
+
+
+def read_map(pid: int, name: str) -> list[tuple[int, int, int]]:
+    text = Path(f"/proc/{pid}/{name}").read_text()
+    return [tuple(int(x) for x in line.split()) for line in text.splitlines()]  # type: ignore[misc]
+
+
+def setgroups(pid: int) -> str:
+    return Path(f"/proc/{pid}/setgroups").read_text().strip()
+
+
+_live: set[int] = set()
+
+
+class Target:
+    """A process of a test user that has just entered a new user namespace (and netns)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+
+    @classmethod
+    def start(cls, user: User, *, net: bool = False, gid: int | None = None) -> Target:
+        unshare = ["unshare", "--user"] + (["--net"] if net else [])
+        proc = subprocess.Popen(
+            as_user(user, [*unshare, "--", "sh", "-c", "echo ready; exec sleep 600"], gid=gid),
+            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line == b"ready\n", f"target did not start: {line!r}"
+        _live.add(proc.pid)
+        return cls(proc)
+
+    def uid_map(self) -> list[tuple[int, int, int]]:
+        return read_map(self.pid, "uid_map")
+
+    def gid_map(self) -> list[tuple[int, int, int]]:
+        return read_map(self.pid, "gid_map")
+
+    def setgroups(self) -> str:
+        return setgroups(self.pid)
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        _live.discard(self.pid)
+
+    @staticmethod
+    def live_pids() -> list[int]:
+        return list(_live)
+
+
+def write_etc(name: str, text: str | bytes, mode: int = 0o644) -> None:
+    """Replace a file in the test overlay of /etc (never the host's)."""
+    path = Path("/etc") / name
+    path.unlink(missing_ok=True)
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    os.chmod(path, mode)
