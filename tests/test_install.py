@@ -1,0 +1,143 @@
+"""The install: layout and modes, file-capabilities mode, and the Python side's refusal to run
+code that anyone but root could have changed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support import ALICE, PREFIX, SANDBOX, Target, helper, run_as, write_etc
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_install(prefix: Path, *extra: str, destdir: Path | None = None) -> None:
+    args = ["make", "-s", "-C", str(REPO), "install", f"PREFIX={prefix}", *extra]
+    if destdir is not None:
+        args.append(f"DESTDIR={destdir}")
+    result = subprocess.run(args, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module", autouse=True)
+def reinstall_default_prefix():
+    """These tests build launchers for other prefixes; leave the build as `make test` made it."""
+    yield
+    make_install(PREFIX)
+
+
+@pytest.fixture(scope="module")
+def caps_prefix() -> Path:
+    prefix = SANDBOX / "caps"
+    make_install(prefix, "CAPS=1")
+    return prefix
+
+
+def test_installed_layout_and_modes():
+    destdir = SANDBOX / "destdir"
+    make_install(Path("/usr/local"), destdir=destdir)
+    libexec = destdir / "usr/local/libexec/nsgate"
+    for name, mode in (("newuidmap", 0o4755), ("newgidmap", 0o4755), ("getsubids", 0o755)):
+        st = (libexec / name).stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, mode), name
+    libdir = destdir / "usr/local/lib/nsgate"
+    for path in [libdir, *libdir.rglob("*")]:
+        st = path.lstat()
+        assert st.st_uid == 0 and not st.st_mode & 0o022, path
+    assert list((libdir / "nsgate/cli/__pycache__").glob("newidmap.cpython-*.pyc"))
+    assert list(libdir.glob("_nsgate_sys*.so")) and list(libdir.glob("_cffi_backend*.so"))
+
+
+def test_caps_install_has_file_capabilities_and_no_setuid(caps_prefix):
+    for name, cap in (("newuidmap", "cap_setuid=ep"), ("newgidmap", "cap_setgid=ep")):
+        path = caps_prefix / "libexec/nsgate" / name
+        assert not path.stat().st_mode & stat.S_ISUID
+        assert subprocess.run(["getcap", str(path)], capture_output=True,
+                              text=True).stdout.split()[-1] == cap
+
+
+def test_caps_install_maps_ranges(caps_prefix, target):
+    tool = str(caps_prefix / "libexec/nsgate/newuidmap")
+    result = run_as(ALICE, [tool, str(target.pid), "0", "23001", "1", "1", "200000", "65536"])
+    assert result.returncode == 0, result.stderr
+    assert target.uid_map() == [(0, 23001, 1), (1, 200000, 65536)]
+
+
+def test_caps_install_gid_map_and_setgroups(caps_prefix, target):
+    tool = str(caps_prefix / "libexec/nsgate/newgidmap")
+    assert run_as(ALICE, [tool, str(target.pid), "0", "23001", "1"]).returncode == 0
+    assert target.setgroups() == "deny" and target.gid_map() == [(0, 23001, 1)]
+
+
+def test_caps_install_cannot_map_host_root_and_says_why(caps_prefix, targets):
+    """As shadow's --with-fcaps build: no CAP_SETFCAP, so host uid 0 cannot be mapped; nsgate
+    names the missing capability where the reference says only `Could not set caps`."""
+    write_etc("subuid", "nsgt-alice:0:10\n")
+    reference = SANDBOX / "newuidmap-shadow-fcaps"
+    shutil.copyfile("/usr/bin/newuidmap", reference)
+    os.chmod(reference, 0o755)
+    subprocess.run(["setcap", "cap_setuid+ep", str(reference)], check=True)
+    ours, theirs = targets(), targets()
+    result = run_as(ALICE, [str(caps_prefix / "libexec/nsgate/newuidmap"), str(ours.pid),
+                            "0", "0", "10"])
+    assert result.returncode == 1
+    assert result.stderr.startswith(b"newuidmap: Could not set caps: CAP_SETFCAP is needed to "
+                                    b"map host uid 0")
+    assert ours.uid_map() == []
+    shadow = run_as(ALICE, [str(reference), str(theirs.pid), "0", "0", "10"])
+    # Debian 12's build says `write to uid_map failed: Operation not permitted`, HEAD says
+    # `Could not set caps`: neither names the capability.
+    assert shadow.returncode == 1 and b"CAP_SETFCAP" not in shadow.stderr
+    assert theirs.uid_map() == []
+
+
+def test_setuid_install_maps_host_root_with_cap_setfcap(target):
+    write_etc("subuid", "nsgt-alice:0:10\n")
+    result = run_as(ALICE, [helper("newuidmap"), str(target.pid), "0", "0", "10"])
+    assert result.returncode == 0, result.stderr
+    assert target.uid_map() == [(0, 0, 10)]
+
+
+@pytest.fixture(scope="module")
+def tamper_prefix() -> Path:
+    prefix = SANDBOX / "tamper"
+    make_install(prefix)
+    return prefix
+
+
+@pytest.mark.parametrize("victim", ["lib/nsgate/nsgate/policy/subid.py",
+                                    "lib/nsgate/nsgate/cli/__pycache__",
+                                    "lib/nsgate/_nsgate_sys.cpython-311-x86_64-linux-gnu.so",
+                                    "lib/nsgate", "lib"])
+@pytest.mark.parametrize("how", ["world-writable", "group-writable", "user-owned"])
+def test_code_anyone_else_could_change_is_refused(tamper_prefix, victim, how):
+    path = tamper_prefix / victim
+    before = path.stat()
+    if how == "user-owned":
+        os.chown(path, ALICE.uid, -1)
+    else:
+        os.chmod(path, before.st_mode | (0o002 if how == "world-writable" else 0o020))
+    target = Target.start(ALICE)
+    try:
+        result = run_as(ALICE, [str(tamper_prefix / "libexec/nsgate/newuidmap"),
+                                str(target.pid), "0", "200000", "10"])
+        assert result.returncode == 1
+        assert result.stderr.startswith(b"newuidmap: refusing to run: " + bytes(path))
+        assert b"Traceback" not in result.stderr
+        assert target.uid_map() == []
+    finally:
+        target.stop()
+        os.chown(path, before.st_uid, before.st_gid)
+        os.chmod(path, stat.S_IMODE(before.st_mode))
+
+
+def test_untampered_sandbox_install_works(tamper_prefix, target):
+    result = run_as(ALICE, [str(tamper_prefix / "libexec/nsgate/newuidmap"), str(target.pid),
+                            "0", "200000", "10"])
+    assert result.returncode == 0, result.stderr
+    assert target.uid_map() == [(0, 200000, 10)]
