@@ -21,8 +21,8 @@ every contestant; stdin is /dev/null, stdout and stderr go to a memfd read after
 wait4 also gives the helper's ru_maxrss, with one caveat: the kernel counts in a process's
 ru_maxrss the peak of the memory it ran in before its execve, here the timer's (posix_spawn
 shares the timer's memory until the exec), so ru_maxrss = max(timer's peak, helper's peak). A
-figure above the timer's own peak is the helper's exact peak; one at the timer's peak is only an
-upper bound, printed "<= N". Every run is checked (exit status, the resulting map)
+figure above the timer's own peak (its VmHWM) is the helper's exact peak; one at or below it is
+only an upper bound, printed "<= N". Every run is checked (exit status, the resulting map)
 and the benchmark aborts on the first failure.
 
 Host safety: the script re-execs itself under `unshare --mount --propagation private --pid
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import marshal
 import os
 import platform
 import statistics
@@ -72,27 +73,42 @@ BIG_START = 4_100_000_000
 
 TARGETS = {"a_floor_ratio": 1.3, "b_speedup": 10.0, "b_rss_mib": 30.0, "d_floors": 2.0}
 
-# The timer, run as the test user. One JSON request per line on stdin ({"argv", "env"}), one
-# JSON answer per line on stdout ({"ns", "status", "maxrss_kb", "timer_kb", "out"}).
+# The timer, run as the test user. Requests and answers are length-prefixed marshal frames on
+# stdin/stdout: (argv, env) in, (ns, status, maxrss_kb, timer_kb, output) out. marshal, os and
+# time are built in: the timer imports nothing, to keep its own memory (see above) small.
 TIMER_CODE = r"""
-import gc, json, os, resource, sys, time
+import gc, marshal, os, time
 gc.disable()
 null = os.open("/dev/null", os.O_RDONLY)
-for line in sys.stdin:
-    req = json.loads(line)
+
+def read_exactly(size):
+    data = b""
+    while len(data) < size:
+        part = os.read(0, size - len(data))
+        if not part:
+            raise SystemExit(0)
+        data += part
+    return data
+
+def own_peak_kb():
+    fd = os.open("/proc/self/status", os.O_RDONLY)
+    text = os.read(fd, 1 << 14)
+    os.close(fd)
+    return int(text.split(b"VmHWM:")[1].split()[0])
+
+while True:
+    argv, env = marshal.loads(read_exactly(int.from_bytes(read_exactly(4), "little")))
     out = os.memfd_create("out")
     actions = [(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, out, 1),
                (os.POSIX_SPAWN_DUP2, out, 2)]
     start = time.perf_counter_ns()
-    pid = os.posix_spawn(req["argv"][0], req["argv"], req["env"], file_actions=actions)
+    pid = os.posix_spawn(argv[0], argv, env, file_actions=actions)
     _, status, usage = os.wait4(pid, 0)
     elapsed = time.perf_counter_ns() - start
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    text = os.pread(out, 1 << 16, 0).decode("utf-8", "replace")
+    answer = marshal.dumps((elapsed, os.waitstatus_to_exitcode(status), usage.ru_maxrss,
+                            own_peak_kb(), os.pread(out, 1 << 16, 0)))
     os.close(out)
-    print(json.dumps({"ns": elapsed, "status": os.waitstatus_to_exitcode(status),
-                      "maxrss_kb": usage.ru_maxrss, "timer_kb": own, "out": text}),
-          flush=True)
+    os.write(1, len(answer).to_bytes(4, "little") + answer)
 """
 
 
@@ -204,7 +220,8 @@ def as_user(argv: list[str]) -> list[str]:
 class Sample:
     ms: float
     status: int
-    maxrss_kb: int
+    maxrss_kb: int  # max(the timer's peak, the program's peak): see the module's docstring
+    timer_kb: int
     out: str
 
 
@@ -213,17 +230,26 @@ class Timer:
 
     def __init__(self) -> None:
         self.proc = subprocess.Popen(as_user([PYTHON, "-I", "-S", "-c", TIMER_CODE]),
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, bufsize=1)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
 
     def run(self, argv: list[str], env: dict[str, str]) -> Sample:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps({"argv": argv, "env": env}) + "\n")
-        answer = self.proc.stdout.readline()
-        if not answer:
-            raise BenchError(f"the timer process died (status {self.proc.wait()})")
-        reply = json.loads(answer)
-        return Sample(reply["ns"] / 1e6, reply["status"], reply["maxrss_kb"], reply["out"])
+        assert self.proc.stdin is not None
+        request = marshal.dumps((argv, env))
+        self.proc.stdin.write(len(request).to_bytes(4, "little") + request)
+        size = int.from_bytes(self._read(4), "little")
+        elapsed, status, maxrss_kb, timer_kb, out = marshal.loads(self._read(size))
+        return Sample(elapsed / 1e6, status, maxrss_kb, timer_kb,
+                      out.decode("utf-8", "replace"))
+
+    def _read(self, size: int) -> bytes:
+        assert self.proc.stdout is not None
+        data = b""
+        while len(data) < size:
+            part = self.proc.stdout.read(size - len(data))
+            if not part:
+                raise BenchError(f"the timer process died (status {self.proc.wait()})")
+            data += part
+        return data
 
     def close(self) -> None:
         assert self.proc.stdin is not None
@@ -348,13 +374,18 @@ class Stats:
     p90_ms: float
     runs: int
     peak_rss_mib: float
+    rss_exact: bool  # False: the peak is hidden under the timer's, peak_rss_mib is a bound
 
     @classmethod
     def of(cls, samples: list[Sample]) -> Stats:
         times = [sample.ms for sample in samples]
+        peak = max(sample.maxrss_kb for sample in samples)
         return cls(statistics.median(times),
                    statistics.quantiles(times, n=10, method="inclusive")[8],
-                   len(samples), max(sample.maxrss_kb for sample in samples) / 1024)
+                   len(samples), peak / 1024, peak > max(s.timer_kb for s in samples))
+
+    def rss_text(self) -> str:
+        return f"{'' if self.rss_exact else '<= '}{self.peak_rss_mib:.1f} MiB"
 
 
 @dataclass(frozen=True)
@@ -369,15 +400,15 @@ def verdicts(stats: dict[tuple[str, str], Stats]) -> list[Verdict]:
     floor = stats["c", "python3"].median_ms
     a_ratio = stats["a", "nsgate"].median_ms / floor
     b_speedup = stats["b", "reference"].median_ms / stats["b", "nsgate"].median_ms
-    b_rss = stats["b", "nsgate"].peak_rss_mib
+    b_rss = stats["b", "nsgate"]
     d_extra = stats["d", "nsgate"].median_ms - stats["d", "reference"].median_ms
     return [
         Verdict("(a) nsgate / floor", f"{a_ratio:.2f}x", f"<= {TARGETS['a_floor_ratio']}x",
                 a_ratio <= TARGETS["a_floor_ratio"]),
         Verdict("(b) reference / nsgate", f"{b_speedup:.1f}x", f">= {TARGETS['b_speedup']:.0f}x",
                 b_speedup >= TARGETS["b_speedup"]),
-        Verdict("(b) nsgate peak RSS", f"{b_rss:.1f} MiB", f"< {TARGETS['b_rss_mib']:.0f} MiB",
-                b_rss < TARGETS["b_rss_mib"]),
+        Verdict("(b) nsgate peak RSS", b_rss.rss_text(), f"< {TARGETS['b_rss_mib']:.0f} MiB",
+                b_rss.peak_rss_mib < TARGETS["b_rss_mib"]),
         Verdict("(d) nsgate - reference", f"{d_extra:+.1f} ms = {d_extra / floor:+.2f} floors",
                 f"<= {TARGETS['d_floors']:.0f} floors ({TARGETS['d_floors'] * floor:.1f} ms)",
                 d_extra <= TARGETS["d_floors"] * floor),
@@ -433,14 +464,14 @@ def package_version(name: str) -> str:
 def render(stats: dict[tuple[str, str], Stats], checks: list[Verdict], header: list[str]) -> str:
     lines = [*header, "",
              f"{'case':<38} {'impl':<10} {'median ms':>10} {'p90 ms':>9} {'runs':>5} "
-             f"{'peak RSS':>10}"]
+             f"{'peak RSS':>14}"]
     for case in "abcd":
         for (key_case, impl), item in stats.items():
             if key_case != case:
                 continue
             title = CASE_TITLES[case] if impl in ("nsgate", "python3") else ""
             lines.append(f"{title:<38} {impl:<10} {item.median_ms:>10.2f} {item.p90_ms:>9.2f} "
-                         f"{item.runs:>5} {item.peak_rss_mib:>6.1f} MiB")
+                         f"{item.runs:>5} {item.rss_text():>14}")
     lines += ["", f"{'target':<26} {'measured':<28} {'goal':<28} verdict"]
     lines += [f"{check.name:<26} {check.measured:<28} {check.target:<28} "
               f"{'PASS' if check.passed else 'MISS'}" for check in checks]
@@ -453,7 +484,8 @@ def to_json(stats: dict[tuple[str, str], Stats], checks: list[Verdict],
     for (case, impl), item in stats.items():
         cases.setdefault(case, {"title": CASE_TITLES[case]})[impl] = {
             "median_ms": round(item.median_ms, 3), "p90_ms": round(item.p90_ms, 3),
-            "runs": item.runs, "peak_rss_mib": round(item.peak_rss_mib, 2)}
+            "runs": item.runs, "peak_rss_mib": round(item.peak_rss_mib, 2),
+            "peak_rss_exact": item.rss_exact}
     return {**info, "cases": cases,
             "targets": [{"name": c.name, "measured": c.measured, "goal": c.target,
                          "pass": c.passed} for c in checks]}
@@ -484,8 +516,8 @@ def bench(args: argparse.Namespace) -> int:
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--prefix", default="/usr/local", help="nsgate's install prefix")
-    parser.add_argument("--rounds", type=int, default=40,
-                        help="measured rounds of (a), (c), (d) (default 40)")
+    parser.add_argument("--rounds", type=int, default=100,
+                        help="measured rounds of (a), (c), (d) (default 100)")
     parser.add_argument("--big-rounds", type=int,
                         help="measured rounds of (b) (default: half of --rounds)")
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured first rounds")
@@ -522,6 +554,8 @@ def main(argv: Sequence[str]) -> int:
     except BenchError as err:
         print(f"bench: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

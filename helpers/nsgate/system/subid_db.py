@@ -49,7 +49,6 @@ class Holdings:
         self.lines: list[subid.SubidLine] = []
         self.ignored: list[subid.IgnoredLine] = []
         self._fd: int | None = None
-        self._aliases_scanned = False
         self._plugin = False
 
     def owns(self, start: int, count: int) -> bool:
@@ -57,20 +56,22 @@ class Holdings:
             return self._plugin_owns(start, count)
         if not subid.uncovered(self._ranges(), start, count):
             return True
-        self._scan_aliases()
+        self._scan_aliases(start, start + count)
         return not subid.uncovered(self._ranges(), start, count)
 
     def _ranges(self) -> list[tuple[int, int]]:
         return [(line.start, line.count) for line in self.lines]
 
-    def _scan_aliases(self) -> None:
-        """Shadow's second pass: lines owned by another name (or the uid) of the same user."""
-        if self._aliases_scanned or self._fd is None:
+    def _scan_aliases(self, start: int, end: int) -> None:
+        """Shadow's second pass: lines owned by another name of the same user. Only the owners
+        of lines that touch [start, end) are looked up (the slow path of a large file)."""
+        if self._fd is None:
             return
-        self._aliases_scanned = True
         known = {self.name, str(self.uid).encode()}
+        seen = {line.lineno for line in self.lines}
         for line in subid.iter_lines(files.chunks(self._fd)):
-            if (isinstance(line, subid.SubidLine) and line.owner not in known
+            if (isinstance(line, subid.SubidLine) and line.start < end and line.end > start
+                    and line.owner not in known and line.lineno not in seen
                     and same_user(line.owner, self.uid)):
                 self.lines.append(line)
 

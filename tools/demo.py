@@ -1,0 +1,120 @@
+"""nsgate's built-in demo (`make demo`, as root, after `make install`).
+
+Creates the demo user `nsgate-demo` with a subordinate range if absent, then, as that user:
+maps a fresh user namespace through nsgate's newuidmap/newgidmap and prints the kernel's map;
+shows a refused request with nsgate's diagnostic; and runs a real client (util-linux unshare
+--map-auto) with nsgate's helpers first on PATH.
+"""
+
+from __future__ import annotations
+
+import pwd
+import subprocess
+import sys
+from pathlib import Path
+
+USER = "nsgate-demo"
+BLOCK = 65536
+
+
+def sh(argv: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, text=True, capture_output=True, **kwargs)
+
+
+def say(text: str) -> None:
+    print(f"\n== {text}", flush=True)
+
+
+def free_range() -> int:
+    """The first block of 65536 ids at or above 100000 that no subuid/subgid line uses."""
+    end = 100000
+    for name in ("/etc/subuid", "/etc/subgid"):
+        path = Path(name)
+        if not path.exists():
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            fields = line.split(":")
+            if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
+                end = max(end, int(fields[1]) + int(fields[2]))
+    return end
+
+
+def ensure_user(libexec: Path) -> pwd.struct_passwd:
+    try:
+        entry = pwd.getpwnam(USER)
+    except KeyError:
+        subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", USER], check=True)
+        entry = pwd.getpwnam(USER)
+        print(f"created user {USER} (uid {entry.pw_uid})")
+    for flag, option in (([], "--add-subuids"), (["-g"], "--add-subgids")):
+        if sh([str(libexec / "getsubids"), *flag, USER]).returncode != 0:
+            start = free_range()
+            subprocess.run(["usermod", option, f"{start}-{start + BLOCK - 1}", USER], check=True)
+    return entry
+
+
+def as_user(entry: pwd.struct_passwd, argv: list[str], **kwargs):
+    return ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--init-groups",
+            "--", *argv]
+
+
+def main(libexec: Path) -> int:
+    entry = ensure_user(libexec)
+    ranges = sh([str(libexec / "getsubids"), USER]).stdout.split()
+    start, count = int(ranges[2]), int(ranges[3])
+    say(f"{USER} owns subordinate uids (nsgate's getsubids)")
+    print(sh([str(libexec / "getsubids"), USER]).stdout, end="")
+
+    target = subprocess.Popen(as_user(entry, ["unshare", "--user", "--", "sh", "-c",
+                                              "echo ready; exec sleep 60"]),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert target.stdout is not None and target.stdout.readline() == "ready\n"
+        uid = entry.pw_uid
+        say(f"as {USER}: newuidmap {target.pid} 0 {uid} 1 1 {start} {count}")
+        mapped = sh(as_user(entry, [str(libexec / "newuidmap"), str(target.pid), "0", str(uid),
+                                    "1", "1", str(start), str(count)]))
+        print(f"exit {mapped.returncode}{': ' + mapped.stderr if mapped.stderr else ''}")
+        print(f"the kernel's /proc/{target.pid}/uid_map:")
+        print(Path(f"/proc/{target.pid}/uid_map").read_text(), end="")
+        if mapped.returncode != 0:
+            return 1
+
+        say(f"as {USER}: newgidmap {target.pid} 0 {entry.pw_gid} 1 (a self-map only)")
+        gid = sh(as_user(entry, [str(libexec / "newgidmap"), str(target.pid), "0",
+                                 str(entry.pw_gid), "1"]))
+        print(f"exit {gid.returncode}; gid_map: "
+              f"{Path(f'/proc/{target.pid}/gid_map').read_text().strip()}; setgroups: "
+              f"{Path(f'/proc/{target.pid}/setgroups').read_text().strip()} (CVE-2018-7169)")
+    finally:
+        target.kill()
+        target.wait()
+
+    refused_target = subprocess.Popen(as_user(entry, ["unshare", "--user", "--", "sh", "-c",
+                                                      "echo ready; exec sleep 60"]),
+                                      stdout=subprocess.PIPE, text=True)
+    try:
+        assert refused_target.stdout is not None
+        refused_target.stdout.readline()
+        wanted = start + count
+        say(f"as {USER}: newuidmap {refused_target.pid} 0 {wanted} 10 (ids it does not own)")
+        refused = sh(as_user(entry, [str(libexec / "newuidmap"), str(refused_target.pid), "0",
+                                     str(wanted), "10"]))
+        print(f"exit {refused.returncode}")
+        print(refused.stderr, end="")
+        print(f"uid_map afterwards: {Path(f'/proc/{refused_target.pid}/uid_map').read_text()!r}")
+    finally:
+        refused_target.kill()
+        refused_target.wait()
+
+    say("a real client: unshare --user --map-auto, with nsgate's helpers first on PATH")
+    client = sh(as_user(entry, ["unshare", "--user", "--map-auto", "--", "cat",
+                                "/proc/self/uid_map"]),
+                env={"PATH": f"{libexec}:/usr/sbin:/usr/bin:/sbin:/bin"})
+    print(f"exit {client.returncode}")
+    print(client.stdout + client.stderr, end="")
+    return 0 if client.returncode == 0 and refused.returncode == 1 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1] if len(sys.argv) > 1 else "/usr/local/libexec/nsgate")))
