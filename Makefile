@@ -41,16 +41,23 @@ $(BUILD)/bin/%: csrc/launcher.c $(BUILD)/launcher.config
 	$(CC) $(CFLAGS) $(HARDEN) -DNSGATE_HELPER='"$*"' -DNSGATE_PYTHON='"$(PYTHON)"' \
 	  -DNSGATE_LIBDIR='"$(LIBDIR)"' -o $@ $<
 
-# The library tree: runtime dependencies (pinned), the nsgate package and the compiled cffi module.
-$(PYLIB)/.stamp: requirements/runtime.txt csrc/sysmodule_build.py $(shell find helpers -name '*.py')
-	rm -rf $(PYLIB) && mkdir -p $(PYLIB) $(BUILD)/ffi
+# Runtime dependencies, pinned, fetched once.
+$(BUILD)/deps/.stamp: requirements/runtime.txt
+	rm -rf $(BUILD)/deps && mkdir -p $(BUILD)/deps
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-compile --only-binary=:all: \
-	  --target $(PYLIB) -r requirements/runtime.txt
+	  --root-user-action=ignore --target $(BUILD)/deps -r requirements/runtime.txt
+	rm -rf $(BUILD)/deps/bin
+	touch $@
+
+# The library tree: the dependencies, the nsgate package and the compiled cffi module.
+$(PYLIB)/.stamp: $(BUILD)/deps/.stamp csrc/sysmodule_build.py $(shell find helpers -name '*.py')
+	rm -rf $(PYLIB) && mkdir -p $(PYLIB) $(BUILD)/ffi
+	cp -r $(BUILD)/deps/. $(PYLIB)/
+	rm -f $(PYLIB)/.stamp
 	cp -r helpers/nsgate $(PYLIB)/nsgate
 	find $(PYLIB)/nsgate -name __pycache__ -prune -exec rm -rf {} +
 	PYTHONPATH=$(PYLIB) $(PYTHON) csrc/sysmodule_build.py $(BUILD)/ffi
 	cp $(BUILD)/ffi/_nsgate_sys*.so $(PYLIB)/
-	rm -rf $(PYLIB)/bin
 	touch $@
 
 install: all

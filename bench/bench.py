@@ -35,10 +35,12 @@ namespace end with it: every process it started is killed and every mount is gon
 from __future__ import annotations
 
 import argparse
+import grp
 import json
 import marshal
 import os
 import platform
+import pwd
 import statistics
 import subprocess
 import sys
@@ -156,7 +158,7 @@ def mount_points() -> dict[str, tuple[str, str]]:
 
 def check_isolated(outer_mntns: str) -> None:
     """Refuse to mount anything unless this is a private mount namespace of our own."""
-    if os.readlink("/proc/self/ns/mnt") == outer_mntns:
+    if os.getpid() != 1 or os.readlink("/proc/self/ns/mnt") == outer_mntns:
         raise BenchError("not in a new mount namespace: refusing to touch /etc")
     shared = [point for point, (tags, _) in mount_points().items() if "shared:" in tags]
     if shared:
@@ -176,7 +178,21 @@ def overlay_etc(scratch: Path) -> None:
         raise BenchError("/etc is not the overlay after mounting it")
 
 
+def exists(lookup: Callable[[], object]) -> bool:
+    try:
+        lookup()
+    except KeyError:
+        return False
+    return True
+
+
 def add_test_user() -> None:
+    taken = [what for what, lookup in (
+        (f"user {USER.name}", lambda: pwd.getpwnam(USER.name)),
+        (f"uid {USER.uid}", lambda: pwd.getpwuid(USER.uid)),
+        (f"gid {USER.gid}", lambda: grp.getgrgid(USER.gid))) if exists(lookup)]
+    if taken:
+        raise BenchError(f"{', '.join(taken)} already exist(s) here: the test user needs them")
     with open("/etc/passwd", "a") as passwd:
         passwd.write(f"{USER.name}:x:{USER.uid}:{USER.gid}::/nonexistent:/bin/sh\n")
     with open("/etc/group", "a") as group:
@@ -230,7 +246,8 @@ class Timer:
 
     def __init__(self) -> None:
         self.proc = subprocess.Popen(as_user([PYTHON, "-I", "-S", "-c", TIMER_CODE]),
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
+                                     start_new_session=True)  # Ctrl-C is for the orchestrator
 
     def run(self, argv: list[str], env: dict[str, str]) -> Sample:
         assert self.proc.stdin is not None
@@ -267,7 +284,7 @@ class Target:
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
             as_user(["unshare", "--user", "--", "sh", "-c", "echo ready; exec sleep 600"]),
-            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if line != b"ready\n":

@@ -224,10 +224,16 @@ def test_parse_decimal_reads_canonical_decimal(value, maximum):
     assert numbers.parse_decimal(str(value).encode(), maximum) == expected
 
 
+# Syntax only: maximums of at most 20 digits, so the length cap is not what is tested here
+# (test_parse_decimal_reads_canonical_decimal covers larger maximums).
+SYNTAX_MAXIMUMS = st.one_of(st.sampled_from([0, 1, PID_MAX, UINT32_MAX, 2**32, 2**64 - 1]),
+                            st.integers(0, 2**64))
+
+
 @fast(400)
 @given(text=st.one_of(st.binary(max_size=30), noncanonical_numbers, canonical_numbers,
                       st.text(max_size=8).map(lambda s: s.encode())),
-       maximum=MAXIMUMS)
+       maximum=SYNTAX_MAXIMUMS)
 def test_parse_decimal_never_reinterprets(text, maximum):
     result = numbers.parse_decimal(text, maximum)
     if _CANONICAL.fullmatch(text) and int(text) <= maximum:
@@ -432,6 +438,31 @@ def test_parse_kernel_limits():
     big = [(4294967294 - i, 4294967294 - i, 1) for i in range(200)]  # 24 bytes a line
     with pytest.raises(Refusal):
         idmap_request.parse([b"1", *_flat(big)], "uid")
+
+
+def test_parse_page_limit_exactly():
+    lines = [(4000000000 + i, 4000000000 + i, 1) for i in range(170)]  # 24 bytes each: 4080
+    assert len(idmap_request.parse([b"1", *_flat([*lines, (12345, 123456, 1)])],
+                                   "uid").map_text()) == 4095
+    with pytest.raises(Refusal):
+        idmap_request.parse([b"1", *_flat([*lines, (123456, 123456, 1)])], "uid")  # 4096
+
+
+_SIZED = st.sampled_from([0, 9, 99999, 4000000000])
+
+
+@fast(150)
+@given(triples=st.lists(st.tuples(_SIZED, _SIZED, st.sampled_from([1, 10])),
+                        min_size=140, max_size=345))
+def test_parse_size_limits_match_oracle(triples):
+    """Hundreds of triples, around both kernel limits (340 lines, a write under a page)."""
+    args = [b"fd:3", *_flat(triples)]
+    outcome = parse_outcome(args)
+    verdict, _ = expected_request(args)
+    if verdict == "ok":
+        check_accepted(outcome, args)
+    else:
+        assert isinstance(outcome, Refusal)
 
 
 def _overlap(a: Triple, b: Triple, side: str) -> bool:
