@@ -9,6 +9,7 @@ change, and everything vanishes with the namespace. Helpers run as unprivileged 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -121,7 +122,5 @@ def target(targets) -> Target:
 def pytest_sessionfinish(session, exitstatus) -> None:
     # Any stray test processes are ours; the mount namespace dies with this process.
     for pid in Target.live_pids():
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass

@@ -29,7 +29,6 @@ from tests.support import ALICE, NSGATE, SHADOW, run_as, write_etc
 
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 PATHS = {"nsgate": f"{NSGATE}:{SYSTEM_PATH}", "shadow": f"{SHADOW}:{SYSTEM_PATH}"}
-SUBUID = "nsgt-alice:200000:65536\nnsgt-bob:300000:65536\n"
 SUBGID_DISTINCT = "nsgt-alice:400000:65536\nnsgt-bob:300000:65536\n"
 SHOW_MAPS = ["cat", "/proc/self/uid_map", "/proc/self/gid_map"]
 REFUSED_UID = b"newuidmap: uid range [0-10) -> [400000-400010) not allowed"
@@ -146,17 +145,18 @@ def test_unshare_refused_gid_map_passes_nsgate_message_through() -> None:
         in lines
 
 
-@pytest.mark.parametrize(("subuid", "why"), [
-    ("nsgt-alice:+200000:65536\n", b"start and count must be canonical decimal numbers"),
-    ("nsgt-alice:0:0\n", b"count 0 grants nothing"),
+@pytest.mark.parametrize(("subuid", "mapping", "why"), [
+    ("nsgt-alice:+200000:65536\n", (200000, 0, 65536),
+     "start and count must be canonical decimal numbers"),
+    ("nsgt-alice:0:0\n", (700000, 0, 10), "count 0 grants nothing"),
 ], ids=["non-canonical-start", "count-zero"])
-def test_unshare_where_nsgate_and_shadow_differ(subuid: str, why: bytes) -> None:
+def test_unshare_where_nsgate_and_shadow_differ(subuid: str, mapping: tuple[int, int, int],
+                                                why: str) -> None:
     """Lines shadow 4.13 honours and nsgate ignores (newuidmap.md §11 items 1 and 4): the very
     same client command succeeds with /usr/bin first on PATH, and fails with nsgate first."""
     write_etc("subuid", subuid)
-    request = "200000,0,65536" if "+" in subuid else "700000,0,10"
-    argv = ["unshare", "--user", f"--map-users={request}", *SHOW_MAPS]
-    outer, inner, count = (int(x) for x in request.split(","))
+    outer, inner, count = mapping
+    argv = ["unshare", "--user", f"--map-users={outer},{inner},{count}", *SHOW_MAPS]
 
     reference = run_client("shadow", argv)
     assert reference.returncode == 0, reference.stderr  # documents shadow 4.13's leniency
@@ -168,7 +168,7 @@ def test_unshare_where_nsgate_and_shadow_differ(subuid: str, why: bytes) -> None
     lines = result.stderr.splitlines()
     assert lines[0] == (f"newuidmap: uid range [{inner}-{inner + count}) -> "
                         f"[{outer}-{outer + count}) not allowed").encode()
-    assert f"newuidmap: line 1 of /etc/subuid is ignored: {why.decode()}".encode() in lines
+    assert f"newuidmap: line 1 of /etc/subuid is ignored: {why}".encode() in lines
 
 
 # --- LXC: lxc-usernsexec (lxc_map_ids runs the tools through /bin/sh -c) ------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -199,7 +200,7 @@ def test_non_dumpable_target_is_named(tmp_path):
         assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
         result = newuidmap(ALICE, proc.pid, 0, 200000, 10)
         assert_refused(result, b"newuidmap: target is not dumpable")
-        assert open(f"/proc/{proc.pid}/uid_map").read() == ""
+        assert Path(f"/proc/{proc.pid}/uid_map").read_text() == ""
     finally:
         proc.kill()
         proc.wait()

@@ -266,6 +266,23 @@ def test_plugin_sub_range_is_allowed(nss_targets) -> None:
     assert target.uid_map() == [(0, 510000, 100), (100, 565000, 536)]
 
 
+def test_plugin_does_not_need_the_files(nss_targets) -> None:
+    """With a module active the files are not opened at all (newuidmap.md §6.3): their absence
+    is no error."""
+    use_subid_source("nsgtest")
+    Path("/etc/subuid").unlink()
+    Path("/etc/subgid").unlink()
+    target = nss_targets(ALICE)
+    for prog, own, (start, count) in (("newuidmap", ALICE.uid, UID_RANGE),
+                                      ("newgidmap", ALICE.gid, GID_RANGE)):
+        result = run_as(ALICE, map_cmd(prog, target.pid, 0, own, 1, 1, start, count))
+        assert result.returncode == 0, result.stderr
+    assert target.uid_map() == [(0, ALICE.uid, 1), (1, *UID_RANGE)]
+    assert target.gid_map() == [(0, ALICE.gid, 1), (1, *GID_RANGE)]
+    listing = run_as(ALICE, [helper("getsubids"), "nsgt-alice"])
+    assert listing.returncode == 0 and listing.stdout == b"0: nsgt-alice 500000 65536\n"
+
+
 @pytest.mark.parametrize(("prog", "lower", "count"), [
     ("newuidmap", *FILES_RANGE),       # only in /etc/subuid: with a module, the files are unused
     ("newgidmap", *FILES_RANGE),       # only in /etc/subgid

@@ -774,7 +774,7 @@ def test_files_never_grant_more_than_they_say(data, more, triples, self_id):
     scan = subid.scan_owners(more.draw(chunkings(data)), (b"bob", b"1500"))
     ranges = [(x.start, x.count) for x in scan.lines]
 
-    def owns(start: int, count: int) -> bool:
+    def owns(start: int, count: int, thorough: bool = True) -> bool:
         return not subid.uncovered(ranges, start, count)
 
     for start in range(0, 45):
@@ -796,7 +796,7 @@ def test_decide_matches_brute_force(triples, owned, self_id):
     have = {i for s, c in owned for i in range(s, s + c)}
     calls = []
 
-    def owns(start: int, count: int) -> bool:
+    def owns(start: int, count: int, thorough: bool) -> bool:
         calls.append((start, count))
         return set(range(start, start + count)) <= have
 
@@ -812,8 +812,10 @@ def test_decide_matches_brute_force(triples, owned, self_id):
         assert decision.refused is refused[0]  # the first failure, all or nothing
     else:
         assert decision.refused is None
-        # Self-maps are decided by the self-map rule and never count as subordinate grants.
-        assert decision.allow_setgroups == any(not self_map(t) for t in triples)
+        # As shadow's newgidmap: subordinate ids are consulted first, so a self-mapped id that
+        # the caller also owns as a subordinate id counts as a subordinate grant.
+        assert decision.allow_setgroups == any(
+            set(range(t.lower, t.lower + t.count)) <= have for t in triples)
         assert decision.maps_host_root == any(t.lower == 0 for t in triples)
     for start, count in calls:
         assert count >= 1 and start >= 0
@@ -823,7 +825,7 @@ def test_decide_examples():
     def t(upper, lower, count, index=1):
         return Triple(upper, lower, count, index)
 
-    def owns(start, count):
+    def owns(start, count, thorough=True):
         return start >= 100000 and start + count <= 165536
 
     pure_self = authorize.decide([t(0, 1000, 1)], 1000, owns)
@@ -839,6 +841,8 @@ def test_decide_examples():
     assert root.refused is None and root.maps_host_root
     other = authorize.decide([t(0, 1000, 1), t(1, 0, 1, 2)], 1000, owns)
     assert other.refused is not None and other.refused.index == 2
+    inside = authorize.decide([t(0, 100005, 1)], 100005, owns)  # self-map and subordinate id
+    assert inside.refused is None and inside.allow_setgroups
 
 
 # --------------------------------------------------------------------------------------------

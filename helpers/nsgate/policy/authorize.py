@@ -35,14 +35,23 @@ def is_self_map(triple: Triple, self_id: int) -> bool:
 
 
 def decide(triples: list[Triple], self_id: int,
-           owns: Callable[[int, int], bool]) -> Decision:
-    """`self_id` is the caller's uid (newuidmap) or real gid (newgidmap); `owns(start, count)`
-    says whether the caller's subordinate ids cover [start, start + count)."""
+           owns: Callable[[int, int, bool], bool]) -> Decision:
+    """`self_id` is the caller's uid (newuidmap) or real gid (newgidmap).
+
+    `owns(start, count, thorough)` says whether the caller's subordinate ids cover
+    [start, start + count); with `thorough` false it may skip the slow lookups (entries of other
+    names of the same user). As in shadow, the subordinate ids are consulted before the self-map
+    rule, so a self-mapped id that is also a subordinate id leaves setgroups alone; for the
+    self-mapped id only the quick lookup is made, keeping large files fast.
+    """
     through_subids = False
     for triple in triples:
-        if is_self_map(triple, self_id):
+        if owns(triple.lower, triple.count, False):
+            through_subids = True
+        elif is_self_map(triple, self_id):
             continue
-        if not owns(triple.lower, triple.count):
+        elif owns(triple.lower, triple.count, True):
+            through_subids = True
+        else:
             return Decision(triple, through_subids, False)
-        through_subids = True
     return Decision(None, through_subids, any(t.lower == 0 for t in triples))

@@ -38,7 +38,7 @@ def subid_source(nsswitch: bytes) -> bytes | None:
     for line in nsswitch.split(b"\n"):
         if line.startswith(b"#") or line[:6].lower() != b"subid:":
             continue
-        tokens = line[6:].split()
+        tokens = [t for t in line[6:].replace(b"\t", b" ").split(b" ") if t]  # as shadow
         if not tokens:
             continue
         name = tokens[0]

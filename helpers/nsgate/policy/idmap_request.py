@@ -8,14 +8,14 @@ more, and overlaps that the kernel would refuse with EINVAL (§11 items 3, 4, 5)
 from __future__ import annotations
 
 from nsgate.errors import Refusal
-from nsgate.policy.numbers import parse_decimal
+from nsgate.policy.numbers import is_canonical, parse_decimal
 
 MAX_ID = 4294967294  # (uid_t)-1 is never a valid id
 PID_MAX = 2147483647
 FD_MAX = 2147483647
 MAX_TRIPLES = 340  # the kernel's limit since Linux 4.15
 MAX_MAP_BYTES = 4095  # one write, shorter than a page
-_ANY_NUMBER = 10**20
+_TOO_LARGE = 1 << 64  # stands for any longer canonical number: an overflow, not a usage error
 
 
 class Triple:
@@ -92,12 +92,11 @@ def parse(args: list[bytes], kind: str) -> MapRequest:
     for index in range(len(fields) // 3):
         numbers = []
         for text in fields[3 * index:3 * index + 3]:
-            value = parse_decimal(text, _ANY_NUMBER)
-            if value is None:
+            if not is_canonical(text):
                 raise _usage_error(f"invalid number {_show(text)} in triple {index + 1}: only "
                                    "canonical decimal is accepted (no sign, space, leading zero "
                                    "or hex)")
-            numbers.append(value)
+            numbers.append(int(text) if len(text) <= 20 else _TOO_LARGE)
         upper, lower, count = numbers
         if upper > MAX_ID or lower > MAX_ID or not 1 <= count <= MAX_ID + 1 - max(upper, lower):
             raise Refusal("subuid overflow detected.", usage=True)

@@ -59,10 +59,11 @@ def parse_line(line: bytes, lineno: int) -> SubidLine | IgnoredLine:
     owner, start_text, count_text = fields
     if not owner or owner[:1] in (b"+", b"-"):
         return IgnoredLine(lineno, "empty owner or NIS marker")
-    start = parse_decimal(start_text, ID_SPACE_END)
-    count = parse_decimal(count_text, ID_SPACE_END)
+    start = parse_decimal(start_text, ID_SPACE_END - 1)
+    count = parse_decimal(count_text, ID_SPACE_END - 1)
     if start is None or count is None:
-        return IgnoredLine(lineno, "start and count must be canonical decimal numbers")
+        return IgnoredLine(lineno, "start and count must be canonical decimal numbers "
+                                   "below 4294967296")
     if count == 0:
         return IgnoredLine(lineno, "count 0 grants nothing")
     if start + count > ID_SPACE_END:
@@ -99,7 +100,8 @@ def _complete_regions(chunks: Iterable[bytes]) -> Iterator[tuple[bytes, int]]:
 
 def scan_owners(chunks: Iterable[bytes], owners: Iterable[bytes]) -> OwnerScan:
     """Find, in file order, every line whose owner field is exactly one of `owners`."""
-    needles = [b"\n" + owner + b":" for owner in set(owners) if owner and b"\n" not in owner]
+    needles = [b"\n" + owner + b":" for owner in set(owners)
+               if owner and b"\n" not in owner and b":" not in owner]
     result = OwnerScan()
     for region, first_lineno in _complete_regions(chunks):
         starts = []

@@ -51,11 +51,13 @@ class Holdings:
         self._fd: int | None = None
         self._plugin = False
 
-    def owns(self, start: int, count: int) -> bool:
+    def owns(self, start: int, count: int, thorough: bool = True) -> bool:
         if self._plugin:
             return self._plugin_owns(start, count)
         if not subid.uncovered(self._ranges(), start, count):
             return True
+        if not thorough:
+            return False
         self._scan_aliases(start, start + count)
         return not subid.uncovered(self._ranges(), start, count)
 
