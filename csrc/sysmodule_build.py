@@ -102,7 +102,9 @@ static int nsg_plugin_open(const char *libname, char *err, size_t errlen)
     if (plugin_free == NULL)
         plugin_free = free;
     if (plugin_has_range == NULL || plugin_list_ranges == NULL) {
-        snprintf(err, errlen, "missing shadow_subid_has_range or shadow_subid_list_owner_ranges");
+        snprintf(err, errlen, "%s does not provide %s", libname,
+                 plugin_has_range == NULL ? "shadow_subid_has_range"
+                                          : "shadow_subid_list_owner_ranges");
         dlclose(h);
         plugin_has_range = NULL;
         plugin_list_ranges = NULL;

@@ -147,7 +147,7 @@ def test_unshare_refused_gid_map_passes_nsgate_message_through() -> None:
 
 @pytest.mark.parametrize(("subuid", "mapping", "why"), [
     ("nsgt-alice:+200000:65536\n", (200000, 0, 65536),
-     "start and count must be canonical decimal numbers"),
+     "start and count must be canonical decimal numbers below 4294967296"),
     ("nsgt-alice:0:0\n", (700000, 0, 10), "count 0 grants nothing"),
 ], ids=["non-canonical-start", "count-zero"])
 def test_unshare_where_nsgate_and_shadow_differ(subuid: str, mapping: tuple[int, int, int],

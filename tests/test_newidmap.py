@@ -605,3 +605,13 @@ def test_low_file_limit_fails_closed_or_completes(target, nofile):
 def test_python_never_shows_a_traceback_on_odd_bytes(target):
     result = newuidmap(ALICE, target.pid, "\udcff\udcfe", 200000, 10)
     assert_refused(result, b"newuidmap: invalid number '\\xff\\xfe'")
+
+
+@pytest.mark.parametrize("tool", ["newuidmap", "getsubids"])
+def test_inside_an_unmapped_user_namespace_no_traceback(tool):
+    """Ids unmapped there cannot be set; the helper still fails with a message, exit 1."""
+    args = ["nsgt-alice"] if tool == "getsubids" else ["1", "0", "200000", "10"]
+    result = run_as(ALICE, ["unshare", "--user", "--", helper(tool), *args])
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"{tool}: ".encode()), result.stderr
+    assert b"Traceback" not in result.stderr

@@ -1040,3 +1040,36 @@ def test_login_defs_flag_examples(data, expected):
 ])
 def test_login_defs_value_examples(data, key, expected):
     assert config.login_defs_value(data, key) == expected
+
+
+def _reused_buffer_chunks(chunks: list[bytes]):
+    """Chunks as files.chunks gives them: one bytearray, overwritten for the next chunk."""
+    buf = bytearray()
+    for chunk in chunks:
+        buf[:] = chunk
+        yield buf
+
+
+@fast(300)
+@given(data=subid_files(), owners=st.sets(st.sampled_from(QUERY_OWNERS), max_size=3),
+       more=st.data())
+def test_fast_unnumbered_scan_finds_the_same_lines(data, owners, more):
+    """The fast path (no line numbers, reused buffers) finds exactly what the numbered scan
+    finds, for every chunking, including a line longer than a chunk."""
+    numbered = subid.scan_owners([data], owners)
+    expected = ([(x.owner, x.start, x.count) for x in numbered.lines],
+                [x.reason for x in numbered.ignored])
+    for chunks in ([data], more.draw(chunkings(data)),
+                   [data[i:i + 1] for i in range(len(data))]):
+        fast_scan = subid.scan_owners(_reused_buffer_chunks(chunks), owners, numbered=False)
+        assert ([(bytes(x.owner), x.start, x.count) for x in fast_scan.lines],
+                [x.reason for x in fast_scan.ignored]) == expected, (data, chunks)
+        assert all(x.lineno == 0 for x in fast_scan.lines)
+
+
+def test_fast_scan_of_a_line_longer_than_a_chunk_stays_bounded():
+    data = b"bob:1:2\n" + b"bob:" + b"9" * 5000 + b":1\nbob:3:4"
+    chunks = [data[i:i + 64] for i in range(0, len(data), 64)]
+    scan = subid.scan_owners(_reused_buffer_chunks(chunks), [b"bob"], numbered=False)
+    assert [(x.start, x.count) for x in scan.lines] == [(1, 2), (3, 4)]
+    assert [x.reason for x in scan.ignored] == ["longer than 1022 bytes"]

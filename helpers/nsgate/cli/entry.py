@@ -45,9 +45,15 @@ def _dispatch(prog: str, argv: list[str]) -> tuple[int, str, str]:
 
 
 def _drop_privilege() -> None:
+    """Become the caller before saying anything. Where the ids cannot be set (an unmapped id
+    inside a user namespace), a process still holding root says nothing at all."""
     uid, gid = posix.getuid(), posix.getgid()
-    posix.setresgid(gid, gid, gid)
-    posix.setresuid(uid, uid, uid)
+    try:
+        posix.setresgid(gid, gid, gid)
+        posix.setresuid(uid, uid, uid)
+    except OSError:
+        if posix.geteuid() == 0 and uid != 0:
+            posix._exit(1)
 
 
 def _emit(fd: int, text: str) -> None:

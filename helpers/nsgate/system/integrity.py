@@ -24,10 +24,14 @@ def _check(path: str) -> None:
     except OSError as err:
         raise Refusal(f"refusing to run: cannot check {path}: {err.strerror}") from None
     if st.st_uid != 0 or st.st_mode & 0o022:
+        hint = []
+        if st.st_uid == 65534:
+            hint.append("uid 65534 is also how root appears inside a user namespace that does "
+                        "not map it: run the helper from the initial user namespace")
         raise Refusal(f"refusing to run: {path} is owned by uid {st.st_uid} with mode "
                       f"{st.st_mode & 0o7777:04o}",
                       "code that runs as root must be owned by root and not writable by group or "
-                      "others: reinstall nsgate, or fix the owner and mode of that path")
+                      "others: reinstall nsgate, or fix the owner and mode of that path", *hint)
     _checked.add(path)
 
 

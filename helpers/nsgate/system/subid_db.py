@@ -39,7 +39,13 @@ def same_user(owner: bytes, uid: int) -> bool:
 
 
 class Holdings:
-    """The subordinate ids one user holds, and how to explain them when refusing."""
+    """The subordinate ids one user holds, and how to explain them when refusing.
+
+    Found in steps, each only when the previous did not cover a request: the lines of the
+    user's name (one fast pass), then those of the numeric uid, then those of other names with
+    the same uid (shadow's second pass; slow, and only for lines touching the request). Line
+    numbers and ignored lines are gathered only to explain a refusal.
+    """
 
     def __init__(self, kind: str, name: bytes, uid: int) -> None:
         self.kind = kind
@@ -47,8 +53,8 @@ class Holdings:
         self.uid = uid
         self.source = PATHS[kind]
         self.lines: list[subid.SubidLine] = []
-        self.ignored: list[subid.IgnoredLine] = []
         self._fd: int | None = None
+        self._uid_lines_added = False
         self._plugin = False
 
     def owns(self, start: int, count: int, thorough: bool = True) -> bool:
@@ -56,25 +62,28 @@ class Holdings:
             return self._plugin_owns(start, count)
         if not subid.uncovered(self._ranges(), start, count):
             return True
-        if not thorough:
+        if not thorough or self._fd is None:
             return False
-        self._scan_aliases(start, start + count)
+        if not self._uid_lines_added:
+            self._uid_lines_added = True
+            self.lines += subid.scan_owners(files.chunks(self._fd), (str(self.uid).encode(),),
+                                            numbered=False).lines
+            if not subid.uncovered(self._ranges(), start, count):
+                return True
+        self._add_alias_lines(start, start + count)
         return not subid.uncovered(self._ranges(), start, count)
 
     def _ranges(self) -> list[tuple[int, int]]:
         return [(line.start, line.count) for line in self.lines]
 
-    def _scan_aliases(self, start: int, end: int) -> None:
-        """Shadow's second pass: lines owned by another name of the same user. Only the owners
-        of lines that touch [start, end) are looked up (the slow path of a large file)."""
+    def _add_alias_lines(self, start: int, end: int) -> None:
         if self._fd is None:
             return
         known = {self.name, str(self.uid).encode()}
-        seen = {line.lineno for line in self.lines}
         for line in subid.iter_lines(files.chunks(self._fd)):
             if (isinstance(line, subid.SubidLine) and line.start < end and line.end > start
-                    and line.owner not in known and line.lineno not in seen
-                    and same_user(line.owner, self.uid)):
+                    and line.owner not in known and same_user(line.owner, self.uid)
+                    and (line.start, line.count) not in self._ranges()):
                 self.lines.append(line)
 
     def _plugin_owns(self, start: int, count: int) -> bool:
@@ -91,15 +100,19 @@ class Holdings:
         if self._plugin:
             return [f"the {self.source} does not grant {who} host {self.kind}s "
                     f"{start}-{start + count - 1}"]
+        scan = subid.OwnerScan()
+        if self._fd is not None:
+            scan = subid.scan_owners(files.chunks(self._fd), (self.name, str(self.uid).encode()))
+        numbered = scan.lines + [line for line in self.lines if line.lineno]  # + aliases
         owned = ", ".join(f"{line.start}-{line.end - 1} (line {line.lineno})"
-                          for line in sorted(self.lines, key=lambda x: x.start))
+                          for line in sorted(numbered, key=lambda x: x.start))
         text = [f"{who} owns in {self.source}: {owned}" if owned
                 else f"{who} owns no subordinate {self.kind}s in {self.source}"]
-        gaps = subid.uncovered(self._ranges(), start, count)
+        gaps = subid.uncovered([(x.start, x.count) for x in numbered], start, count)
         if owned and gaps:
             text.append("not covered: " + ", ".join(f"{a}-{b - 1}" for a, b in gaps))
         text.extend(f"line {line.lineno} of {self.source} is ignored: {line.reason}"
-                    for line in self.ignored)
+                    for line in scan.ignored)
         return text
 
     def close(self) -> None:
@@ -143,8 +156,7 @@ def holdings(kind: str, name: bytes, uid: int, login_defs: bytes,
         if login_defs_value(login_defs, COUNT_KEYS[kind]) == b"0":
             return result  # shadow 4.19: with SUB_*_COUNT 0 a missing file means no ranges
         raise Refusal(f"cannot open {PATHS[kind]}: No such file or directory")
-    scan = subid.scan_owners(files.chunks(result._fd), (name, str(uid).encode()))
-    result.lines, result.ignored = scan.lines, scan.ignored
+    result.lines = subid.scan_owners(files.chunks(result._fd), (name,), numbered=False).lines
     return result
 
 
