@@ -65,7 +65,8 @@ install: all
 	rm -rf $(DESTDIR)$(LIBDIR)/*
 	cp -r $(PYLIB)/. $(DESTDIR)$(LIBDIR)/
 	rm -f $(DESTDIR)$(LIBDIR)/.stamp
-	$(PYTHON) -I -m compileall -q -d $(LIBDIR) $(DESTDIR)$(LIBDIR) >/dev/null
+	$(PYTHON) -I -m compileall -q --invalidation-mode unchecked-hash -d $(LIBDIR) \
+	  $(DESTDIR)$(LIBDIR) >/dev/null
 	chown -R 0:0 $(DESTDIR)$(LIBDIR)
 	chmod -R u+rwX,go+rX,go-w $(DESTDIR)$(LIBDIR)
 	install -s -m 0755 -o 0 -g 0 $(BUILD)/bin/getsubids $(DESTDIR)$(LIBEXECDIR)/getsubids

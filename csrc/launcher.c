@@ -157,7 +157,7 @@ int main(int argc, char **argv)
 	static char *const clean_env[] = {
 		"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C.UTF-8", NULL
 	};
-	static const char code[] = "import sys;sys.path.append('" NSGATE_LIBDIR "');"
+	static const char code[] = "import sys;sys.path.insert(0,'" NSGATE_LIBDIR "');"
 		"from nsgate.cli.entry import run;run('" NSGATE_HELPER "')";
 	char *args[MAX_ARGS + 8];
 	int n = 0;

@@ -1,8 +1,6 @@
 """getsubids [-g] USER: list the subordinate ranges the map helpers would honour for USER, in
 shadow's format `<index>: <user as given> <start> <count>` (newuidmap.md §9). Unprivileged."""
 
-from __future__ import annotations
-
 import pwd
 
 from nsgate.errors import Refusal

@@ -7,8 +7,6 @@ the caller, gather the caller's subordinate ids, decide; only then the side effe
 the one capability the kernel checks. Every message is written after privilege is dropped.
 """
 
-from __future__ import annotations
-
 import posix
 import pwd
 

@@ -4,8 +4,6 @@ Pure: the caller's identity and a way to ask "does the caller own these subordin
 a decision comes out. Nothing here reads a file or makes a system call.
 """
 
-from __future__ import annotations
-
 from nsgate.policy.idmap_request import Triple
 
 TYPE_CHECKING = False  # typing costs import time on every helper run
@@ -35,7 +33,7 @@ def is_self_map(triple: Triple, self_id: int) -> bool:
 
 
 def decide(triples: list[Triple], self_id: int,
-           owns: Callable[[int, int, bool], bool]) -> Decision:
+           owns: "Callable[[int, int, bool], bool]") -> Decision:
     """`self_id` is the caller's uid (newuidmap) or real gid (newgidmap).
 
     `owns(start, count, thorough)` says whether the caller's subordinate ids cover

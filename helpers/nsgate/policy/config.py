@@ -1,7 +1,5 @@
 """Small system configuration files nsgate honours: /etc/login.defs and /etc/nsswitch.conf."""
 
-from __future__ import annotations
-
 NSS_MODULE_NAME_MAX = 50
 _NSS_NAME_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
@@ -10,13 +8,18 @@ def login_defs_value(data: bytes, key: bytes) -> bytes | None:
     """The value of `key` in login.defs text (shadow's getdef: `NAME value`, `#` comments; a
     later definition overrides an earlier one)."""
     found = None
-    for line in data.split(b"\n"):
+    pos = data.find(key)
+    while pos != -1:  # only the lines that mention the key are split (login.defs is long)
+        line_start = data.rfind(b"\n", 0, pos) + 1
+        line_end = data.find(b"\n", pos)
+        line = data[line_start:line_end if line_end != -1 else len(data)]
         fields = line.split(None, 1)
         if len(fields) == 2 and fields[0] == key:
             value = fields[1].strip()
             if value.startswith(b'"'):
                 value = value[1:].split(b'"', 1)[0]
             found = value
+        pos = data.find(key, line_end) if line_end != -1 else -1
     return found
 
 

@@ -5,8 +5,6 @@ reference's bounds (newuidmap.md §3.3), zero triples, more than 340 triples, a 
 more, and overlaps that the kernel would refuse with EINVAL (§11 items 3, 4, 5).
 """
 
-from __future__ import annotations
-
 from nsgate.errors import Refusal
 from nsgate.policy.numbers import is_canonical, parse_decimal
 

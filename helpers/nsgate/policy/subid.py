@@ -9,8 +9,6 @@ path looks only at the lines of the owners asked for, searching the raw bytes ch
 never builds an object per line of the file.
 """
 
-from __future__ import annotations
-
 from nsgate.policy.numbers import parse_decimal
 
 TYPE_CHECKING = False  # typing costs import time on every helper run
@@ -81,7 +79,8 @@ class OwnerScan:
         self.ignored: list[IgnoredLine] = []
 
 
-def _complete_regions(chunks: Iterable[bytes | bytearray]) -> Iterator[tuple[bytes, int]]:
+def _complete_regions(chunks: "Iterable[bytes | bytearray]"
+                      ) -> "Iterator[tuple[bytes, int]]":
     """Split a byte stream into regions of whole lines, with the number of the first line."""
     carry = b""
     lineno = 1
@@ -98,7 +97,7 @@ def _complete_regions(chunks: Iterable[bytes | bytearray]) -> Iterator[tuple[byt
         yield carry + b"\n", lineno
 
 
-def scan_owners(chunks: Iterable[bytes | bytearray], owners: Iterable[bytes],
+def scan_owners(chunks: "Iterable[bytes | bytearray]", owners: "Iterable[bytes]",
                 numbered: bool = True) -> OwnerScan:
     """Find, in file order, every line whose owner field is exactly one of `owners`.
 
@@ -131,14 +130,14 @@ def scan_owners(chunks: Iterable[bytes | bytearray], owners: Iterable[bytes],
     return result
 
 
-def _numbered_regions(chunks: Iterable[bytes | bytearray]
-                      ) -> Iterator[tuple[bytes, int, int, int]]:
+def _numbered_regions(chunks: "Iterable[bytes | bytearray]"
+                      ) -> "Iterator[tuple[bytes, int, int, int]]":
     for region, lineno in _complete_regions(chunks):
         yield region, 0, len(region), lineno
 
 
-def _fast_regions(chunks: Iterable[bytes | bytearray]
-                  ) -> Iterator[tuple[bytes | bytearray, int, int, int]]:
+def _fast_regions(chunks: "Iterable[bytes | bytearray]"
+                  ) -> "Iterator[tuple[bytes | bytearray, int, int, int]]":
     """(buf, lo, hi, 0): buf[lo:hi] is whole lines, lo a line start; no copy of the chunks
     beyond the one line that straddles each boundary."""
     carry = b""
@@ -164,7 +163,7 @@ def _add(result: OwnerScan, parsed: SubidLine | IgnoredLine) -> None:
         result.ignored.append(parsed)
 
 
-def iter_lines(chunks: Iterable[bytes | bytearray]) -> Iterator[SubidLine | IgnoredLine]:
+def iter_lines(chunks: "Iterable[bytes | bytearray]") -> "Iterator[SubidLine | IgnoredLine]":
     """Every non-blank line, parsed (the slow path: an object per line)."""
     for region, lineno in _complete_regions(chunks):
         for line in region.split(b"\n")[:-1]:
@@ -173,7 +172,8 @@ def iter_lines(chunks: Iterable[bytes | bytearray]) -> Iterator[SubidLine | Igno
             lineno += 1
 
 
-def uncovered(owned: Iterable[tuple[int, int]], start: int, count: int) -> list[tuple[int, int]]:
+def uncovered(owned: "Iterable[tuple[int, int]]", start: int, count: int
+              ) -> list[tuple[int, int]]:
     """The parts of [start, start + count) that no owned (start, count) range covers.
 
     Adjacent and overlapping owned ranges combine, as shadow's have_range chains them.

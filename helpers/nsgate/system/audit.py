@@ -1,7 +1,5 @@
 """Every decision goes to syslog (authpriv), caller-supplied text escaped (security-cases C2)."""
 
-from __future__ import annotations
-
 import syslog
 
 

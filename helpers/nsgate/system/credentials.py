@@ -5,8 +5,6 @@ saved uid 0) and file capabilities (every uid the caller's, the capability carri
 launcher as an ambient capability). Every change of credentials nsgate makes is in this module.
 """
 
-from __future__ import annotations
-
 import posix
 
 from nsgate.errors import Refusal

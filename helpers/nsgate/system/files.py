@@ -1,8 +1,6 @@
 """Opening the system files nsgate trusts: no symlinks, regular files, root-owned, not writable
 by group or others (security-cases C11). Content is handed to the policy modules as bytes."""
 
-from __future__ import annotations
-
 import posix
 
 from nsgate.errors import Refusal
@@ -54,16 +52,17 @@ def _check_trusted(fd: int, path: str) -> None:
                       f"{dst.st_uid} with mode {dst.st_mode & 0o7777:04o}")
 
 
-def chunks(fd: int) -> Iterator[bytearray]:
+def chunks(fd: int) -> "Iterator[bytearray]":
     """The file's content from the start, in chunks of at most CHUNK bytes. A full chunk is
     one buffer reused for the next: consume each before asking for the next."""
     posix.lseek(fd, 0, 0)
-    buf = bytearray(CHUNK)
+    size_hint = posix.fstat(fd).st_size + 1  # a small file gets a small buffer
+    buf = bytearray(min(CHUNK, max(size_hint, 4096)))
     while True:
         size = posix.readv(fd, [buf])
         if size == 0:
             return
-        yield buf if size == CHUNK else buf[:size]
+        yield buf if size == len(buf) else buf[:size]
 
 
 def read_small(path: str, limit: int = 1 << 20) -> bytes | None:

@@ -6,8 +6,6 @@ package tree (before any of it is imported beyond this module), and every module
 `verify_loaded_modules` runs again right before the first side effect, to cover later imports.
 """
 
-from __future__ import annotations
-
 import posix
 import sys
 
@@ -23,6 +21,10 @@ def _check(path: str) -> None:
         st = posix.stat(path)
     except OSError as err:
         raise Refusal(f"refusing to run: cannot check {path}: {err.strerror}") from None
+    _check_stat(path, st)
+
+
+def _check_stat(path: str, st: posix.stat_result) -> None:
     if st.st_uid != 0 or st.st_mode & 0o022:
         hint = []
         if st.st_uid == 65534:
@@ -44,11 +46,14 @@ def _check_with_ancestors(path: str) -> None:
 
 def _check_tree(top: str) -> None:
     _check(top)
-    for entry in posix.scandir(top):
+    _check_entries(top)
+
+
+def _check_entries(directory: str) -> None:
+    for entry in posix.scandir(directory):
+        _check_stat(entry.path, entry.stat(follow_symlinks=False))  # a symlink is no dir here
         if entry.is_dir(follow_symlinks=False):
-            _check_tree(entry.path)
-        else:
-            _check(entry.path)
+            _check_entries(entry.path)
 
 
 def verify_startup(libdir: str) -> None:
@@ -62,7 +67,7 @@ def verify_startup(libdir: str) -> None:
         _check_with_ancestors(entry)
     for item in posix.scandir(libdir):
         if not item.is_dir(follow_symlinks=False):
-            _check(item.path)
+            _check_stat(item.path, item.stat(follow_symlinks=False))
     _check_tree(libdir + "/nsgate")
     verify_loaded_modules()
 
@@ -71,7 +76,7 @@ def verify_loaded_modules() -> None:
     for module in list(sys.modules.values()):
         for attr in ("__file__", "__cached__"):
             path = getattr(module, attr, None)
-            if isinstance(path, str) and path.startswith("/"):
+            if isinstance(path, str) and path.startswith("/") and path not in _checked:
                 try:
                     posix.stat(path)
                 except OSError:

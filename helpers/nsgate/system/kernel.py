@@ -1,7 +1,5 @@
 """Thin typed wrappers over the cffi module `_nsgate_sys`: the system calls Python 3.11 lacks."""
 
-from __future__ import annotations
-
 import posix
 
 from _nsgate_sys import ffi, lib

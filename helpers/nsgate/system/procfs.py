@@ -5,8 +5,6 @@ The pid is looked up once; every later check and write goes through the same dir
 pid reuse cannot redirect them (security-cases C10). Opens never follow symlinks.
 """
 
-from __future__ import annotations
-
 import fcntl
 import posix
 

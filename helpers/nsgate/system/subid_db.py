@@ -3,8 +3,6 @@ module (newuidmap.md §6). Reads and looks up; the parsing is policy.subid's, th
 policy.authorize's.
 """
 
-from __future__ import annotations
-
 import posix
 import pwd
 
