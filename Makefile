@@ -14,7 +14,7 @@ LIBEXECDIR := $(PREFIX)/libexec/nsgate
 LIBDIR     := $(PREFIX)/lib/nsgate
 BUILD      := build
 PYLIB      := $(BUILD)/lib
-HELPERS    := newuidmap newgidmap getsubids
+HELPERS    := newuidmap newgidmap getsubids lxc-user-nic
 CFLAGS     ?= -O2 -g
 # Static PIE: no dynamic loader runs before the launcher's own checks (LD_* variables, a
 # file limit too low to load libc).
@@ -79,6 +79,7 @@ else
 	install -s -m 4755 -o 0 -g 0 $(BUILD)/bin/newuidmap $(DESTDIR)$(LIBEXECDIR)/newuidmap
 	install -s -m 4755 -o 0 -g 0 $(BUILD)/bin/newgidmap $(DESTDIR)$(LIBEXECDIR)/newgidmap
 endif
+	install -s -m 4755 -o 0 -g 0 $(BUILD)/bin/lxc-user-nic $(DESTDIR)$(LIBEXECDIR)/lxc-user-nic
 
 uninstall:
 	rm -rf $(DESTDIR)$(LIBDIR) $(DESTDIR)$(LIBEXECDIR)

@@ -27,13 +27,17 @@ from tests.support import (
 )
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWNET = 0x40000000
 
 
-def _enter_private_mount_namespace() -> None:
+def _enter_private_namespaces() -> None:
+    """A private mount namespace, and a private network namespace: bridges and veths the tests
+    make never appear among the host's links."""
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(CLONE_NEWNS) != 0:
-        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+    if libc.unshare(CLONE_NEWNS | CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS | CLONE_NEWNET)")
     subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
 
 
 def _overlay_etc() -> None:
@@ -60,10 +64,14 @@ def _add_test_accounts() -> None:
 def sandbox() -> None:
     if os.geteuid() != 0:
         pytest.exit("the nsgate tests run as root (they create namespaces and test users)", 2)
-    _enter_private_mount_namespace()
+    _enter_private_namespaces()
     SANDBOX.mkdir(parents=True, exist_ok=True)
     _overlay_etc()
     _add_test_accounts()
+    Path("/etc/lxc").mkdir(exist_ok=True)
+    Path("/run/lxc").mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "nsgate-lxc", "/run/lxc"],
+                   check=True)
 
 
 @pytest.fixture(autouse=True)

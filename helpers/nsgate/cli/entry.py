@@ -7,7 +7,7 @@ exception ever reaches the user as a traceback.
 import posix
 import sys
 
-HELPERS = ("newuidmap", "newgidmap", "getsubids")
+HELPERS = ("newuidmap", "newgidmap", "getsubids", "lxc-user-nic")
 
 
 def run(prog: str) -> None:
@@ -37,6 +37,10 @@ def _dispatch(prog: str, argv: list[str]) -> tuple[int, str, str]:
 
         status, text = newidmap.main(prog, argv)
         return status, "", text
+    if prog == "lxc-user-nic":
+        from nsgate.cli import usernic
+
+        return usernic.main(argv)
     if prog == "getsubids":
         from nsgate.cli import getsubids
 

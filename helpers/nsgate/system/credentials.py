@@ -83,6 +83,16 @@ def become_map_writer(caller: Caller, caps: list[int]) -> None:
     kernel.set_capabilities(mask, mask, 0)
 
 
+def become_unsignalable(caller: Caller) -> None:
+    """Every uid root: the caller may signal a process only through its real or saved uid, so
+    from here on it can neither stop nor kill the helper (lxc-user-nic.md §10 item 8)."""
+    if not caller.setuid_root:
+        raise Refusal("this helper must be installed setuid root",
+                      "it cannot protect its critical section from its caller otherwise")
+    posix.setresuid(0, 0, 0)
+    posix.setresgid(0, 0, 0)  # files it creates from here on are root's alone
+
+
 def drop_all(caller: Caller) -> None:
     """Irreversibly become the caller, with no capabilities: before any output is written."""
     try:

@@ -1,0 +1,244 @@
+"""lxc-user-nic: give a caller's network namespace a veth on a bridge it is granted, within its
+quota (lxc-user-nic.md). Drop-in for LXC's helper.
+
+create, in order, each step before any change:
+  parse and validate every name; identify the caller; find the applicable grants; check the
+  bridge (a Linux bridge, an OVS bridge, or `none`); open the target's netns once, as the caller;
+  prove the caller holds CAP_NET_ADMIN over that very netns, as the caller. Then, with every id
+  root so the caller can no longer stop or kill the helper: lock the database, prune stale lines,
+  check the quota, create the pair with the peer born in the netns by fd, set it up, attach it,
+  record it, unlock. Any failure rolls all of it back. The result line is written after all
+  privilege is dropped, in one write.
+"""
+
+import posix
+
+from nsgate.errors import Refusal
+from nsgate.policy import nicdb, nicnames, usernet
+from nsgate.policy.nic_request import NO_BRIDGE, USAGE, NicRequest, parse
+from nsgate.system import audit, credentials, files, kernel, netns, nicdb_store, ovs, ports, rtnl
+
+USERNET = "/etc/lxc/lxc-usernet"
+DEFAULT_MTU = 1500
+
+
+class Caller:
+    """The caller's real ids, name and supplementary group names (lxc-user-nic.md §5.2)."""
+
+    def __init__(self) -> None:
+        import grp
+        import pwd
+
+        self.ids = credentials.Caller()
+        try:
+            self.name = pwd.getpwuid(self.ids.uid).pw_name.encode("utf-8", "surrogateescape")
+        except KeyError:
+            raise Refusal("Failed to get username",
+                          f"uid {self.ids.uid} has no passwd entry") from None
+        names = []
+        for gid in posix.getgroups():
+            try:
+                names.append(grp.getgrgid(gid).gr_name.encode("utf-8", "surrogateescape"))
+            except KeyError:
+                continue  # a nameless gid: skipped, the scan goes on (§10 item 7)
+        self.tokens = usernet.tokens_of(self.name, names)
+
+    @property
+    def shown(self) -> str:
+        return self.name.decode("utf-8", "backslashreplace")
+
+
+def main(argv: list[str]) -> tuple[int, str, str]:
+    """The exit status, the text for stdout and the text for stderr."""
+    ids = credentials.Caller()
+    args = [arg.encode("utf-8", "surrogateescape") for arg in argv]
+    what = f"caller uid {ids.uid}, lxc-user-nic " + " ".join(
+        repr(arg[:40])[2:-1] for arg in args[:8])
+    try:
+        credentials.harden_process()
+        request = parse(args)
+        credentials.require_capability(kernel.CAP_NET_ADMIN)
+        caller = Caller()
+        if request.verb == "create":
+            line = _create(caller, request)
+        else:
+            _delete(caller, request)
+            line = ""
+    except Refusal as refusal:
+        credentials.drop_all(ids)
+        audit.record("lxc-user-nic", False, f"{what}: {refusal.first}")
+        text = "".join(f"lxc-user-nic: {x}\n" for x in (refusal.first, *refusal.details))
+        return 1, "", audit.printable_lines(text) + (USAGE if refusal.usage else "")
+    audit.record("lxc-user-nic", True, f"{what}: {line.strip() or 'deleted'}")
+    credentials.drop_all(ids)
+    return 0, line, ""
+
+
+def _grants(caller: Caller, request: NicRequest) -> list[usernet.Grant]:
+    data = files.read_small(USERNET)
+    if data is None:
+        raise Refusal(f"no {USERNET}: the administrator grants nics there",
+                      f"a line like '{caller.shown} {request.nic_type.decode()} "
+                      f"{request.bridge.decode()} 1' allows one nic")
+    grants = usernet.applicable(usernet.parse(data), caller.tokens, request.nic_type,
+                                request.bridge)
+    if not grants:
+        raise Refusal(f"no lxc-usernet entry for user {caller.shown} on bridge "
+                      f"{request.bridge.decode()} (type {request.nic_type.decode()})",
+                      f"{USERNET} has no line for {caller.shown} or one of its groups with that "
+                      "type and bridge")
+    return grants
+
+
+def _check_bridge(net: rtnl.Rtnl, bridge: bytes) -> tuple[int, int, bool]:
+    """(ifindex, mtu, is_ovs) of the bridge to attach to; (0, 1500, False) for `none`."""
+    if bridge == NO_BRIDGE:
+        return 0, DEFAULT_MTU, False
+    name = bridge.decode()
+    link = net.link(name)
+    if link is None:
+        raise Refusal(f"bridge {name} does not exist")
+    if link.kind == "bridge":
+        return link.index, link.mtu, False
+    if link.kind == "openvswitch" and ovs.bridge_exists(name):
+        return link.index, link.mtu, True
+    raise Refusal(f"{name} is not a bridge (it is a {link.kind or 'plain'} link)",
+                  "nics can be attached only to a Linux bridge or an Open vSwitch bridge")
+
+
+def _prove_net_admin(caller: Caller, target_fd: int, host_fd: int) -> rtnl.Rtnl:
+    """Open a netlink socket in the target netns as the caller and prove, with the kernel's own
+    check, that the caller holds CAP_NET_ADMIN over it (§10 item 2). The socket is kept for
+    read-only queries of that netns."""
+    netns.enter(target_fd)
+    credentials.act_as_caller(caller.ids)
+    try:
+        inside = rtnl.Rtnl()
+        privileged = inside.probe_net_admin()
+    finally:
+        credentials.act_as_root(caller.ids)
+        netns.enter(host_fd)
+    if not privileged:
+        inside.close()
+        raise Refusal(f"User {caller.shown} may not modify that network namespace",
+                      "the caller needs CAP_NET_ADMIN over it: it must belong to a user "
+                      "namespace the caller owns (e.g. unshare --user --map-root-user --net)")
+    return inside
+
+
+def _create(caller: Caller, request: NicRequest) -> str:
+    grants = _grants(caller, request)
+    host_fd = rtnl.netns_of_self()
+    with rtnl.Rtnl() as net:
+        bridge_index, mtu, is_ovs = _check_bridge(net, request.bridge)
+        credentials.act_as_caller(caller.ids)
+        try:
+            target_fd = netns.open_of_pid(request.pid)
+        finally:
+            credentials.act_as_root(caller.ids)
+        inside = _prove_net_admin(caller, target_fd, host_fd)
+        with inside:
+            peer = _container_name(inside, request.nicname)
+            credentials.become_unsignalable(caller.ids)
+            lock = nicdb_store.Locked()
+            try:
+                host = _create_locked(caller, request, net, grants, target_fd, peer, mtu,
+                                      bridge_index, is_ovs)
+            finally:
+                lock.release()
+            peer_link = inside.link(peer.decode())
+            host_link = net.link(host.decode())
+        if peer_link is None or host_link is None:
+            raise Refusal("the new interface vanished before it could be reported")
+    return f"{peer.decode()}:{peer_link.index}:{host.decode()}:{host_link.index}\n"
+
+
+def _container_name(inside: rtnl.Rtnl, requested: bytes | None) -> bytes:
+    """The requested name if free in the container, else the first free eth%d."""
+    taken = inside.link_names()
+    if requested is not None:
+        if requested.decode() in taken:
+            raise Refusal(f"interface name {requested.decode()} is already taken in the "
+                          "container")
+        return requested
+    for number in range(len(taken) + 1):
+        name = f"eth{number}"
+        if name not in taken:
+            return name.encode()
+    raise Refusal("no free eth<N> name in the container")
+
+
+def _create_locked(caller: Caller, request: NicRequest, net: rtnl.Rtnl,
+                   grants: list[usernet.Grant], target_fd: int, peer: bytes, mtu: int,
+                   bridge_index: int, is_ovs: bool) -> bytes:
+    live = {name.encode() for name in net.link_names()}
+    lines, _stale = nicdb.prune(nicdb.parse(nicdb_store.read()), live)
+    used = nicdb.nics_by_owner(lines, request.nic_type, request.bridge)
+    decision = usernet.decide(grants, used)
+    if decision.owner is None:
+        counted = [dev.decode() for devs in decision.used.values() for dev in devs]
+        raise Refusal(f"quota {decision.total} on {request.bridge.decode()} used"
+                      + (f" by {', '.join(counted)}" if counted else ""),
+                      "remove one of these nics (stop its container) or ask for a larger quota "
+                      f"in {USERNET}")
+    host = _free_host_name(caller.ids.uid, live)
+    net.create_veth(host.decode(), peer.decode(), target_fd, mtu)
+    try:
+        link = net.link(host.decode())
+        if link is None:
+            raise Refusal("the new veth vanished while it was set up")
+        ports.set_up_host_end(net, link, bridge_index, is_ovs, request.bridge)
+        nicdb_store.replace(nicdb.serialize(
+            [*lines, nicdb.entry(decision.owner, request.nic_type, request.bridge, host)]))
+    except BaseException:
+        _roll_back(net, host, is_ovs, request.bridge)
+        raise
+    return host
+
+
+def _roll_back(net: rtnl.Rtnl, host: bytes, is_ovs: bool, bridge: bytes) -> None:
+    link = net.link(host.decode())
+    if is_ovs:
+        ovs.run("--if-exists", "del-port", bridge.decode(), host.decode())
+    if link is not None:
+        net.delete_link(link.index)  # takes the peer in the container with it
+
+
+def _free_host_name(uid: int, live: set[bytes]) -> bytes:
+    for _ in range(100):
+        name = nicnames.host_veth_name(uid, posix.urandom(8))
+        if name not in live:
+            return name
+    raise Refusal("could not find a free host interface name")
+
+
+def _delete(caller: Caller, request: NicRequest) -> None:
+    """Remove an Open vSwitch port the caller owns (§8.2); Linux bridge ports go away with the
+    container's netns."""
+    credentials.act_as_caller(caller.ids)
+    try:
+        target_fd = netns.open_path(request.netns_path)
+    finally:
+        credentials.act_as_root(caller.ids)
+    host_fd = rtnl.netns_of_self()
+    _prove_net_admin(caller, target_fd, host_fd).close()
+    dev = request.nicname or b""
+    with rtnl.Rtnl() as net:
+        bridge = net.link(request.bridge.decode()) if request.bridge != NO_BRIDGE else None
+        if bridge is not None and bridge.kind == "bridge":
+            raise Refusal("Deletion of non ovs type network devices not implemented",
+                          "a Linux bridge port goes away with the container's netns")
+        credentials.become_unsignalable(caller.ids)
+        lock = nicdb_store.Locked()
+        try:
+            lines = nicdb.parse(nicdb_store.read())
+            owned = nicdb.find(lines, caller.tokens, request.nic_type, request.bridge, dev)
+        finally:
+            lock.release()
+    if owned is None:
+        raise Refusal(f'Caller is not allowed to delete network device "{dev.decode()}"',
+                      f"{nicdb_store.DB_PATH} records no {request.nic_type.decode()} nic of "
+                      f"{caller.shown} or its groups named so on {request.bridge.decode()}")
+    if not ovs.run("del-port", request.bridge.decode(), dev.decode()):
+        raise Refusal(f'Failed to remove port "{dev.decode()}" from openvswitch bridge '
+                      f'"{request.bridge.decode()}"')

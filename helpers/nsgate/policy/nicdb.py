@@ -1,0 +1,67 @@
+"""The nic database /run/lxc/nics: `<owner-token> <type> <bridge> <host-veth>` per line, single
+spaces, exactly as the reference writes it (lxc-user-nic.md §6). Bytes in, bytes out.
+
+Lines nsgate cannot read (damage left by the reference's cull, comments, foreign text) are kept
+as they are and never counted: nsgate does not destroy what it does not understand.
+"""
+
+from nsgate.policy.nicnames import valid_ifname
+
+
+class NicLine:
+    __slots__ = ("bridge", "dev", "nic_type", "owner", "raw")
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        words = raw.split()
+        valid = (len(words) == 4 and not raw.startswith(b"#")
+                 and valid_ifname(words[3]) and (words[2] == b"none" or valid_ifname(words[2])))
+        self.owner, self.nic_type, self.bridge, self.dev = words if valid else (b"",) * 4
+
+    @property
+    def valid(self) -> bool:
+        return bool(self.dev)
+
+
+def parse(data: bytes) -> list[NicLine]:
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return [NicLine(raw) for raw in lines if raw]
+
+
+def serialize(lines: list[NicLine]) -> bytes:
+    return b"".join(line.raw + b"\n" for line in lines)
+
+
+def entry(owner: bytes, nic_type: bytes, bridge: bytes, dev: bytes) -> NicLine:
+    return NicLine(b" ".join((owner, nic_type, bridge, dev)))
+
+
+def prune(lines: list[NicLine], live: set[bytes]) -> tuple[list[NicLine], list[NicLine]]:
+    """(kept, stale): valid lines whose interface no longer exists are stale."""
+    kept: list[NicLine] = []
+    stale: list[NicLine] = []
+    for line in lines:
+        (stale if line.valid and line.dev not in live else kept).append(line)
+    return kept, stale
+
+
+def nics_by_owner(lines: list[NicLine], nic_type: bytes,
+                  bridge: bytes) -> dict[bytes, list[bytes]]:
+    """The recorded nics of each owner token on this type and bridge, in file order."""
+    found: dict[bytes, list[bytes]] = {}
+    for line in lines:
+        if line.valid and line.nic_type == nic_type and line.bridge == bridge:
+            found.setdefault(line.owner, []).append(line.dev)
+    return found
+
+
+def find(lines: list[NicLine], tokens: set[bytes], nic_type: bytes, bridge: bytes,
+         dev: bytes) -> NicLine | None:
+    """The caller's own exact line for `dev` (owner + type + bridge + name, CVE-2026-39402)."""
+    for line in lines:
+        if (line.valid and line.owner in tokens and line.nic_type == nic_type
+                and line.bridge == bridge and line.dev == dev):
+            return line
+    return None

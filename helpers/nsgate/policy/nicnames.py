@@ -1,0 +1,26 @@
+"""Interface names: what the kernel and nsgate accept, and the host veth naming scheme."""
+
+IFNAMSIZ = 16
+_ALPHABET = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_FORBIDDEN = frozenset(b"/: \t\n\r\v\f")
+
+
+def valid_ifname(name: bytes) -> bool:
+    """1 to 15 printable ASCII bytes, no `/`, `:` or white space, not `.` or `..`."""
+    return (0 < len(name) < IFNAMSIZ and name not in (b".", b"..")
+            and all(0x20 < c < 0x7F and c not in _FORBIDDEN for c in name))
+
+
+def host_veth_name(uid: int, random: bytes) -> bytes:
+    """`veth<uid>_XXXX` for 0 < uid <= 65536, else `vethXXXXXX` (the reference's scheme); the
+    X are drawn from `random` (at least 6 bytes)."""
+    if 0 < uid <= 65536:
+        prefix, count = b"veth%d_" % uid, 4
+    else:
+        prefix, count = b"veth", 6
+    return prefix + bytes(_ALPHABET[b % len(_ALPHABET)] for b in random[:count])
+
+
+def container_name_template(requested: bytes | None) -> bytes:
+    """The peer's name inside the container: the requested one, or the kernel's `eth%d`."""
+    return requested if requested is not None else b"eth%d"

@@ -1,0 +1,106 @@
+"""The nic database on disk: /run/lxc/nics, its directory and its lock (lxc-user-nic.md §6, §10
+items 1, 8, 12).
+
+- The directory and the files are root's: created 0755/0600 without following symlinks, and
+  refused when anyone else could have put or changed them.
+- The lock is a separate, stable file (`nics.lock`), so the database itself can be replaced by
+  rename; waiting for it is bounded, and the helper holds it only while it cannot be signalled
+  by its caller (all its ids root) and only around its own short steps.
+- Every update is a whole new file: written, checked for length, fsync'ed and renamed over the
+  old one, so a reader or a crash sees the old or the new database, never a mix, and a small
+  RLIMIT_FSIZE can only make the update fail, never cut the database short.
+"""
+
+import fcntl
+import posix
+import time
+
+from nsgate.errors import Refusal
+
+DB_DIR = "/run/lxc"
+DB_PATH = DB_DIR + "/nics"
+LOCK_PATH = DB_DIR + "/nics.lock"
+LOCK_WAIT_SECONDS = 10.0
+_S_IFMT, _S_IFDIR, _S_IFREG = 0o170000, 0o040000, 0o100000
+_OPEN = posix.O_CLOEXEC | posix.O_NOFOLLOW | posix.O_NOCTTY
+
+
+def _check_owned_by_root(path: str, st: posix.stat_result, kind: int) -> None:
+    if st.st_mode & _S_IFMT != kind or st.st_uid != 0 or st.st_mode & 0o022:
+        raise Refusal(f"refusing to use {path}: owner uid {st.st_uid}, mode "
+                      f"{st.st_mode & 0o7777:04o}",
+                      f"{path} must be root's, not writable by group or others, and not a link")
+
+
+def ensure_dir() -> None:
+    _check_owned_by_root("/run", posix.lstat("/run"), _S_IFDIR)
+    try:
+        posix.mkdir(DB_DIR, 0o755)
+    except FileExistsError:
+        pass
+    _check_owned_by_root(DB_DIR, posix.lstat(DB_DIR), _S_IFDIR)
+
+
+class Locked:
+    """The database lock, held from construction until `release()`."""
+
+    def __init__(self) -> None:
+        ensure_dir()
+        self.fd = posix.open(LOCK_PATH, posix.O_RDWR | posix.O_CREAT | _OPEN, 0o600)
+        _check_owned_by_root(LOCK_PATH, posix.fstat(self.fd), _S_IFREG)
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    posix.close(self.fd)
+                    raise Refusal(f"{DB_PATH} is busy: another lxc-user-nic has held its lock "
+                                  f"for over {LOCK_WAIT_SECONDS:.0f} s; try again") from None
+                time.sleep(0.005)
+
+    def release(self) -> None:
+        posix.close(self.fd)  # closing the last fd releases the flock
+
+
+def read() -> bytes:
+    """The database's content (empty if it does not exist yet). Call with the lock held."""
+    try:
+        fd = posix.open(DB_PATH, posix.O_RDONLY | posix.O_NONBLOCK | _OPEN)
+    except FileNotFoundError:
+        return b""
+    try:
+        _check_owned_by_root(DB_PATH, posix.fstat(fd), _S_IFREG)
+        parts: list[bytes] = []
+        while True:
+            part = posix.read(fd, 1 << 20)
+            if not part:
+                return b"".join(parts)
+            parts.append(part)
+    finally:
+        posix.close(fd)
+
+
+def replace(content: bytes) -> None:
+    """Atomically replace the database with `content`. Call with the lock held."""
+    temp = f"{DB_DIR}/.nics.{posix.getpid()}"
+    fd = posix.open(temp, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | _OPEN, 0o600)
+    try:
+        posix.fchown(fd, 0, 0)
+        view = memoryview(content)
+        while view:
+            written = posix.write(fd, view)
+            if written <= 0:
+                raise OSError(28, "short write")
+            view = view[written:]
+        posix.fsync(fd)
+        posix.close(fd)
+        fd = -1
+        posix.rename(temp, DB_PATH)
+    except OSError as err:
+        if fd >= 0:
+            posix.close(fd)
+        posix.unlink(temp)
+        raise Refusal(f"cannot write {DB_PATH}: {err.strerror}",
+                      "nothing was changed: the database keeps its previous content") from None

@@ -1,0 +1,359 @@
+"""nsgate.system.rtnl against the real kernel.
+
+Every test body runs in `/usr/bin/python3 -I -S` under `unshare --net`: a fresh network namespace
+(with only `lo`) that dies with the script, so the host's links are never touched. The script
+prints what it observed, through rtnl and through `ip -d -j` in the same netns, as JSON; the
+assertions are here. A second netns, where needed, is a `unshare --net sleep` child of the script.
+This kernel may lack the `dummy` driver; a plain link is then an `ifb`.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import subprocess
+import textwrap
+from pathlib import Path
+
+HELPERS = Path(__file__).resolve().parent.parent / "helpers"
+
+PRELUDE = f"""\
+import ctypes, json, os, subprocess, sys, traceback
+sys.path.insert(0, {str(HELPERS)!r})
+from nsgate.system.rtnl import Link, NetlinkError, Rtnl, netns_of_self
+
+out = {{}}
+
+
+def ip(*args, netns=None):
+    argv = ["ip", "-d", "-j", *args]
+    if netns is not None:
+        argv = ["nsenter", f"--net={{netns}}", *argv]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+
+def ip_names(netns=None):
+    return sorted(link["ifname"] for link in ip("link", "show", netns=netns))
+
+
+def sh(*argv):
+    subprocess.run(argv, check=True)
+
+
+def plain(name):
+    \"\"\"A dummy link, or an ifb where this kernel has no dummy driver; its kind.\"\"\"
+    for kind in ("dummy", "ifb"):
+        if subprocess.run(["ip", "link", "add", name, "type", kind],
+                          stderr=subprocess.DEVNULL).returncode == 0:
+            return kind
+    raise RuntimeError("cannot create a dummy or ifb link")
+
+
+def other_netns():
+    \"\"\"A process in a second, fresh netns; its /proc/PID/ns/net path.\"\"\"
+    proc = subprocess.Popen(["unshare", "--net", "sh", "-c", "echo ready; exec sleep 600"],
+                            stdout=subprocess.PIPE)
+    assert proc.stdout.readline() == b"ready\\n"
+    return proc, f"/proc/{{proc.pid}}/ns/net"
+
+
+def view(link):
+    if link is None:
+        return None
+    return {{"index": link.index, "name": link.name, "kind": link.kind, "mtu": link.mtu,
+             "master": link.master, "address": link.address.hex(":"), "up": link.up}}
+
+
+def failure(call, *args, **kwargs):
+    try:
+        call(*args, **kwargs)
+    except NetlinkError as err:
+        return {{"errno": err.errno, "message": str(err), "oserror": isinstance(err, OSError)}}
+    return None
+
+
+def in_child(body):
+    \"\"\"body() in a forked child; its return value (JSON-able) or the child's traceback.\"\"\"
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        try:
+            result = json.dumps({{"ok": body()}})
+        except BaseException:
+            result = json.dumps({{"error": traceback.format_exc()}})
+        os.write(write, result.encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        result = json.loads(pipe.read())
+    os.waitpid(pid, 0)
+    assert "error" not in result, result["error"]
+    return result["ok"]
+
+
+"""
+
+
+def run_in_netns(body: str) -> dict:
+    script = PRELUDE + textwrap.dedent(body) + "\nprint(json.dumps(out))\n"
+    proc = subprocess.run(["unshare", "--net", "/usr/bin/python3", "-I", "-S", "-c", script],
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_link_lookup_and_netns_fd() -> None:
+    out = run_in_netns("""
+        with Rtnl() as rtnl:
+            lo = rtnl.link("lo")
+            out["lo"] = view(lo)
+            out["missing"] = view(rtnl.link("nsg-missing0"))
+            out["by_index"] = view(rtnl.link_by_index(lo.index))
+            out["missing_index"] = view(rtnl.link_by_index(4242))
+            out["cloexec"] = not os.get_inheritable(rtnl._sock.fileno())
+        out["ip_lo"] = ip("link", "show", "lo")[0]
+        fd = netns_of_self()
+        out["fd_is_own_netns"] = os.fstat(fd).st_ino == os.stat("/proc/thread-self/ns/net").st_ino
+        out["fd_cloexec"] = not os.get_inheritable(fd)
+        out["fd_flags"] = os.O_ACCMODE & int(open(f"/proc/self/fdinfo/{fd}").read()
+                                             .split("flags:")[1].split()[0], 8)
+    """)
+    assert out["lo"] == {"index": out["ip_lo"]["ifindex"], "name": "lo", "kind": None,
+                         "mtu": 65536, "master": 0, "address": "00:00:00:00:00:00", "up": False}
+    assert out["by_index"] == out["lo"]
+    assert out["missing"] is None
+    assert out["missing_index"] is None
+    assert out["cloexec"]
+    assert out["fd_is_own_netns"]
+    assert out["fd_cloexec"]
+    assert out["fd_flags"] == 0  # O_RDONLY
+
+
+def test_socket_stays_in_the_netns_it_was_created_in() -> None:
+    out = run_in_netns("""
+        libc = ctypes.CDLL(None, use_errno=True)
+        here = Rtnl()
+        other, path = other_netns()
+        with open(path) as target:
+            assert libc.setns(target.fileno(), 0x40000000) == 0  # CLONE_NEWNET
+        there = Rtnl()
+        out["there_index"] = there.create_bridge("brthere")
+        out["here_names"] = sorted(here.link_names())
+        out["there_names"] = sorted(there.link_names())
+        out["ip_there"] = ip_names(netns=path)
+        here.close(); there.close(); other.kill()
+    """)
+    assert out["here_names"] == ["lo"]
+    assert out["there_names"] == ["brthere", "lo"] == out["ip_there"]
+
+
+def test_create_bridge_and_link_kinds() -> None:
+    out = run_in_netns("""
+        with Rtnl() as rtnl:
+            out["index"] = rtnl.create_bridge("br0")
+            out["bridge"] = view(rtnl.link("br0"))
+            out["ip_bridge"] = ip("link", "show", "br0")[0]
+            out["plain_kind"] = plain("d0")
+            out["plain"] = view(rtnl.link("d0"))
+            out["again"] = failure(rtnl.create_bridge, "br0")
+            out["bad_name"] = failure(rtnl.create_bridge, "bad/name")
+            out["too_long"] = failure(rtnl.create_bridge, "x" * 16)
+    """)
+    assert out["index"] == out["ip_bridge"]["ifindex"] == out["bridge"]["index"]
+    assert out["bridge"]["kind"] == "bridge" == out["ip_bridge"]["linkinfo"]["info_kind"]
+    assert out["bridge"]["address"] == out["ip_bridge"]["address"]
+    assert out["bridge"]["mtu"] == 1500
+    assert out["plain"]["kind"] == out["plain_kind"]
+    assert out["again"]["errno"] == errno.EEXIST
+    assert out["again"]["oserror"]
+    assert "RTM_NEWLINK bridge br0" in out["again"]["message"]
+    assert out["bad_name"]["errno"] == errno.EINVAL
+    assert out["too_long"]["errno"] in (errno.EINVAL, errno.ERANGE)  # ERANGE: policy length
+
+
+def test_create_veth_peer_born_in_other_netns() -> None:
+    out = run_in_netns("""
+        other, path = other_netns()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        with Rtnl() as rtnl:
+            rtnl.create_veth("vh0", "eth%d", fd, 1400)
+            out["host"] = view(rtnl.link("vh0"))
+            out["names_here"] = sorted(rtnl.link_names())
+            out["again"] = failure(rtnl.create_veth, "vh0", "eth%d", fd, 1400)
+            out["peer_taken"] = failure(rtnl.create_veth, "vh1", "eth0", fd, 1400)
+            out["names_after_failures"] = sorted(rtnl.link_names())
+        out["ip_here"] = ip_names()
+        out["ip_there"] = ip("link", "show", netns=path)
+        other.kill()
+    """)
+    assert out["host"]["kind"] == "veth"
+    assert out["host"]["mtu"] == 1400
+    assert out["host"]["up"] is False
+    assert out["names_here"] == out["ip_here"] == ["lo", "vh0"]
+    peers = {link["ifname"]: link for link in out["ip_there"]}
+    assert set(peers) == {"lo", "eth0"}
+    assert peers["eth0"]["mtu"] == 1400
+    assert peers["eth0"]["linkinfo"]["info_kind"] == "veth"
+    assert "UP" not in peers["eth0"]["flags"]
+    assert peers["eth0"]["link_index"] == out["host"]["index"]
+    assert out["again"]["errno"] == errno.EEXIST
+    assert out["peer_taken"]["errno"] == errno.EEXIST
+    assert out["names_after_failures"] == ["lo", "vh0"]
+
+
+def test_set_link() -> None:
+    out = run_in_netns("""
+        other, path = other_netns()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        with Rtnl() as rtnl:
+            bridge = rtnl.create_bridge("br0")
+            rtnl.create_veth("vh0", "eth%d", fd, 1500)
+            host = rtnl.link("vh0")
+            address = b"\\xfe" + host.address[1:]
+            out["address"] = address.hex(":")
+            rtnl.set_link(host.index, mtu=1400)
+            rtnl.set_link(host.index, address=address)
+            rtnl.set_link(host.index, master=bridge, up=True)
+            out["set"] = view(rtnl.link("vh0"))
+            out["ip_set"] = ip("link", "show", "vh0")[0]
+            rtnl.set_link(host.index, up=False)
+            out["down"] = view(rtnl.link("vh0"))
+            rtnl.set_link(host.index, master=0)
+            out["detached"] = view(rtnl.link("vh0"))
+            out["ip_detached"] = ip("link", "show", "vh0")[0]
+            rtnl.set_link(host.index)
+            out["unchanged"] = view(rtnl.link("vh0"))
+            out["bad_mtu"] = failure(rtnl.set_link, host.index, mtu=10)
+            out["missing"] = failure(rtnl.set_link, 4242, up=True)
+            out["bridge"] = bridge
+        other.kill()
+    """)
+    assert out["set"]["mtu"] == 1400 == out["ip_set"]["mtu"]
+    assert out["set"]["address"] == out["address"] == out["ip_set"]["address"]
+    assert out["set"]["master"] == out["bridge"]
+    assert out["ip_set"]["master"] == "br0"
+    assert out["set"]["up"] is True
+    assert "UP" in out["ip_set"]["flags"]
+    assert out["down"]["up"] is False
+    assert out["down"]["master"] == out["bridge"]
+    assert out["detached"]["master"] == 0
+    assert "master" not in out["ip_detached"]
+    assert out["detached"]["mtu"] == 1400
+    assert out["unchanged"] == out["detached"]
+    assert out["bad_mtu"]["errno"] == errno.EINVAL
+    assert out["missing"]["errno"] == errno.ENODEV
+
+
+def test_set_bridge_port() -> None:
+    out = run_in_netns("""
+        with Rtnl() as rtnl:
+            bridge = rtnl.create_bridge("br0")
+            plain("d0")
+            port = rtnl.link("d0").index
+            out["not_a_port"] = failure(rtnl.set_bridge_port, port, isolated=True)
+            rtnl.set_link(port, master=bridge)
+            rtnl.set_bridge_port(port, isolated=True, learning=False, neigh_suppress=True)
+            out["set"] = ip("link", "show", "d0")[0]["linkinfo"]["info_slave_data"]
+            rtnl.set_bridge_port(port, isolated=False)
+            out["isolation_off"] = ip("link", "show", "d0")[0]["linkinfo"]["info_slave_data"]
+            rtnl.set_bridge_port(port, learning=True, neigh_suppress=False)
+            out["reset"] = ip("link", "show", "d0")[0]["linkinfo"]["info_slave_data"]
+    """)
+    assert out["not_a_port"]["errno"] == errno.EOPNOTSUPP
+    assert (out["set"]["isolated"], out["set"]["learning"], out["set"]["neigh_suppress"]) \
+        == (True, False, True)
+    assert (out["isolation_off"]["isolated"], out["isolation_off"]["learning"],
+            out["isolation_off"]["neigh_suppress"]) == (False, False, True)
+    assert (out["reset"]["isolated"], out["reset"]["learning"],
+            out["reset"]["neigh_suppress"]) == (False, True, False)
+
+
+def test_delete_link() -> None:
+    out = run_in_netns("""
+        other, path = other_netns()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        with Rtnl() as rtnl:
+            plain("d0")
+            index = rtnl.link("d0").index
+            rtnl.delete_link(index)
+            out["gone"] = view(rtnl.link("d0"))
+            out["again"] = failure(rtnl.delete_link, index)
+            rtnl.create_veth("vh0", "eth%d", fd, 1500)
+            out["peer_before"] = ip_names(netns=path)
+            rtnl.delete_link(rtnl.link("vh0").index)
+            out["peer_after"] = ip_names(netns=path)
+            out["lo"] = failure(rtnl.delete_link, 1)
+        out["ip_here"] = ip_names()
+        other.kill()
+    """)
+    assert out["gone"] is None
+    assert out["again"]["errno"] == errno.ENODEV
+    assert out["peer_before"] == ["eth0", "lo"]
+    assert out["peer_after"] == ["lo"]
+    assert out["lo"]["errno"] in (errno.EOPNOTSUPP, errno.EINVAL)
+    assert out["ip_here"] == ["lo"]
+
+
+def test_link_names_multipart_dump_and_small_buffer() -> None:
+    out = run_in_netns("""
+        batch = "".join(f"link add nsg{i} type bridge\\n" for i in range(300))
+        subprocess.run(["ip", "-batch", "-"], input=batch, text=True, check=True)
+        with Rtnl() as rtnl:
+            names = rtnl.link_names()
+            links = rtnl.links()
+        out["names"] = sorted(names)
+        out["kinds"] = sorted({link.kind or "" for link in links})
+        out["ip_names"] = ip_names()
+        with Rtnl(buffer_size=64) as tiny:  # every datagram is larger: the buffer must grow
+            out["tiny_names"] = sorted(tiny.link_names())
+            out["tiny_link"] = view(tiny.link("nsg299"))
+            out["tiny_buffer"] = len(tiny._buffer)
+    """)
+    assert len(out["names"]) == 301
+    assert out["names"] == out["ip_names"] == out["tiny_names"]
+    assert out["kinds"] == ["", "bridge"]
+    assert out["tiny_link"]["name"] == "nsg299"
+    assert out["tiny_buffer"] > 64
+
+
+def test_probe_net_admin() -> None:
+    out = run_in_netns("""
+        def probe(open_euid, send_euid):
+            # effective uid changes keep saved uid 0, so the way back to root stays open
+            os.setresuid(0, open_euid, 0)
+            rtnl = Rtnl()
+            os.setresuid(0, 0, 0)
+            os.setresuid(0, send_euid, 0)
+            return rtnl.probe_net_admin()
+
+        def dropped_for_good():
+            os.setresuid(65534, 65534, 65534)
+            with Rtnl() as rtnl:
+                return rtnl.probe_net_admin()
+
+        def own_user_and_net_namespace():
+            os.setresuid(65534, 65534, 65534)
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.unshare(0x10000000 | 0x40000000) != 0:  # CLONE_NEWUSER | CLONE_NEWNET
+                return "unshare failed: " + os.strerror(ctypes.get_errno())
+            with Rtnl() as rtnl:
+                return rtnl.probe_net_admin()
+
+        with Rtnl() as rtnl:
+            out["root"] = rtnl.probe_net_admin()
+            out["lo_still_there"] = rtnl.link("lo") is not None
+        out["dropped"] = in_child(dropped_for_good)
+        out["opener_unprivileged"] = in_child(lambda: probe(65534, 0))
+        out["sender_unprivileged"] = in_child(lambda: probe(0, 65534))
+        out["both_root"] = in_child(lambda: probe(0, 0))
+        out["own_netns"] = in_child(own_user_and_net_namespace)
+    """)
+    assert out["root"] is True
+    assert out["lo_still_there"]
+    assert out["dropped"] is False
+    assert out["opener_unprivileged"] is False
+    assert out["sender_unprivileged"] is False
+    assert out["both_root"] is True
+    assert out["own_netns"] is True
