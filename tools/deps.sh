@@ -3,7 +3,7 @@
 # also what the test suite uses (the reference tools as oracles, real clients, strace).
 set -eu
 build="make gcc libc6-dev python3 python3-dev python3-pip python3-venv libcap2-bin"
-test="uidmap lxc util-linux strace iproute2 procps"
+test="uidmap lxc util-linux strace iproute2 procps iputils-ping"
 packages=$build
 [ "${1:-}" = "--test" ] && packages="$build $test"
 export DEBIAN_FRONTEND=noninteractive

@@ -16,7 +16,18 @@ import posix
 from nsgate.errors import Refusal
 from nsgate.policy import nicdb, nicnames, usernet
 from nsgate.policy.nic_request import NO_BRIDGE, USAGE, NicRequest, parse
-from nsgate.system import audit, credentials, files, kernel, netns, nicdb_store, ovs, ports, rtnl
+from nsgate.system import (
+    audit,
+    credentials,
+    files,
+    kernel,
+    netns,
+    nicdb_store,
+    ovs,
+    ports,
+    private_bridge,
+    rtnl,
+)
 
 USERNET = "/etc/lxc/lxc-usernet"
 DEFAULT_MTU = 1500
@@ -90,18 +101,21 @@ def _grants(caller: Caller, request: NicRequest) -> list[usernet.Grant]:
     return grants
 
 
-def _check_bridge(net: rtnl.Rtnl, bridge: bytes) -> tuple[int, int, bool]:
-    """(ifindex, mtu, is_ovs) of the bridge to attach to; (0, 1500, False) for `none`."""
+def _check_bridge(net: rtnl.Rtnl, bridge: bytes) -> tuple[ports.Attachment | None, int]:
+    """Where to attach and with which MTU; None for the caller's private bridge, which is
+    resolved (and made, on first use) under the database lock."""
     if bridge == NO_BRIDGE:
-        return 0, DEFAULT_MTU, False
+        return ports.Attachment("none"), DEFAULT_MTU
+    if bridge == private_bridge.RESERVED_NAME:
+        return None, DEFAULT_MTU
     name = bridge.decode()
     link = net.link(name)
     if link is None:
         raise Refusal(f"bridge {name} does not exist")
     if link.kind == "bridge":
-        return link.index, link.mtu, False
+        return ports.Attachment(name, link.index, vlan_filtering=link.vlan_filtering), link.mtu
     if link.kind == "openvswitch" and ovs.bridge_exists(name):
-        return link.index, link.mtu, True
+        return ports.Attachment(name, link.index, is_ovs=True), link.mtu
     raise Refusal(f"{name} is not a bridge (it is a {link.kind or 'plain'} link)",
                   "nics can be attached only to a Linux bridge or an Open vSwitch bridge")
 
@@ -130,7 +144,7 @@ def _create(caller: Caller, request: NicRequest) -> str:
     grants = _grants(caller, request)
     host_fd = rtnl.netns_of_self()
     with rtnl.Rtnl() as net:
-        bridge_index, mtu, is_ovs = _check_bridge(net, request.bridge)
+        attach, mtu = _check_bridge(net, request.bridge)
         credentials.act_as_caller(caller.ids)
         try:
             target_fd = netns.open_of_pid(request.pid)
@@ -142,8 +156,8 @@ def _create(caller: Caller, request: NicRequest) -> str:
             credentials.become_unsignalable(caller.ids)
             lock = nicdb_store.Locked()
             try:
-                host = _create_locked(caller, request, net, grants, target_fd, peer, mtu,
-                                      bridge_index, is_ovs)
+                host = _create_locked(caller, request, net, inside, grants, target_fd, peer,
+                                      mtu, attach)
             finally:
                 lock.release()
             peer_link = inside.link(peer.decode())
@@ -168,10 +182,10 @@ def _container_name(inside: rtnl.Rtnl, requested: bytes | None) -> bytes:
     raise Refusal("no free eth<N> name in the container")
 
 
-def _create_locked(caller: Caller, request: NicRequest, net: rtnl.Rtnl,
+def _create_locked(caller: Caller, request: NicRequest, net: rtnl.Rtnl, inside: rtnl.Rtnl,
                    grants: list[usernet.Grant], target_fd: int, peer: bytes, mtu: int,
-                   bridge_index: int, is_ovs: bool) -> bytes:
-    live = {name.encode() for name in net.link_names()}
+                   attach: ports.Attachment | None) -> bytes:
+    live = {name.encode("utf-8", "surrogateescape") for name in net.link_names()}
     lines, _stale = nicdb.prune(nicdb.parse(nicdb_store.read()), live)
     used = nicdb.nics_by_owner(lines, request.nic_type, request.bridge)
     decision = usernet.decide(grants, used)
@@ -181,25 +195,28 @@ def _create_locked(caller: Caller, request: NicRequest, net: rtnl.Rtnl,
                       + (f" by {', '.join(counted)}" if counted else ""),
                       "remove one of these nics (stop its container) or ask for a larger quota "
                       f"in {USERNET}")
+    if attach is None:
+        attach = private_bridge.ensure(net, caller.ids.uid)
     host = _free_host_name(caller.ids.uid, live)
     net.create_veth(host.decode(), peer.decode(), target_fd, mtu)
     try:
         link = net.link(host.decode())
-        if link is None:
+        peer_link = inside.link(peer.decode())
+        if link is None or peer_link is None:
             raise Refusal("the new veth vanished while it was set up")
-        ports.set_up_host_end(net, link, bridge_index, is_ovs, request.bridge)
+        ports.set_up_host_end(net, link, attach, peer_link.address)
         nicdb_store.replace(nicdb.serialize(
             [*lines, nicdb.entry(decision.owner, request.nic_type, request.bridge, host)]))
     except BaseException:
-        _roll_back(net, host, is_ovs, request.bridge)
+        _roll_back(net, host, attach)
         raise
     return host
 
 
-def _roll_back(net: rtnl.Rtnl, host: bytes, is_ovs: bool, bridge: bytes) -> None:
+def _roll_back(net: rtnl.Rtnl, host: bytes, attach: ports.Attachment) -> None:
     link = net.link(host.decode())
-    if is_ovs:
-        ovs.run("--if-exists", "del-port", bridge.decode(), host.decode())
+    if attach.is_ovs:
+        ovs.run("--if-exists", "del-port", attach.name, host.decode())
     if link is not None:
         net.delete_link(link.index)  # takes the peer in the container with it
 

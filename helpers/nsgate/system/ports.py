@@ -1,5 +1,13 @@
-"""Setting up the host end of a new veth: the reference's MAC rule, the bridge's MTU, the
-attachment, and nsgate's hardening of the port (no router advertisements accepted)."""
+"""Setting up the host end of a new veth: the reference's MAC rule, the attachment, and nsgate's
+hardening of the port (lxc-user-nic.md §7; issue: per-user bridges and isolation):
+
+- accept_ra=0 on the host end: router advertisements from containers configure nothing;
+- on a Linux bridge the port is locked with learning off and one static FDB entry for the
+  container's own MAC: frames with any other source MAC are dropped (MAC spoofing);
+- on a bridge shared between users the port is isolated: it reaches the bridge's other ports
+  (the uplink, the host) but no other container port, so users' containers cannot talk to
+  each other; on a user's private bridge its containers talk freely.
+"""
 
 import posix
 
@@ -7,28 +15,57 @@ from nsgate.errors import Refusal
 from nsgate.system import ovs, rtnl
 
 
-def _no_router_advertisements(name: str) -> None:
-    """accept_ra=0 on the host end: containers cannot configure the host's IPv6 through it."""
+class Attachment:
+    """Where the host end goes: nowhere (`none`), a Linux bridge, or an OVS bridge."""
+
+    __slots__ = ("index", "is_ovs", "name", "shared", "vlan_filtering")
+
+    def __init__(self, name: str, index: int = 0, *, is_ovs: bool = False, shared: bool = True,
+                 vlan_filtering: bool = False) -> None:
+        self.name = name
+        self.index = index
+        self.is_ovs = is_ovs
+        self.shared = shared
+        self.vlan_filtering = vlan_filtering
+
+
+def set_sysctl(path: str, value: bytes) -> bool:
+    """Write a /proc/sys value; False when the setting does not exist (IPv6 disabled)."""
     try:
-        fd = posix.open(f"/proc/sys/net/ipv6/conf/{name}/accept_ra",
-                        posix.O_WRONLY | posix.O_CLOEXEC | posix.O_NOFOLLOW)
+        fd = posix.open(path, posix.O_WRONLY | posix.O_CLOEXEC | posix.O_NOFOLLOW)
     except FileNotFoundError:
-        return  # IPv6 is off for this interface: nothing to accept
+        return False
     try:
-        posix.write(fd, b"0\n")
+        if posix.write(fd, value) != len(value):
+            raise OSError(5, f"short write to {path}")
     finally:
         posix.close(fd)
+    return True
 
 
-def set_up_host_end(net: "rtnl.Rtnl", link: "rtnl.Link", bridge_index: int, is_ovs: bool,
-                    bridge: bytes) -> None:
+def no_router_advertisements(name: str) -> None:
+    set_sysctl(f"/proc/sys/net/ipv6/conf/{name}/accept_ra", b"0\n")
+
+
+def set_up_host_end(net: "rtnl.Rtnl", link: "rtnl.Link", attach: Attachment,
+                    container_mac: bytes) -> None:
     # The first byte 0xfe keeps the bridge from adopting a container's MAC (the reference's).
     net.set_link(link.index, address=b"\xfe" + link.address[1:])
-    _no_router_advertisements(link.name)
-    if is_ovs:
-        if not ovs.run("add-port", bridge.decode(), link.name):
-            raise Refusal(f"Error attaching {link.name} to {bridge.decode()}",
+    no_router_advertisements(link.name)
+    if attach.is_ovs:
+        if not ovs.run("add-port", attach.name, link.name):
+            raise Refusal(f"Error attaching {link.name} to {attach.name}",
                           "ovs-vsctl add-port failed")
-    elif bridge_index:
-        net.set_link(link.index, master=bridge_index)
+    elif attach.index:
+        net.set_link(link.index, master=attach.index)
+        _harden_bridge_port(net, link.index, attach, container_mac)
     net.set_link(link.index, up=True)
+
+
+def _harden_bridge_port(net: "rtnl.Rtnl", index: int, attach: Attachment,
+                        container_mac: bytes) -> None:
+    if not attach.vlan_filtering:  # with VLAN filtering the FDB entry would need the port's VLAN
+        net.add_static_fdb(index, container_mac)
+        net.set_bridge_port(index, learning=False, locked=True)
+    if attach.shared:
+        net.set_bridge_port(index, isolated=True)

@@ -65,9 +65,15 @@ _RTEXT_FILTER_SKIP_STATS = 1 << 3  # replies without the (large) statistics bloc
 _IFLA_INFO_KIND = 1
 _IFLA_INFO_DATA = 2
 _VETH_INFO_PEER = 1
+_IFLA_BR_VLAN_FILTERING = 7
 _IFLA_BRPORT_LEARNING = 8
 _IFLA_BRPORT_NEIGH_SUPPRESS = 32
 _IFLA_BRPORT_ISOLATED = 33
+_IFLA_BRPORT_LOCKED = 39  # Linux 5.18: only sources with an FDB entry on this port get in
+_RTM_NEWNEIGH = 28
+_NDA_LLADDR = 2
+_NUD_NOARP = 0x40  # a static FDB entry
+_NTF_MASTER = 0x04  # the entry goes to the bridge the port belongs to
 _AF_UNSPEC = 0
 _AF_BRIDGE = 7
 IFF_UP = 0x1
@@ -75,6 +81,7 @@ IFF_UP = 0x1
 # All netlink integers are in host byte order ("=": native order, standard sizes, no padding).
 _NLMSGHDR = _struct.Struct("=IHHII")  # length, type, flags, sequence, port id
 _IFINFOMSG = _struct.Struct("=BxHiII")  # family, (pad), device type, index, flags, change mask
+_NDMSG = _struct.Struct("=BxxxiHBB")  # family, (pad), index, state, flags, type
 _RTATTR = _struct.Struct("=HH")  # length, type
 _U32 = _struct.Struct("=I")
 _I32 = _struct.Struct("=i")
@@ -89,10 +96,10 @@ class NetlinkError(OSError):
 class Link:
     """One network device as RTM_GETLINK reports it."""
 
-    __slots__ = ("address", "index", "kind", "master", "mtu", "name", "up")
+    __slots__ = ("address", "index", "kind", "master", "mtu", "name", "up", "vlan_filtering")
 
     def __init__(self, index: int, name: str, kind: str | None, mtu: int, master: int,
-                 address: bytes, up: bool) -> None:
+                 address: bytes, up: bool, vlan_filtering: bool = False) -> None:
         self.index = index
         self.name = name
         self.kind = kind  # IFLA_INFO_KIND: "bridge", "veth", "dummy"...; None: loopback, physical
@@ -100,6 +107,7 @@ class Link:
         self.master = master  # ifindex of the bridge (or bond...) it is attached to, 0 if none
         self.address = address
         self.up = up  # IFF_UP: administratively up
+        self.vlan_filtering = vlan_filtering  # a bridge's IFLA_BR_VLAN_FILTERING
 
     def __repr__(self) -> str:
         return (f"Link(index={self.index}, name={self.name!r}, kind={self.kind!r}, "
@@ -166,14 +174,18 @@ def _parse_link(payload: bytes) -> Link:
     _, _, index, flags, _ = _IFINFOMSG.unpack_from(payload)
     attrs = _parse_attrs(payload, _IFINFOMSG.size)
     kind = None
+    vlan_filtering = False
     if _IFLA_LINKINFO in attrs:
         info = _parse_attrs(attrs[_IFLA_LINKINFO])
         if _IFLA_INFO_KIND in info:
             kind = _text(info[_IFLA_INFO_KIND])
+        if kind == "bridge" and _IFLA_INFO_DATA in info:
+            data = _parse_attrs(info[_IFLA_INFO_DATA])
+            vlan_filtering = data.get(_IFLA_BR_VLAN_FILTERING, b"\0")[:1] != b"\0"
     return Link(index, _text(attrs.get(_IFLA_IFNAME, b"")), kind,
                 _U32.unpack(attrs[_IFLA_MTU])[0] if _IFLA_MTU in attrs else 0,
                 _U32.unpack(attrs[_IFLA_MASTER])[0] if _IFLA_MASTER in attrs else 0,
-                attrs.get(_IFLA_ADDRESS, b""), bool(flags & IFF_UP))
+                attrs.get(_IFLA_ADDRESS, b""), bool(flags & IFF_UP), vlan_filtering)
 
 
 def _error(code: int, what: str, tlvs: dict[int, bytes]) -> NetlinkError:
@@ -359,9 +371,12 @@ class Rtnl:
                      f"RTM_SETLINK index {index}")
 
     def set_bridge_port(self, index: int, *, isolated: bool | None = None,
-                        learning: bool | None = None, neigh_suppress: bool | None = None) -> None:
+                        learning: bool | None = None, neigh_suppress: bool | None = None,
+                        locked: bool | None = None) -> None:
         """Set bridge-port flags of link `index`, which must be attached to a Linux bridge."""
         port = b""
+        if locked is not None:
+            port += _u8(_IFLA_BRPORT_LOCKED, locked)
         if isolated is not None:
             port += _u8(_IFLA_BRPORT_ISOLATED, isolated)
         if learning is not None:
@@ -370,6 +385,14 @@ class Rtnl:
             port += _u8(_IFLA_BRPORT_NEIGH_SUPPRESS, neigh_suppress)
         body = _ifinfomsg(index, family=_AF_BRIDGE) + _nested(_IFLA_PROTINFO, port)
         self._change(_RTM_SETLINK, 0, body, f"RTM_SETLINK bridge port index {index}")
+
+    def add_static_fdb(self, port_index: int, address: bytes) -> None:
+        """A static FDB entry on the bridge: frames from `address` belong to port `port_index`
+        (`bridge fdb add <address> dev <port> master static`)."""
+        body = (_NDMSG.pack(_AF_BRIDGE, port_index, _NUD_NOARP, _NTF_MASTER, 0)
+                + _attr(_NDA_LLADDR, address))
+        self._change(_RTM_NEWNEIGH, _NLM_F_CREATE | _NLM_F_EXCL, body,
+                     f"RTM_NEWNEIGH bridge fdb on index {port_index}")
 
     def delete_link(self, index: int) -> None:
         """Delete link `index` (a veth takes its peer with it)."""

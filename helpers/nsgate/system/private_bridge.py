@@ -1,0 +1,65 @@
+"""Per-user bridges, an nsgate extension of lxc-usernet that old files and old tools ignore.
+
+A grant whose bridge is the reserved name `nsgate-private` (a name no real bridge has) gives the
+user nics on a bridge of its own, `nsgu<uid>` (within IFNAMSIZ for every uid), which nsgate
+creates on first use and records in /run/lxc/nsgate-bridges (`<uid> <bridge>` per line) so that
+it never adopts a bridge it did not make. The bridge has no address (containers do not reach the
+host through it) and accepts no router advertisements. Call with the database lock held.
+"""
+
+import posix
+
+from nsgate.errors import Refusal
+from nsgate.system import nicdb_store, ports, rtnl
+
+RESERVED_NAME = b"nsgate-private"
+RECORD_PATH = nicdb_store.DB_DIR + "/nsgate-bridges"
+
+
+def bridge_name(uid: int) -> str:
+    return f"nsgu{uid}"
+
+
+def _recorded() -> set[bytes]:
+    try:
+        fd = posix.open(RECORD_PATH, posix.O_RDONLY | posix.O_CLOEXEC | posix.O_NOFOLLOW)
+    except FileNotFoundError:
+        return set()
+    try:
+        st = posix.fstat(fd)
+        if st.st_uid != 0 or st.st_mode & 0o022:
+            raise Refusal(f"refusing to use {RECORD_PATH}: not root's alone")
+        return set(posix.read(fd, 1 << 20).split(b"\n"))
+    finally:
+        posix.close(fd)
+
+
+def _record(line: bytes) -> None:
+    fd = posix.open(RECORD_PATH, posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT
+                    | posix.O_CLOEXEC | posix.O_NOFOLLOW, 0o644)
+    try:
+        if posix.write(fd, line + b"\n") != len(line) + 1:
+            raise OSError(28, "short write")
+    finally:
+        posix.close(fd)
+
+
+def ensure(net: "rtnl.Rtnl", uid: int) -> ports.Attachment:
+    """The caller's private bridge, created and recorded on first use."""
+    name = bridge_name(uid)
+    record = f"{uid} {name}".encode()
+    link = net.link(name)
+    if link is not None:
+        if link.kind != "bridge" or record not in _recorded():
+            raise Refusal(f"{name} exists but is not a private bridge nsgate made for uid {uid}",
+                          "refusing to attach containers to it: remove it, or grant it by name")
+        return ports.Attachment(name, link.index, shared=False)
+    index = net.create_bridge(name)
+    try:
+        ports.no_router_advertisements(name)
+        net.set_link(index, up=True)
+        _record(record)
+    except BaseException:
+        net.delete_link(index)
+        raise
+    return ports.Attachment(name, index, shared=False)
