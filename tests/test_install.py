@@ -42,7 +42,8 @@ def test_installed_layout_and_modes():
     destdir = SANDBOX / "destdir"
     make_install(Path("/usr/local"), destdir=destdir)
     libexec = destdir / "usr/local/libexec/nsgate"
-    for name, mode in (("newuidmap", 0o4755), ("newgidmap", 0o4755), ("getsubids", 0o755)):
+    for name, mode in (("newuidmap", 0o4755), ("newgidmap", 0o4755), ("getsubids", 0o755),
+                       ("lxc-user-nic", 0o4755)):
         st = (libexec / name).stat()
         assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, mode), name
     libdir = destdir / "usr/local/lib/nsgate"
