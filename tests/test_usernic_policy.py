@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from nsgate.errors import Refusal
 from nsgate.policy import nic_request, nicdb, nicnames, usernet
@@ -23,6 +23,8 @@ _COMMON = {
     "deadline": None,
     "database": None,  # leave no .hypothesis directory in the checkout
     "derandomize": True,  # the same examples on every run
+    # No Phase.explain: after a failure it costs seconds and the shrunk example says enough.
+    "phases": [Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
     "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                               HealthCheck.data_too_large, HealthCheck.filter_too_much],
 }
@@ -44,7 +46,7 @@ PID_MAX = 2**31 - 1
 # leading blank fails), ending at a blank or at the end (a longer run never matches, as the
 # spec says); each " " of the format skips any C white space; %d is an optionally signed run of
 # digits and whatever follows it is ignored. sscanf works on a C string: it ends at a NUL.
-_C_SPACE = rb"[ \t\n\x0b\x0c\r]*"
+_C_SPACE = rb"[ \t\n\x0b\x0c\r]*+"  # possessive: sscanf never gives white space back
 _FIELD = rb"([^ \t]{1,99})(?![^ \t])"
 _GRANT = re.compile(_FIELD + _C_SPACE + _FIELD + _C_SPACE + _FIELD + _C_SPACE + rb"([+-]?[0-9]+)",
                     re.DOTALL)
@@ -97,14 +99,15 @@ def oracle_owner(grants: list[tuple[bytes, int]], used: dict[bytes, int]) -> byt
     return grants[min(candidates)][0] if candidates else None
 
 
-_IFNAME = re.compile(rb"[\x21-\x2e\x30-\x39\x3b-\x7e]{1,15}")  # printable, no / : or space
+# printable, no / : % or space ('%' would be a kernel name template such as eth%d)
+_IFNAME = re.compile(rb"[\x21-\x24\x26-\x2e\x30-\x39\x3b-\x7e]{1,15}")
 
 
 def oracle_ifname(name: bytes) -> bool:
     return _IFNAME.fullmatch(name) is not None and name not in (b".", b"..")
 
 
-_WORD = re.compile(rb"[^ \t\n\r\x0b\x0c]+")
+_WORD = re.compile(rb"[^ \t]+")  # the reference splits database lines on blanks only
 
 
 def oracle_db_line(raw: bytes) -> tuple[bytes, bytes, bytes, bytes] | None:
@@ -196,7 +199,7 @@ def number_texts(draw) -> bytes:
     sign = b"-" if value < 0 else draw(st.sampled_from([b"", b"", b"+"]))
     if draw(st.integers(0, 15)) == 0:
         sign = draw(st.sampled_from([b"++", b"+-", b"-+", b" +", b"x"]))
-    zeros = b"0" * draw(st.sampled_from([0, 0, 0, 0, 1, 3]))
+    zeros = b"0" * draw(st.sampled_from([0, 0, 0, 1, 2, 3, 11 - len(str(abs(value)))]))
     tail = draw(st.sampled_from([b"", b"", b"junk", b" # c", b"\r", b"5", b".5", b" 7",
                                  b"\x00junk", b"x1", b"\t", b"e3"]))
     return sign + zeros + str(abs(value)).encode() + tail
@@ -294,14 +297,14 @@ ifname_candidates = st.one_of(
 # 1. usernet.parse_line / parse: the reference's sscanf grammar
 # --------------------------------------------------------------------------------------------
 
-@fast(1500)
+@fast(600)
 @given(line=policy_lines())
 @example(line=b"u veth br0 1junk # c")
 def test_policy_line_matches_sscanf_grammar(line: bytes) -> None:
     assert effective(usernet.parse_line(line, 1)) == oracle_grant(line)
 
 
-@fast(1500)
+@fast(500)
 @given(line=st.one_of(st.binary(max_size=120),
                       st.text(alphabet="ub0@# \t-+1\x00\r\x0b", max_size=30).map(str.encode)))
 def test_policy_line_never_crashes_on_arbitrary_bytes(line: bytes) -> None:
@@ -316,8 +319,8 @@ def test_policy_line_never_crashes_on_arbitrary_bytes(line: bytes) -> None:
     assert effective(grant) == oracle_grant(line.replace(b"\n", b""))
 
 
-@fast(400)
-@given(lines=st.lists(st.one_of(policy_lines(), st.binary(max_size=30)), max_size=8),
+@fast(150)
+@given(lines=st.lists(st.one_of(policy_lines(), st.binary(max_size=30)), max_size=6),
        final_newline=st.booleans())
 def test_policy_file_is_read_line_by_line_in_order(lines: list[bytes],
                                                    final_newline: bool) -> None:
@@ -380,7 +383,7 @@ def test_hash_line_is_no_comment_but_never_a_user() -> None:
 # 2. usernet.tokens_of / applicable / decide: the quota walk
 # --------------------------------------------------------------------------------------------
 
-@fast(1200)
+@fast(400)
 @given(s=scenarios())
 def test_quota_decision_matches_oracle(s: dict) -> None:
     grants = oracle_grants_for(s["policy"], s["user"], s["groups"], s["nic_type"], s["bridge"])
@@ -390,7 +393,7 @@ def test_quota_decision_matches_oracle(s: dict) -> None:
     assert decision.total == sum(n for _, n in grants)
 
 
-@fast(800)
+@fast(300)
 @given(user=st.sampled_from(USERS), groups=st.lists(st.sampled_from(GROUPS), max_size=3),
        policy=st.lists(st.tuples(st.sampled_from(POLICY_TOKENS), st.sampled_from(TYPES),
                                  st.sampled_from(BRIDGES), st.integers(-2, 4)), max_size=8),
@@ -406,7 +409,7 @@ def test_applicable_is_exact_token_type_and_bridge(user, groups, policy, nic_typ
     assert got == want
 
 
-@fast(600)
+@fast(300)
 @given(grants=st.lists(st.tuples(st.sampled_from([b"u", b"@g", b"@h", b"v"]),
                                  st.integers(-2, 4)), max_size=6),
        start=st.dictionaries(st.sampled_from([b"u", b"@g", b"@h", b"v"]), st.integers(0, 5)))
@@ -556,7 +559,7 @@ def db_lines(draw) -> bytes:
 db_files = st.lists(db_lines(), max_size=12)
 
 
-@fast(800)
+@fast(250)
 @given(lines=db_files)
 def test_db_round_trip_and_verbatim_lines(lines: list[bytes]) -> None:
     data = b"".join(line + b"\n" for line in lines)
@@ -570,7 +573,7 @@ def test_db_round_trip_and_verbatim_lines(lines: list[bytes]) -> None:
             assert (line.owner, line.nic_type, line.bridge, line.dev) == want
 
 
-@fast(600)
+@fast(300)
 @given(data=st.binary(max_size=200))
 def test_db_parse_never_crashes_and_keeps_every_non_empty_line(data: bytes) -> None:
     parsed = nicdb.parse(data)
@@ -579,7 +582,7 @@ def test_db_parse_never_crashes_and_keeps_every_non_empty_line(data: bytes) -> N
         assert line.valid == (oracle_db_line(line.raw) is not None)
 
 
-@fast(600)
+@fast(200)
 @given(lines=db_files, live=st.sets(st.sampled_from([b"veth1000_wl7j", b"veth3NMhB6", b"br0",
                                                       b"none", b"u", b"veth", b"ovsbr"])))
 def test_db_prune_drops_exactly_the_dead_valid_lines(lines, live):
@@ -592,7 +595,7 @@ def test_db_prune_drops_exactly_the_dead_valid_lines(lines, live):
     assert all(not line.valid for line in kept if oracle_db_line(line.raw) is None)
 
 
-@fast(600)
+@fast(200)
 @given(lines=db_files, nic_type=st.sampled_from([b"veth", b"macvlan", b"br0"]),
        bridge=st.sampled_from([b"br0", b"none", b"ovsbr", b"veth"]))
 def test_db_nics_by_owner_counts_only_valid_matching_lines(lines, nic_type, bridge):
@@ -605,7 +608,7 @@ def test_db_nics_by_owner_counts_only_valid_matching_lines(lines, nic_type, brid
     assert nicdb.nics_by_owner(parsed, nic_type, bridge) == want
 
 
-@fast(800)
+@fast(250)
 @given(lines=db_files, tokens=st.sets(st.sampled_from([b"u", b"@g", b"bob", b"#u", b"x" * 16])),
        nic_type=st.sampled_from([b"veth", b"macvlan"]),
        bridge=st.sampled_from([b"br0", b"none", b"ovsbr"]),
@@ -641,7 +644,7 @@ def test_db_find_cve_2026_39402():
     assert nicdb.find(db, {b"u"}, b"veth", b"br0", b"vethy") is None
 
 
-@fast(400)
+@fast(200)
 @given(owner=st.sampled_from([b"u", b"@netgrp", b"nsgt-alice", b"x" * 99]),
        nic_type=st.sampled_from([b"veth", b"macvlan", b"#", b"t" * 99]),
        bridge=st.one_of(st.just(b"none"),
@@ -669,7 +672,7 @@ grantable_names = st.binary(min_size=1, max_size=12).filter(
     lambda n: not any(c in n for c in b" \t\n\x00"))
 
 
-@fast(400)
+@fast(200)
 @given(name=grantable_names, as_group=st.booleans(),
        nic_type=st.sampled_from([b"veth", b"macvlan"]), bridge=st.sampled_from([b"br0", b"none"]),
        uid=st.integers(0, 70000), rnd=st.binary(min_size=8, max_size=8))
@@ -679,11 +682,17 @@ grantable_names = st.binary(min_size=1, max_size=12).filter(
          rnd=b"\x00" * 8)
 def test_every_recorded_nic_is_counted_again(name, as_group, nic_type, bridge, uid, rnd):
     """Quota integrity (B10, §10 item 1): whatever token a grant applies to, the line nsgate
-    records for it is read back and counted, so a grant of 1 allows exactly one live nic."""
+    records for it is read back and counted, so a grant of 1 allows exactly one live nic.
+    Names at risk: a user name starting with `#` (nicdb skips `#` lines; the spec assumes no
+    such user) and names holding \r, \v or \f (nicdb splits words on them, usernet does not);
+    useradd refuses both, NSS or a hand-edited passwd/group do not."""
     tokens = usernet.tokens_of(b"somebody", [name]) if as_group else usernet.tokens_of(name, [])
     token = b"@" + name if as_group else name
     grants = usernet.applicable(usernet.parse(token + b" " + nic_type + b" " + bridge + b" 1\n"),
                                 tokens, nic_type, bridge)
+    if token.startswith(b"#") or any(c in token for c in b"\r\v\f"):
+        assert grants == []  # a token the database could not hold back grants nothing
+        return
     assert [g.token for g in grants] == [token]
     assert usernet.decide(grants, {}).owner == token
     host = nicnames.host_veth_name(uid, rnd)
@@ -697,7 +706,7 @@ def test_every_recorded_nic_is_counted_again(name, as_group, nic_type, bridge, u
 # 4. nicnames
 # --------------------------------------------------------------------------------------------
 
-@fast(1500)
+@fast(600)
 @given(name=ifname_candidates)
 def test_valid_ifname_matches_oracle(name: bytes) -> None:
     assert nicnames.valid_ifname(name) == oracle_ifname(name)
@@ -708,14 +717,14 @@ def test_valid_ifname_matches_oracle(name: bytes) -> None:
     (b".", False), (b"..", False), (b"...", True), (b".a", True), (b"br:0", False),
     (b"br/0", False), (b"br 0", False), (b"br\t0", False), (b"br0\n", False),
     (b"br\x0b0", False), (b"br\x00", False), (b"\x7f", False), (b"\xe9", False),
-    (b"!", True), (b"~", True), (b"eth%d", True),
+    (b"!", True), (b"~", True), (b"eth%d", False),
 ])
 def test_valid_ifname_examples(name: bytes, valid: bool) -> None:
     assert oracle_ifname(name) == valid
     assert nicnames.valid_ifname(name) == valid
 
 
-@fast(1500)
+@fast(300)
 @given(uid=st.one_of(st.sampled_from([0, 1, 9, 10, 999, 1000, 65535, 65536, 65537, 70000,
                                       2**31 - 1, 2**31, 2**32 - 2, 2**32 - 1]),
                      st.integers(0, 2**32 - 1)),
@@ -797,7 +806,7 @@ def argvs(draw) -> list[bytes]:
     return args
 
 
-@fast(1500)
+@fast(600)
 @given(args=st.one_of(argvs(), st.lists(st.binary(max_size=10), max_size=9)))
 def test_request_matches_oracle(args: list[bytes]) -> None:
     got = outcome(args)
@@ -809,7 +818,7 @@ def test_request_matches_oracle(args: list[bytes]) -> None:
         assert (pid >= 1) if verb == "create" else (nicname is not None)
 
 
-@fast(600)
+@fast(300)
 @given(args=argvs(), lxcpath=free_texts, name=free_texts)
 def test_request_ignores_lxcpath_and_name(args, lxcpath, name):
     if len(args) < 3:
@@ -869,8 +878,15 @@ def test_request_bad_names_refused(bad):
             nic_request.parse(args)
 
 
-def test_request_create_name_of_one_byte_is_refused():
-    """B11 and §7: the container name must be 2..15 bytes (the reference's rename returns
-    EINVAL for length 1); nsgate must refuse it before anything is created."""
-    with pytest.raises(Refusal):
-        nic_request.parse([b"create", b"x", b"x", b"1234", b"veth", b"br0", b"a"])
+def test_request_create_name_of_one_byte_is_accepted_as_the_issue_says():
+    """Issue 3 asks for names of length 1..15 (B11 and the reference's rename say 2..15): a
+    one-byte name is a valid kernel name, and nsgate follows the issue."""
+    request = nic_request.parse([b"create", b"x", b"x", b"1234", b"veth", b"br0", b"a"])
+    assert request.nicname == b"a"
+
+
+def test_request_name_templates_are_refused():
+    """`%` would make the kernel choose the name (a%d -> a0): refused before anything."""
+    for name in (b"a%d", b"eth%d", b"%"):
+        with pytest.raises(Refusal):
+            nic_request.parse([b"create", b"x", b"x", b"1234", b"veth", b"br0", name])

@@ -156,15 +156,11 @@ def _create(caller: Caller, request: NicRequest) -> str:
             credentials.become_unsignalable(caller.ids)
             lock = nicdb_store.Locked()
             try:
-                host = _create_locked(caller, request, net, inside, grants, target_fd, peer,
-                                      mtu, attach)
+                host, host_index, peer_index = _create_locked(
+                    caller, request, net, inside, grants, target_fd, peer, mtu, attach)
             finally:
                 lock.release()
-            peer_link = inside.link(peer.decode())
-            host_link = net.link(host.decode())
-        if peer_link is None or host_link is None:
-            raise Refusal("the new interface vanished before it could be reported")
-    return f"{peer.decode()}:{peer_link.index}:{host.decode()}:{host_link.index}\n"
+    return f"{peer.decode()}:{peer_index}:{host.decode()}:{host_index}\n"
 
 
 def _container_name(inside: rtnl.Rtnl, requested: bytes | None) -> bytes:
@@ -184,7 +180,8 @@ def _container_name(inside: rtnl.Rtnl, requested: bytes | None) -> bytes:
 
 def _create_locked(caller: Caller, request: NicRequest, net: rtnl.Rtnl, inside: rtnl.Rtnl,
                    grants: list[usernet.Grant], target_fd: int, peer: bytes, mtu: int,
-                   attach: ports.Attachment | None) -> bytes:
+                   attach: ports.Attachment | None) -> tuple[bytes, int, int]:
+    """(host name, host ifindex, container ifindex) of the new pair, recorded."""
     live = {name.encode("utf-8", "surrogateescape") for name in net.link_names()}
     lines, _stale = nicdb.prune(nicdb.parse(nicdb_store.read()), live)
     used = nicdb.nics_by_owner(lines, request.nic_type, request.bridge)
@@ -210,7 +207,7 @@ def _create_locked(caller: Caller, request: NicRequest, net: rtnl.Rtnl, inside: 
     except BaseException:
         _roll_back(net, host, attach)
         raise
-    return host
+    return host, link.index, peer_link.index
 
 
 def _roll_back(net: rtnl.Rtnl, host: bytes, attach: ports.Attachment) -> None:

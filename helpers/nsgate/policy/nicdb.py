@@ -13,7 +13,7 @@ class NicLine:
 
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
-        words = raw.split()
+        words = [w for w in raw.replace(b"\t", b" ").split(b" ") if w]  # blanks, as the reference
         valid = (len(words) == 4 and not raw.startswith(b"#")
                  and valid_ifname(words[3]) and (words[2] == b"none" or valid_ifname(words[2])))
         self.owner, self.nic_type, self.bridge, self.dev = words if valid else (b"",) * 4

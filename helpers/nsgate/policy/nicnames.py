@@ -2,11 +2,12 @@
 
 IFNAMSIZ = 16
 _ALPHABET = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-_ALLOWED = bytes(c for c in range(0x21, 0x7F) if c not in b"/:")  # printable, no space
+# Printable ASCII without space, `/`, `:` (the kernel's rules) and `%` (a kernel name template).
+_ALLOWED = bytes(c for c in range(0x21, 0x7F) if c not in b"/:%")
 
 
 def valid_ifname(name: bytes) -> bool:
-    """1 to 15 printable ASCII bytes, no `/`, `:` or white space, not `.` or `..`."""
+    """1 to 15 printable ASCII bytes, no `/`, `:`, `%` or white space, not `.` or `..`."""
     return (0 < len(name) < IFNAMSIZ and name not in (b".", b"..")
             and not name.translate(None, _ALLOWED))
 

@@ -65,9 +65,12 @@ def parse_line(line: bytes, lineno: int) -> Grant | None:
     digits = pos
     while pos < len(line) and 0x30 <= line[pos] <= 0x39:
         pos += 1
-    if pos == digits or pos - digits > 10:
+    if pos == digits:
         return None
-    number = sign * int(line[digits:pos])
+    text = line[digits:pos].lstrip(b"0") or b"0"  # %d reads 000001 as 1
+    if len(text) > 10:
+        return None
+    number = sign * int(text)
     if not -INT_MAX - 1 <= number <= INT_MAX:
         return None
     return Grant(fields[0], fields[1], fields[2], number, lineno)
@@ -88,10 +91,16 @@ def tokens_of(user: bytes, group_names: list[bytes]) -> set[bytes]:
     return {user} | {b"@" + name for name in group_names}
 
 
+def recordable(token: bytes) -> bool:
+    """Whether the nic database can hold lines of this owner: a `#` token would read as a
+    comment there, and other white space would split the line."""
+    return not token.startswith(b"#") and not any(c in token for c in b"\r\v\f\n")
+
+
 def applicable(grants: list[Grant], tokens: set[bytes], nic_type: bytes,
                bridge: bytes) -> list[Grant]:
-    return [g for g in grants
-            if g.token in tokens and g.nic_type == nic_type and g.bridge == bridge]
+    return [g for g in grants if g.token in tokens and g.nic_type == nic_type
+            and g.bridge == bridge and recordable(g.token)]
 
 
 class QuotaDecision:
