@@ -1,7 +1,8 @@
-"""nsgate vs the reference (shadow's uidmap package): how long a helper call takes.
+"""nsgate vs the references (shadow's uidmap, LXC's lxc-user-nic): how long a helper call takes.
 
 Run as root:  /usr/bin/python3 -I bench/bench.py [--prefix /usr/local] [--rounds N]
-              [--big-rounds N] [--json FILE]
+              [--big-rounds N] [--nic-rounds N] [--concurrent-rounds N] [--f-links N]
+              [--json FILE]
 
 Cases, all measured in one run and interleaved (each round runs every contestant once, in an
 order rotated by one place per round, so drift and warm-up affect every contestant alike):
@@ -11,7 +12,20 @@ order rotated by one place per round, so drift and warm-up affect every contesta
       RSS of the helper;
   (c) the interpreter floor, `/usr/bin/python3 -I -S -c pass`;
   (d) end to end, `unshare --user --map-auto cat /proc/self/uid_map /proc/self/gid_map`, with
-      PATH putting one pair of helpers first (util-linux runs newuidmap and newgidmap itself).
+      PATH putting one pair of helpers first (util-linux runs newuidmap and newgidmap itself);
+  (e) `lxc-user-nic create /dev/null dummy PID veth br0 eth0` on a fresh container (a new
+      `unshare --user --map-root-user --net` process of the test user for every call, started
+      outside the timed window), an empty /run/lxc/nics, a large quota in /etc/lxc/lxc-usernet;
+      nsgate (setuid launcher) vs the reference (Debian's liblxc-common, lxc 5.0.2);
+  (f) the same with 10,000 lines of other users in /run/lxc/nics (how they are built: see
+      DB_OTHER_LINES below), restored before every call;
+  (g) 16 concurrent creates of the test user (16 fresh containers, all 16 helpers spawned at
+      once by the timer, timed from the first spawn to the last exit), quota 5: the time, and
+      how many nics each tool lets through (anything beyond 5 is a quota violation); as a
+      yardstick, 16 floors (c) spawned at once the same way.
+(c) runs in the rounds of (a)/(d) and again in those of (e), so both ratios to the floor use a
+floor measured alongside. (e) and (g) run on a network namespace holding only lo and br0; (f)'s
+filler veths are made after (e) and removed before (g).
 
 How a call is timed: a small timer process runs as the test user (started once through setpriv,
 so setpriv's own cost is never timed) and, for every request, measures posix_spawn + wait4 of the
@@ -22,14 +36,21 @@ wait4 also gives the helper's ru_maxrss, with one caveat: the kernel counts in a
 ru_maxrss the peak of the memory it ran in before its execve, here the timer's (posix_spawn
 shares the timer's memory until the exec), so ru_maxrss = max(timer's peak, helper's peak). A
 figure above the timer's own peak (its VmHWM) is the helper's exact peak; one at or below it is
-only an upper bound, printed "<= N". Every run is checked (exit status, the resulting map)
-and the benchmark aborts on the first failure.
+only an upper bound, printed "<= N". Every run is checked (exit status, the resulting map; for
+lxc-user-nic the exact `eth0:<index>:<host veth>:<index>` line with nothing else on stdout or
+stderr, both ends of the pair in the kernel, the host end up on br0 with its MTU, the database
+line) and the benchmark aborts on the first failure.
 
 Host safety: the script re-execs itself under `unshare --mount --propagation private --pid
 --fork --kill-child --mount-proc`, mounts a tmpfs on an empty directory of its own and lays an
-overlay over /etc (upper layer on that tmpfs), exactly like tests/conftest.py; the test user and
-the subid files live only in the overlay. When the benchmark ends, its pid namespace and mount
-namespace end with it: every process it started is killed and every mount is gone.
+overlay over /etc (upper layer on that tmpfs), exactly like tests/conftest.py; the test user,
+the subid files and /etc/lxc/lxc-usernet live only in the overlay. The relaunch also makes a
+private network namespace (`--net`, lo brought up) in which the benchmark creates br0, the
+filler veths of (f) and every container's veth, remounts sysfs (so /sys/class/net, which the
+reference reads, shows that namespace) and mounts a tmpfs on /run/lxc (over a copy-on-write
+overlay of /run when the host has no /run/lxc to mount on). When the benchmark ends, its pid,
+mount and network namespaces end with it: every process it started is killed, every mount and
+every link is gone.
 """
 
 from __future__ import annotations
@@ -45,6 +66,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,11 +95,43 @@ BIG_LINES, BIG_USER_LINE = 1_000_000, 999_990
 FILLER_START, FILLER_COUNT = 100_000, 4_096
 BIG_START = 4_100_000_000
 
-TARGETS = {"a_floor_ratio": 1.3, "b_speedup": 10.0, "b_rss_mib": 30.0, "d_floors": 2.0}
+TARGETS = {"a_floor_ratio": 1.3, "b_speedup": 10.0, "b_rss_mib": 30.0, "d_floors": 2.0,
+           "e_floor_ratio": 5.0, "f_ratio": 0.5, "g_ratio": 1.0}
+
+# lxc-user-nic, (e) to (g).
+USERNIC_REFERENCE = Path("/usr/libexec/lxc/lxc-user-nic")  # Debian's liblxc-common (lxc 5.0.2)
+BRIDGE, BRIDGE_MTU = "br0", 1500
+BIG_QUOTA = 1_000_000  # (e), (f): `nsgb-user veth br0 1000000`, never reached
+CONCURRENT, CONCURRENT_QUOTA = 16, 5  # (g)
+NIC_DIR = Path("/run/lxc")
+NIC_DB = NIC_DIR / "nics"
+SYS_NET = Path("/sys/class/net")
+SETTLE_SECONDS = 2.0  # after stopping many containers: see NicLab.park
+FILLER_TEARDOWN_SECONDS = 300.0  # the kernel deleting (f)'s filler veths (10,000: ~1 minute?)
+
+# (f)'s database: 10,000 lines `nsgbo<j> veth br0 nsgbf<k>` of 1,000 other users (10 lines each)
+# naming --f-links filler veths in turn (by default 250: line i names nsgbf<i mod 250>, 40 lines
+# per interface). Both tools drop a line whose interface is gone (the reference: no
+# /sys/class/net/<dev>; nsgate: not in its RTM_GETLINK dump), and the reference's cull then
+# corrupts the file (it truncates without writing back), so every line must name an interface
+# that really exists, or the two tools would not read the same database and it would change from
+# call to call. So the benchmark makes that many veth pairs after (e) and before (f): host ends
+# `nsgbf00000`... in its network namespace (down, on no bridge, like ports of other users'
+# stopped containers), peers in one more network namespace standing in for the other
+# containers. Neither tool minds a name recorded twice; none of the lines is the test user's,
+# so none counts against its quota. Before every timed call the file is rewritten with exactly
+# these 10,000 lines (and nics.lock removed); after it, it must hold them plus the one new line.
+# Caveat: a real 10,000-line database names 10,000 interfaces, and nsgate's liveness check
+# dumps every link of the host namespace, so its cost grows with the number of links, which
+# the default understates; `--f-links 10000` measures that (setting up 10,000 veth pairs takes
+# ~15 s and ~1 GB of kernel memory, and the kernel tears them down after the run).
+DB_OTHER_LINES, DB_OWNERS, DEFAULT_F_LINKS = 10_000, 1_000, 250
 
 # The timer, run as the test user. Requests and answers are length-prefixed marshal frames on
-# stdin/stdout: (argv, env) in, (ns, status, maxrss_kb, timer_kb, output) out. marshal, os and
-# time are built in: the timer imports nothing, to keep its own memory (see above) small.
+# stdin/stdout: ([argv, ...], env) in, (ns, [(status, maxrss_kb, output), ...], timer_kb) out.
+# All the argvs of a request are spawned at once, one after the other, then reaped: ns runs from
+# the first spawn to the last exit ((g); every other case sends one argv). marshal, os and time
+# are built in: the timer imports nothing, to keep its own memory (see above) small.
 TIMER_CODE = r"""
 import gc, marshal, os, time
 gc.disable()
@@ -99,17 +153,19 @@ def own_peak_kb():
     return int(text.split(b"VmHWM:")[1].split()[0])
 
 while True:
-    argv, env = marshal.loads(read_exactly(int.from_bytes(read_exactly(4), "little")))
-    out = os.memfd_create("out")
-    actions = [(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, out, 1),
-               (os.POSIX_SPAWN_DUP2, out, 2)]
+    argvs, env = marshal.loads(read_exactly(int.from_bytes(read_exactly(4), "little")))
+    outs = [os.memfd_create("out") for _ in argvs]
+    jobs = [(argv, [(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, out, 1),
+                    (os.POSIX_SPAWN_DUP2, out, 2)]) for argv, out in zip(argvs, outs)]
     start = time.perf_counter_ns()
-    pid = os.posix_spawn(argv[0], argv, env, file_actions=actions)
-    _, status, usage = os.wait4(pid, 0)
+    pids = [os.posix_spawn(argv[0], argv, env, file_actions=actions) for argv, actions in jobs]
+    ends = [os.wait4(pid, 0) for pid in pids]
     elapsed = time.perf_counter_ns() - start
-    answer = marshal.dumps((elapsed, os.waitstatus_to_exitcode(status), usage.ru_maxrss,
-                            own_peak_kb(), os.pread(out, 1 << 16, 0)))
-    os.close(out)
+    runs = [(os.waitstatus_to_exitcode(status), usage.ru_maxrss, os.pread(out, 1 << 16, 0))
+            for (_, status, usage), out in zip(ends, outs)]
+    for out in outs:
+        os.close(out)
+    answer = marshal.dumps((elapsed, runs, own_peak_kb()))
     os.write(1, len(answer).to_bytes(4, "little") + answer)
 """
 
@@ -125,12 +181,13 @@ class BenchError(Exception):
 def relaunch(argv: Sequence[str]) -> int:
     """Run this script again inside fresh namespaces, with an empty directory to mount on."""
     outer_mntns = os.readlink("/proc/self/ns/mnt")
+    outer_netns = os.readlink("/proc/self/ns/net")
     scratch = tempfile.mkdtemp(prefix="nsgate-bench.")
     try:
-        cmd = ["unshare", "--mount", "--propagation", "private", "--pid", "--fork",
+        cmd = ["unshare", "--mount", "--propagation", "private", "--net", "--pid", "--fork",
                "--kill-child", "--mount-proc", sys.executable, "-I",
                os.path.abspath(__file__), *argv, "--scratch", scratch,
-               "--outer-mntns", outer_mntns]
+               "--outer-mntns", outer_mntns, "--outer-netns", outer_netns]
         return subprocess.run(cmd, check=False).returncode
     finally:
         os.rmdir(scratch)  # mounts on it live only in the namespace, which is gone by now
@@ -156,10 +213,13 @@ def mount_points() -> dict[str, tuple[str, str]]:
     return points
 
 
-def check_isolated(outer_mntns: str) -> None:
-    """Refuse to mount anything unless this is a private mount namespace of our own."""
+def check_isolated(outer_mntns: str, outer_netns: str) -> None:
+    """Refuse to mount anything unless this is a private mount namespace of our own, nor to
+    make links unless this is a private network namespace."""
     if os.getpid() != 1 or os.readlink("/proc/self/ns/mnt") == outer_mntns:
         raise BenchError("not in a new mount namespace: refusing to touch /etc")
+    if os.readlink("/proc/self/ns/net") == outer_netns:
+        raise BenchError("not in a new network namespace: refusing to make links")
     shared = [point for point, (tags, _) in mount_points().items() if "shared:" in tags]
     if shared:
         raise BenchError(f"mounts still propagate to the host: {shared[:3]}")
@@ -250,13 +310,17 @@ class Timer:
                                      start_new_session=True)  # Ctrl-C is for the orchestrator
 
     def run(self, argv: list[str], env: dict[str, str]) -> Sample:
+        return self.run_together([argv], env)[0]
+
+    def run_together(self, argvs: list[list[str]], env: dict[str, str]) -> list[Sample]:
+        """Spawn every argv at once; each Sample's ms is the whole batch's time."""
         assert self.proc.stdin is not None
-        request = marshal.dumps((argv, env))
+        request = marshal.dumps((argvs, env))
         self.proc.stdin.write(len(request).to_bytes(4, "little") + request)
         size = int.from_bytes(self._read(4), "little")
-        elapsed, status, maxrss_kb, timer_kb, out = marshal.loads(self._read(size))
-        return Sample(elapsed / 1e6, status, maxrss_kb, timer_kb,
-                      out.decode("utf-8", "replace"))
+        elapsed, runs, timer_kb = marshal.loads(self._read(size))
+        return [Sample(elapsed / 1e6, status, maxrss_kb, timer_kb,
+                       out.decode("utf-8", "replace")) for status, maxrss_kb, out in runs]
 
     def _read(self, size: int) -> bytes:
         assert self.proc.stdout is not None
@@ -279,25 +343,46 @@ class Timer:
 
 
 class Target:
-    """A process of the test user that has just entered a new user namespace."""
+    """A process of the test user that has just entered a new user namespace; with `net`, a
+    container: `unshare --user --map-root-user --net`, root of its own user namespace and owner
+    of a new network namespace."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, net: bool = False, wait: bool = True) -> None:
+        unshare = ["unshare", "--user", *(["--map-root-user", "--net"] if net else [])]
         self.proc = subprocess.Popen(
-            as_user(["unshare", "--user", "--", "sh", "-c", "echo ready; exec sleep 600"]),
+            as_user([*unshare, "--", "sh", "-c", "echo ready; exec sleep 600"]),
             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.pid = self.proc.pid
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if line != b"ready\n":
             self.stop()
             raise BenchError(f"the target did not start: {line!r}")
-        self.pid = self.proc.pid
+
+    @classmethod
+    def many(cls, count: int, *, net: bool = False) -> list[Target]:
+        """`count` targets started at once (their start-ups overlap), all ready."""
+        targets = [cls(net=net, wait=False) for _ in range(count)]
+        try:
+            for target in targets:
+                target.wait_ready()
+        except BaseException:
+            for target in targets:
+                target.stop()
+            raise
+        return targets
 
     def uid_map(self) -> list[tuple[int, ...]]:
         return parse_map(Path(f"/proc/{self.pid}/uid_map").read_text())
 
     def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
+        if self.proc.returncode is None:
+            self.proc.kill()
+            self.proc.wait()
         if self.proc.stdout is not None:
             self.proc.stdout.close()
 
@@ -339,6 +424,14 @@ def floor_once(timer: Timer) -> Sample:
     return sample
 
 
+def floor_together(timer: Timer) -> Sample:
+    """(g)'s yardstick: 16 interpreters at once, what any Python helper pays before its work."""
+    samples = timer.run_together([FLOOR_ARGV] * CONCURRENT, HELPER_ENV)
+    for sample in samples:
+        require_success("(g) floor", FLOOR_ARGV, sample)
+    return Sample(samples[0].ms, 0, max(s.maxrss_kb for s in samples), samples[0].timer_kb, "")
+
+
 def auto_once(timer: Timer, what: str, helper_dir: Path) -> Sample:
     """(d): util-linux's unshare finds newuidmap/newgidmap on PATH and maps itself."""
     argv = ["/usr/bin/unshare", "--user", "--map-auto", "cat", "/proc/self/uid_map",
@@ -357,12 +450,272 @@ def auto_once(timer: Timer, what: str, helper_dir: Path) -> Sample:
 
 
 # ---------------------------------------------------------------------------------------------
+# lxc-user-nic: the network sandbox and one run of (e), (f), (g), checked.
+
+
+def write_root_file(path: Path, data: bytes, mode: int) -> None:
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fchown(fd, 0, 0)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+def write_usernet(quota: int) -> None:
+    write_etc("lxc/lxc-usernet", f"{USER.name} veth {BRIDGE} {quota}\n".encode())
+
+
+def filler_name(number: int) -> str:
+    return f"nsgbf{number:05d}"
+
+
+def other_users_db(filler_links: int) -> bytes:
+    """(f)'s 10,000 lines of other users (see DB_OTHER_LINES)."""
+    return "".join(f"nsgbo{i % DB_OWNERS:03d} veth {BRIDGE} {filler_name(i % filler_links)}\n"
+                   for i in range(DB_OTHER_LINES)).encode()
+
+
+def reset_nic_db(content: bytes) -> None:
+    """/run/lxc holds exactly `nics` (root's, 0600, as both tools make it) with `content`: no
+    nics.lock, no temp file of an earlier run."""
+    for entry in NIC_DIR.iterdir():
+        entry.unlink()
+    write_root_file(NIC_DB, content, 0o600)
+
+
+def links() -> set[str]:
+    """The links of the benchmark's network namespace (sysfs is mounted there)."""
+    return set(os.listdir(SYS_NET))
+
+
+def usernic_argv(helper: Path, pid: int) -> list[str]:
+    return [str(helper), "create", "/dev/null", "dummy", str(pid), "veth", BRIDGE, "eth0"]
+
+
+def read_sys(host: str, name: str) -> str:
+    return (SYS_NET / host / name).read_text().strip()
+
+
+def check_nic(what: str, out: str, container: Target) -> str:
+    """The printed line is `eth0:<index>:<host veth>:<index>\\n` and nothing else (stdout and
+    stderr share one buffer, as in liblxc), and it tells the truth: the host end has that index,
+    is up on br0 with the bridge's MTU, and its peer has the other index and is the container's
+    eth0. Returns the host end's name."""
+    fields = out.split(":")
+    if (len(fields) != 4 or fields[0] != "eth0" or not fields[1].isdigit() or not fields[2]
+            or not out.endswith("\n") or not fields[3][:-1].isdigit()):
+        raise BenchError(f"{what}: printed {out!r}, expected 'eth0:<index>:<host veth>:<index>'")
+    peer_index, host, host_index = int(fields[1]), fields[2], int(fields[3][:-1])
+    try:
+        facts = {"ifindex": int(read_sys(host, "ifindex")),
+                 "peer": int(read_sys(host, "iflink")), "mtu": int(read_sys(host, "mtu")),
+                 "up": bool(int(read_sys(host, "flags"), 16) & 1),
+                 "master": os.path.basename(os.readlink(SYS_NET / host / "master"))}
+        dev = Path(f"/proc/{container.pid}/net/dev").read_text().splitlines()[2:]
+    except (OSError, ValueError) as err:
+        raise BenchError(f"{what}: printed {out!r}, but the host end {host!r} cannot be "
+                         f"inspected: {err}") from None
+    expected = {"ifindex": host_index, "peer": peer_index, "mtu": BRIDGE_MTU, "up": True,
+                "master": BRIDGE}
+    if facts != expected:
+        raise BenchError(f"{what}: printed {out!r}, but the host end is {facts}")
+    if "eth0" not in [line.split(":", 1)[0].strip() for line in dev]:
+        raise BenchError(f"{what}: printed {out!r}, but the container has no eth0")
+    return host
+
+
+@dataclass(frozen=True)
+class QuotaRound:
+    """(g), one round: the creates that succeeded, the veths that exist afterwards, the test
+    user's lines in the database afterwards."""
+    succeeded: int
+    nics: int
+    db_lines: int
+
+    @property
+    def over_quota(self) -> int:
+        return max(0, self.nics - CONCURRENT_QUOTA)
+
+
+def is_quota_refusal(out: str) -> bool:
+    """The reference says `Quota reached`; nsgate `quota 5 on br0 used by ...`."""
+    return "Quota reached" in out or f"quota {CONCURRENT_QUOTA} on {BRIDGE} used" in out
+
+
+class NicLab:
+    """The network side of the sandbox: a private netns with lo up, sysfs of that netns on
+    /sys, a tmpfs on /run/lxc, /etc/lxc in the /etc overlay, br0, later (f)'s filler veths.
+    `baseline` is the set of links that must be there, and nothing else, between calls."""
+
+    def __init__(self, scratch: Path) -> None:
+        run_quiet(["ip", "link", "set", "lo", "up"])
+        run_quiet(["mount", "-t", "sysfs", "nsgb-sysfs", "/sys"])
+        private_run_lxc(scratch)
+        Path("/etc/lxc").mkdir(mode=0o755, exist_ok=True)  # in the overlay
+        run_quiet(["ip", "link", "add", BRIDGE, "type", "bridge"])
+        run_quiet(["ip", "link", "set", BRIDGE, "mtu", str(BRIDGE_MTU), "up"])
+        self.others: subprocess.Popen[bytes] | None = None
+        self.baseline = links()
+        self.parked: list[Target] = []
+
+    def add_filler(self, count: int) -> bytes:
+        """(f): `count` veth pairs for the database's lines to name (see DB_OTHER_LINES), and
+        that database."""
+        # The peers' namespace: a root process of our pid namespace, killed with it at the end.
+        self.others = subprocess.Popen(
+            ["unshare", "--net", "--", "sh", "-c", "echo ready; exec sleep 100000"],
+            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True)
+        assert self.others.stdout is not None
+        if self.others.stdout.readline() != b"ready\n":
+            raise BenchError("the filler veths' namespace did not start")
+        batch = "".join(f"link add {filler_name(k)} type veth peer name p{k:05d} netns "
+                        f"{self.others.pid}\n" for k in range(count))
+        result = subprocess.run(["ip", "-batch", "-"], input=batch, capture_output=True,
+                                text=True, check=False)
+        if result.returncode != 0:
+            raise BenchError(f"making the filler veths failed: {result.stderr.strip()}")
+        self.baseline = links()
+        if len(self.baseline) != count + 2:  # and lo, br0
+            raise BenchError(f"expected {count} filler veths, lo and {BRIDGE}; found "
+                             f"{len(self.baseline)} links")
+        return other_users_db(count)
+
+    def remove_filler(self) -> None:
+        """After (f): back to lo and br0 alone, so (g), like (e), runs on a clean namespace.
+        Ending the peers' namespace makes the kernel delete every pair, in one batch."""
+        if self.others is None:
+            return
+        self.others.kill()
+        self.others.wait()
+        if self.others.stdout is not None:
+            self.others.stdout.close()
+        self.others = None
+        self.baseline = {"lo", BRIDGE}
+        deadline = time.monotonic() + FILLER_TEARDOWN_SECONDS
+        while links() != self.baseline:
+            if time.monotonic() > deadline:
+                raise BenchError(f"the filler veths are still there after "
+                                 f"{FILLER_TEARDOWN_SECONDS:.0f} s")
+            time.sleep(0.1)
+        time.sleep(SETTLE_SECONDS)
+
+    def park(self, containers: list[Target]) -> None:
+        """Keep used containers (by now they hold only lo) until the end of the phase: a killed
+        container's network namespace is torn down asynchronously by the kernel, under the rtnl
+        lock, which would slow down whichever timed call comes next."""
+        self.parked += containers
+
+    def release(self) -> None:
+        """Stop the parked containers, and give the kernel time to tear their namespaces down
+        before anything else is timed."""
+        if self.parked:
+            for container in self.parked:
+                container.proc.kill()
+            for container in self.parked:
+                container.stop()
+            self.parked = []
+            time.sleep(SETTLE_SECONDS)
+
+    def close(self) -> None:
+        self.release()
+        if self.others is not None:
+            self.others.kill()
+            self.others.wait()
+            if self.others.stdout is not None:
+                self.others.stdout.close()
+            self.others = None
+
+    def remove_new_links(self) -> None:
+        """Delete every link made since the start (a host end takes its peer with it)."""
+        for name in sorted(links() - self.baseline):
+            subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
+
+    def check_clean(self, what: str) -> None:
+        left = links() - self.baseline
+        if left:
+            raise BenchError(f"{what}: links left after the cleanup: {sorted(left)}")
+
+    def create_once(self, timer: Timer, what: str, helper: Path, db: bytes) -> Sample:
+        """(e), (f): one create on a fresh container, the database holding `db`."""
+        reset_nic_db(db)
+        container = Target(net=True)
+        try:
+            argv = usernic_argv(helper, container.pid)
+            sample = timer.run(argv, HELPER_ENV)
+            require_success(what, argv, sample)
+            host = check_nic(what, sample.out, container)
+            after = NIC_DB.read_bytes()
+            line = f"{USER.name} veth {BRIDGE} {host}\n".encode()
+            if after != db + line:
+                raise BenchError(f"{what}: /run/lxc/nics has {len(after.splitlines())} lines "
+                                 f"after the create, expected the {len(db.splitlines())} before "
+                                 f"plus {line!r} (its end: {after[-200:]!r})")
+        finally:
+            self.remove_new_links()
+            self.park([container])
+        self.check_clean(what)
+        return sample
+
+    def concurrent_once(self, timer: Timer, what: str, helper: Path,
+                        log: list[QuotaRound]) -> Sample:
+        """(g): 16 creates at once on 16 fresh containers, quota 5, an empty database."""
+        reset_nic_db(b"")
+        containers = Target.many(CONCURRENT, net=True)
+        try:
+            argvs = [usernic_argv(helper, container.pid) for container in containers]
+            samples = timer.run_together(argvs, HELPER_ENV)
+            hosts = set()
+            for argv, container, sample in zip(argvs, containers, samples, strict=True):
+                if sample.status == 0:
+                    hosts.add(check_nic(what, sample.out, container))
+                elif sample.status != 1 or not is_quota_refusal(sample.out):
+                    raise BenchError(f"{what}: {' '.join(argv)} exited with status "
+                                     f"{sample.status}, neither a success nor a quota "
+                                     f"refusal:\n{sample.out.rstrip()}")
+            made = links() - self.baseline
+            if not hosts <= made:
+                raise BenchError(f"{what}: reported {sorted(hosts)}, but links are {made}")
+            owned = [line for line in NIC_DB.read_bytes().splitlines()
+                     if line.split(b" ", 1)[0] == USER.name.encode()]
+            log.append(QuotaRound(len(hosts), len(made), len(owned)))
+        finally:
+            self.remove_new_links()
+            self.park(containers)
+        self.check_clean(what)
+        return Sample(samples[0].ms, 0, max(s.maxrss_kb for s in samples), samples[0].timer_kb,
+                      "")
+
+
+def private_run_lxc(scratch: Path) -> None:
+    """A private tmpfs (mode 0755) on /run/lxc. Without a /run/lxc on the host to mount on, a
+    copy-on-write overlay of /run (upper layer on the scratch tmpfs) provides one."""
+    if NIC_DIR.is_symlink() or (NIC_DIR.exists() and not NIC_DIR.is_dir()):
+        raise BenchError(f"{NIC_DIR} is not a directory: the benchmark cannot mount on it")
+    if not NIC_DIR.exists():
+        upper, work = scratch / "run-upper", scratch / "run-work"
+        for path in (upper, work):
+            path.mkdir()
+            os.chmod(path, 0o755)
+        run_quiet(["mount", "-t", "overlay", "nsgb-run", "-o",
+                   f"lowerdir=/run,upperdir={upper},workdir={work}", "/run"])
+        NIC_DIR.mkdir(mode=0o755)
+    run_quiet(["mount", "-t", "tmpfs", "-o", "mode=0755", "nsgb-lxc", str(NIC_DIR)])
+    if mount_points().get(str(NIC_DIR), ("", ""))[1] != "tmpfs":
+        raise BenchError(f"{NIC_DIR} is not the tmpfs after mounting it")
+
+
+# ---------------------------------------------------------------------------------------------
 # Interleaving and statistics.
 
 
 @dataclass(frozen=True)
 class Contestant:
-    case: str  # "a", "b", "c", "d"
+    case: str  # "a" to "g"
     impl: str  # "nsgate", "reference", "python3"
     run: Callable[[Timer], Sample]
 
@@ -413,12 +766,17 @@ class Verdict:
     passed: bool
 
 
-def verdicts(stats: dict[tuple[str, str], Stats]) -> list[Verdict]:
+def verdicts(stats: dict[tuple[str, str], Stats],
+             quota: dict[str, list[QuotaRound]]) -> list[Verdict]:
     floor = stats["c", "python3"].median_ms
     a_ratio = stats["a", "nsgate"].median_ms / floor
     b_speedup = stats["b", "reference"].median_ms / stats["b", "nsgate"].median_ms
     b_rss = stats["b", "nsgate"]
     d_extra = stats["d", "nsgate"].median_ms - stats["d", "reference"].median_ms
+    e_ratio = stats["e", "nsgate"].median_ms / floor
+    f_ratio = stats["f", "nsgate"].median_ms / stats["f", "reference"].median_ms
+    g_ratio = stats["g", "nsgate"].median_ms / stats["g", "reference"].median_ms
+    g_over = sum(item.over_quota for item in quota["nsgate"])
     return [
         Verdict("(a) nsgate / floor", f"{a_ratio:.2f}x", f"<= {TARGETS['a_floor_ratio']}x",
                 a_ratio <= TARGETS["a_floor_ratio"]),
@@ -429,21 +787,47 @@ def verdicts(stats: dict[tuple[str, str], Stats]) -> list[Verdict]:
         Verdict("(d) nsgate - reference", f"{d_extra:+.1f} ms = {d_extra / floor:+.2f} floors",
                 f"<= {TARGETS['d_floors']:.0f} floors ({TARGETS['d_floors'] * floor:.1f} ms)",
                 d_extra <= TARGETS["d_floors"] * floor),
+        Verdict("(e) nsgate / floor", f"{e_ratio:.2f}x", f"<= {TARGETS['e_floor_ratio']:.0f}x",
+                e_ratio <= TARGETS["e_floor_ratio"]),
+        Verdict("(f) nsgate / reference", f"{f_ratio:.2f}x", f"<= {TARGETS['f_ratio']}x",
+                f_ratio <= TARGETS["f_ratio"]),
+        Verdict("(g) nsgate / reference", f"{g_ratio:.2f}x", f"<= {TARGETS['g_ratio']:.1f}x",
+                g_ratio <= TARGETS["g_ratio"]),
+        Verdict("(g) nsgate over quota", f"{g_over} nics in {len(quota['nsgate'])} rounds",
+                "0", g_over == 0),
     ]
+
+
+def quota_summary(rounds: list[QuotaRound]) -> str:
+    """(g): what a tool let through, over all rounds."""
+    def spread(values: list[int]) -> str:
+        low, high = min(values), max(values)
+        return f"{low}" if low == high else f"{low}..{high}"
+
+    over = sum(item.over_quota for item in rounds)
+    return (f"{spread([r.succeeded for r in rounds])} of {CONCURRENT} creates succeeded, "
+            f"{spread([r.nics for r in rounds])} veths and {spread([r.db_lines for r in rounds])} "
+            f"db lines per round; {over} nics over quota in {len(rounds)} rounds")
 
 
 # ---------------------------------------------------------------------------------------------
 # The run.
 
+IMPL_ORDER = ("nsgate", "reference", "python3")
 CASE_TITLES = {
     "a": "(a) newuidmap, fresh target",
     "b": "(b) newuidmap, 1M-line /etc/subuid",
     "c": "(c) floor: python3 -I -S -c pass",
     "d": "(d) unshare --map-auto, end to end",
+    "e": "(e) lxc-user-nic create, empty nics db",
+    "f": "(f) lxc-user-nic, 10,000-line nics db",
+    "g": f"(g) {CONCURRENT} concurrent creates, quota {CONCURRENT_QUOTA}",
 }
 
 
-def measure(nsgate_dir: Path, rounds: int, big_rounds: int, warmup: int) -> Results:
+def measure(nsgate_dir: Path, lab: NicLab, args: argparse.Namespace,
+            quota: dict[str, list[QuotaRound]]) -> Results:
+    rounds, big_rounds, warmup = args.rounds, args.big_rounds, args.warmup
     results: Results = {}
     timer = Timer()
     try:
@@ -467,8 +851,40 @@ def measure(nsgate_dir: Path, rounds: int, big_rounds: int, warmup: int) -> Resu
                 t, "(b) reference", REFERENCE_DIR / "newuidmap", BIG_START)),
         ]
         interleave(timer, big, big_rounds, 1, results)
+        nsgate_nic, reference_nic = nsgate_dir / "lxc-user-nic", USERNIC_REFERENCE
+        write_usernet(BIG_QUOTA)
+        empty = [
+            Contestant("e", "nsgate", lambda t: lab.create_once(
+                t, "(e) nsgate", nsgate_nic, b"")),
+            Contestant("e", "reference", lambda t: lab.create_once(
+                t, "(e) reference", reference_nic, b"")),
+            Contestant("c", "python3", floor_once),
+        ]
+        interleave(timer, empty, args.nic_rounds, warmup, results)
+        lab.release()
+        big_db = lab.add_filler(args.f_links)
+        full = [
+            Contestant("f", "nsgate", lambda t: lab.create_once(
+                t, "(f) nsgate", nsgate_nic, big_db)),
+            Contestant("f", "reference", lambda t: lab.create_once(
+                t, "(f) reference", reference_nic, big_db)),
+        ]
+        interleave(timer, full, args.nic_rounds, warmup, results)
+        lab.release()
+        lab.remove_filler()
+        write_usernet(CONCURRENT_QUOTA)
+        together = [
+            Contestant("g", "nsgate", lambda t: lab.concurrent_once(
+                t, "(g) nsgate", nsgate_nic, quota["nsgate"])),
+            Contestant("g", "reference", lambda t: lab.concurrent_once(
+                t, "(g) reference", reference_nic, quota["reference"])),
+            Contestant("g", "python3", floor_together),
+        ]
+        # The quota tally keeps the warm-up round too: every round is a test of the quota.
+        interleave(timer, together, args.concurrent_rounds, 1, results)
     finally:
         timer.close()
+        lab.release()
     return results
 
 
@@ -478,55 +894,76 @@ def package_version(name: str) -> str:
     return result.stdout.strip() or "unknown"
 
 
-def render(stats: dict[tuple[str, str], Stats], checks: list[Verdict], header: list[str]) -> str:
+def render(stats: dict[tuple[str, str], Stats], checks: list[Verdict], header: list[str],
+           notes: list[str]) -> str:
     lines = [*header, "",
              f"{'case':<38} {'impl':<10} {'median ms':>10} {'p90 ms':>9} {'runs':>5} "
              f"{'peak RSS':>14}"]
-    for case in "abcd":
-        for (key_case, impl), item in stats.items():
-            if key_case != case:
+    for case, case_title in CASE_TITLES.items():
+        title = case_title
+        for impl in IMPL_ORDER:
+            item = stats.get((case, impl))
+            if item is None:
                 continue
-            title = CASE_TITLES[case] if impl in ("nsgate", "python3") else ""
             lines.append(f"{title:<38} {impl:<10} {item.median_ms:>10.2f} {item.p90_ms:>9.2f} "
                          f"{item.runs:>5} {item.rss_text():>14}")
+            title = ""
     lines += ["", f"{'target':<26} {'measured':<28} {'goal':<28} verdict"]
     lines += [f"{check.name:<26} {check.measured:<28} {check.target:<28} "
               f"{'PASS' if check.passed else 'MISS'}" for check in checks]
-    return "\n".join(lines)
+    return "\n".join([*lines, "", *notes])
 
 
 def to_json(stats: dict[tuple[str, str], Stats], checks: list[Verdict],
-            info: dict[str, Any]) -> dict[str, Any]:
+            quota: dict[str, list[QuotaRound]], info: dict[str, Any]) -> dict[str, Any]:
     cases: dict[str, dict[str, Any]] = {}
     for (case, impl), item in stats.items():
         cases.setdefault(case, {"title": CASE_TITLES[case]})[impl] = {
             "median_ms": round(item.median_ms, 3), "p90_ms": round(item.p90_ms, 3),
             "runs": item.runs, "peak_rss_mib": round(item.peak_rss_mib, 2),
             "peak_rss_exact": item.rss_exact}
+    cases["g"]["quota_rounds"] = {
+        impl: [{"succeeded": r.succeeded, "nics": r.nics, "db_lines": r.db_lines,
+                "over_quota": r.over_quota} for r in rounds] for impl, rounds in quota.items()}
     return {**info, "cases": cases,
             "targets": [{"name": c.name, "measured": c.measured, "goal": c.target,
                          "pass": c.passed} for c in checks]}
 
 
 def bench(args: argparse.Namespace) -> int:
-    check_isolated(args.outer_mntns)
+    check_isolated(args.outer_mntns, args.outer_netns)
     overlay_etc(Path(args.scratch))
     add_test_user()
+    lab = NicLab(Path(args.scratch))
     nsgate_dir = Path(args.prefix) / "libexec" / "nsgate"
-    results = measure(nsgate_dir, args.rounds, args.big_rounds, args.warmup)
+    quota: dict[str, list[QuotaRound]] = {"nsgate": [], "reference": []}
+    try:
+        results = measure(nsgate_dir, lab, args, quota)
+    finally:
+        lab.close()
     stats = {key: Stats.of(samples) for key, samples in sorted(results.items())}
-    checks = verdicts(stats)
+    checks = verdicts(stats, quota)
     info = {"nsgate": str(nsgate_dir), "reference": f"{REFERENCE_DIR} (uidmap "
             f"{package_version('uidmap')})", "util_linux": package_version("util-linux"),
+            "reference_usernic": f"{USERNIC_REFERENCE} (liblxc-common "
+            f"{package_version('liblxc-common')})",
             "kernel": platform.release(), "cpus": os.cpu_count(), "rounds": args.rounds,
-            "big_rounds": args.big_rounds, "warmup_rounds": args.warmup}
+            "big_rounds": args.big_rounds, "nic_rounds": args.nic_rounds,
+            "concurrent_rounds": args.concurrent_rounds, "warmup_rounds": args.warmup,
+            "f_database": f"{DB_OTHER_LINES} lines of {DB_OWNERS} other users naming "
+            f"{args.f_links} existing veths in turn"}
     header = [f"nsgate {info['nsgate']} vs reference {info['reference']}; util-linux "
               f"{info['util_linux']}; kernel {info['kernel']}, {info['cpus']} CPUs",
+              f"lxc-user-nic: nsgate {nsgate_dir / 'lxc-user-nic'} vs reference "
+              f"{info['reference_usernic']}; (f) db: {info['f_database']}",
               f"{args.rounds} interleaved rounds (+{args.warmup} warm-up), {args.big_rounds} for "
-              f"(b); each figure: posix_spawn+wait4 of the program as {USER.name}"]
-    print(render(stats, checks, header))
+              f"(b), {args.nic_rounds} for (e) (with (c) again) and (f), {args.concurrent_rounds} "
+              f"(+1) for (g); each figure: posix_spawn+wait4 of the program as {USER.name}"]
+    notes = [f"(g) {impl}: {quota_summary(rounds)}" for impl, rounds in quota.items()]
+    print(render(stats, checks, header, notes))
     if args.json:
-        Path(args.json).write_text(json.dumps(to_json(stats, checks, info), indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps(to_json(stats, checks, quota, info), indent=2) + "\n")
     return 0
 
 
@@ -537,15 +974,32 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="measured rounds of (a), (c), (d) (default 100)")
     parser.add_argument("--big-rounds", type=int,
                         help="measured rounds of (b) (default: half of --rounds)")
+    parser.add_argument("--nic-rounds", type=int,
+                        help="measured rounds of (e), (f) (default: half of --rounds)")
+    parser.add_argument("--concurrent-rounds", type=int,
+                        help="measured rounds of (g) (default: a tenth of --rounds, at least 3)")
+    parser.add_argument("--f-links", type=int, default=DEFAULT_F_LINKS,
+                        help="veths the 10,000 lines of (f) name in turn (default "
+                        f"{DEFAULT_F_LINKS}; 10000: one per line, see the comment on "
+                        "DB_OTHER_LINES)")
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured first rounds")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--scratch", help=argparse.SUPPRESS)
     parser.add_argument("--outer-mntns", help=argparse.SUPPRESS)
+    parser.add_argument("--outer-netns", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.big_rounds is None:
         args.big_rounds = max(3, args.rounds // 2)
-    if args.rounds < 3 or args.big_rounds < 3 or args.warmup < 0:
-        parser.error("--rounds and --big-rounds must be at least 3, --warmup at least 0")
+    if args.nic_rounds is None:
+        args.nic_rounds = max(3, args.rounds // 2)
+    if args.concurrent_rounds is None:
+        args.concurrent_rounds = max(3, args.rounds // 10)
+    if min(args.rounds, args.big_rounds, args.nic_rounds, args.concurrent_rounds) < 3 \
+            or args.warmup < 0:
+        parser.error("--rounds, --big-rounds, --nic-rounds and --concurrent-rounds must be at "
+                     "least 3, --warmup at least 0")
+    if not 1 <= args.f_links <= DB_OTHER_LINES:
+        parser.error(f"--f-links must be 1 to {DB_OTHER_LINES}")
     if args.json:
         args.json = os.path.abspath(args.json)
     return args
@@ -559,6 +1013,10 @@ def check_host(prefix: Path) -> None:
             if not os.access(directory / name, os.X_OK):
                 raise BenchError(f"{directory / name} is missing (make install? apt install "
                                  "uidmap?)")
+    for path, hint in ((prefix / "libexec" / "nsgate" / "lxc-user-nic", "make install?"),
+                       (USERNIC_REFERENCE, "apt install lxc?")):
+        if not os.access(path, os.X_OK):
+            raise BenchError(f"{path} is missing ({hint})")
 
 
 def main(argv: Sequence[str]) -> int:

@@ -78,8 +78,10 @@ def main(argv: list[str]) -> tuple[int, str, str]:
     except Refusal as refusal:
         credentials.drop_all(ids)
         audit.record("lxc-user-nic", False, f"{what}: {refusal.first}")
+        if refusal.usage:
+            return 1, "", USAGE  # exactly the reference's text
         text = "".join(f"lxc-user-nic: {x}\n" for x in (refusal.first, *refusal.details))
-        return 1, "", audit.printable_lines(text) + (USAGE if refusal.usage else "")
+        return 1, "", audit.printable_lines(text)
     audit.record("lxc-user-nic", True, f"{what}: {line.strip() or 'deleted'}")
     credentials.drop_all(ids)
     return 0, line, ""
@@ -181,20 +183,28 @@ def _container_name(inside: rtnl.Rtnl, requested: bytes | None) -> bytes:
 def _create_locked(caller: Caller, request: NicRequest, net: rtnl.Rtnl, inside: rtnl.Rtnl,
                    grants: list[usernet.Grant], target_fd: int, peer: bytes, mtu: int,
                    attach: ports.Attachment | None) -> tuple[bytes, int, int]:
-    """(host name, host ifindex, container ifindex) of the new pair, recorded."""
-    live = {name.encode("utf-8", "surrogateescape") for name in net.link_names()}
-    lines, _stale = nicdb.prune(nicdb.parse(nicdb_store.read()), live)
-    used = nicdb.nics_by_owner(lines, request.nic_type, request.bridge)
-    decision = usernet.decide(grants, used)
+    """(host name, host ifindex, container ifindex) of the new pair, recorded.
+
+    Only the lines of the grants' owners on this type and bridge are read closely: they are
+    the ones the quota counts, and the ones whose staleness is checked and pruned (other users'
+    stale lines go when they next create, or with `nsgate nics gc`)."""
+    raw_lines = nicdb.split_lines(nicdb_store.read())
+    owners = {g.token for g in grants}
+    mine = nicdb.lines_of(raw_lines, owners, request.nic_type, request.bridge)
+    stale = {position for position, line in mine.items()
+             if net.link(line.dev.decode("utf-8", "surrogateescape")) is None}
+    live = [line for position, line in mine.items() if position not in stale]
+    decision = usernet.decide(grants, nicdb.nics_by_owner(live, request.nic_type,
+                                                          request.bridge))
     if decision.owner is None:
         counted = [dev.decode() for devs in decision.used.values() for dev in devs]
-        raise Refusal(f"quota {decision.total} on {request.bridge.decode()} used"
+        raise Refusal(f"quota {decision.capacity} on {request.bridge.decode()} used"
                       + (f" by {', '.join(counted)}" if counted else ""),
                       "remove one of these nics (stop its container) or ask for a larger quota "
                       f"in {USERNET}")
     if attach is None:
         attach = private_bridge.ensure(net, caller.ids.uid)
-    host = _free_host_name(caller.ids.uid, live)
+    host = _free_host_name(net, caller.ids.uid)
     net.create_veth(host.decode(), peer.decode(), target_fd, mtu)
     try:
         link = net.link(host.decode())
@@ -202,8 +212,9 @@ def _create_locked(caller: Caller, request: NicRequest, net: rtnl.Rtnl, inside: 
         if link is None or peer_link is None:
             raise Refusal("the new veth vanished while it was set up")
         ports.set_up_host_end(net, link, attach, peer_link.address)
-        nicdb_store.replace(nicdb.serialize(
-            [*lines, nicdb.entry(decision.owner, request.nic_type, request.bridge, host)]))
+        kept = [raw for position, raw in enumerate(raw_lines) if position not in stale]
+        new = nicdb.entry(decision.owner, request.nic_type, request.bridge, host).raw
+        nicdb_store.replace(b"".join(raw + b"\n" for raw in [*kept, new]))
     except BaseException:
         _roll_back(net, host, attach)
         raise
@@ -218,10 +229,10 @@ def _roll_back(net: rtnl.Rtnl, host: bytes, attach: ports.Attachment) -> None:
         net.delete_link(link.index)  # takes the peer in the container with it
 
 
-def _free_host_name(uid: int, live: set[bytes]) -> bytes:
+def _free_host_name(net: rtnl.Rtnl, uid: int) -> bytes:
     for _ in range(100):
         name = nicnames.host_veth_name(uid, posix.urandom(8))
-        if name not in live:
+        if net.link(name.decode()) is None:
             return name
     raise Refusal("could not find a free host interface name")
 
@@ -242,13 +253,20 @@ def _delete(caller: Caller, request: NicRequest) -> None:
         if bridge is not None and bridge.kind == "bridge":
             raise Refusal("Deletion of non ovs type network devices not implemented",
                           "a Linux bridge port goes away with the container's netns")
-        credentials.become_unsignalable(caller.ids)
-        lock = nicdb_store.Locked()
-        try:
-            lines = nicdb.parse(nicdb_store.read())
-            owned = nicdb.find(lines, caller.tokens, request.nic_type, request.bridge, dev)
-        finally:
-            lock.release()
+        data = files.read_small(USERNET) or b""
+        tokens = {g.token for g in usernet.applicable(usernet.parse(data), caller.tokens,
+                                                       request.nic_type, request.bridge)}
+        owned = None
+        if tokens:  # only lines of owners granted this type and bridge (§8.2)
+            credentials.become_unsignalable(caller.ids)
+            lock = nicdb_store.Locked()
+            try:
+                lines = nicdb.lines_of(nicdb.split_lines(nicdb_store.read()), tokens,
+                                       request.nic_type, request.bridge)
+                owned = nicdb.find(list(lines.values()), tokens, request.nic_type,
+                                   request.bridge, dev)
+            finally:
+                lock.release()
     if owned is None:
         raise Refusal(f'Caller is not allowed to delete network device "{dev.decode()}"',
                       f"{nicdb_store.DB_PATH} records no {request.nic_type.decode()} nic of "

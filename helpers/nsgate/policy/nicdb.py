@@ -30,6 +30,28 @@ def parse(data: bytes) -> list[NicLine]:
     return [NicLine(raw) for raw in lines if raw]
 
 
+def split_lines(data: bytes) -> list[bytes]:
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return lines
+
+
+def lines_of(raw_lines: list[bytes], tokens: set[bytes], nic_type: bytes,
+             bridge: bytes) -> dict[int, NicLine]:
+    """The valid lines of these owners on this type and bridge, by position, without parsing
+    the others (the database may hold many thousands of other users' lines)."""
+    prefixes = tuple(t + sep for t in tokens for sep in (b" ", b"\t"))
+    found = {}
+    for position, raw in enumerate(raw_lines):
+        if raw.lstrip(b" \t").startswith(prefixes):
+            line = NicLine(raw)
+            if (line.valid and line.owner in tokens and line.nic_type == nic_type
+                    and line.bridge == bridge):
+                found[position] = line
+    return found
+
+
 def serialize(lines: list[NicLine]) -> bytes:
     return b"".join(line.raw + b"\n" for line in lines)
 

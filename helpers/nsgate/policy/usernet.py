@@ -104,25 +104,30 @@ def applicable(grants: list[Grant], tokens: set[bytes], nic_type: bytes,
 
 
 class QuotaDecision:
-    """`owner`: the token the new nic is recorded under, or None when refused; `used`: the live
-    nics counted against the applicable grants, by token."""
+    """`owner`: the token the new nic is recorded under, or None when refused; `capacity`: how
+    many nics the grants allow in all (duplicate lines of a token do not add up); `used`: the
+    live nics counted against the applicable grants, by token."""
 
-    __slots__ = ("owner", "total", "used")
+    __slots__ = ("capacity", "owner", "used")
 
-    def __init__(self, owner: bytes | None, total: int, used: dict[bytes, list[bytes]]) -> None:
+    def __init__(self, owner: bytes | None, capacity: int,
+                 used: dict[bytes, list[bytes]]) -> None:
         self.owner = owner
-        self.total = total
+        self.capacity = capacity
         self.used = used
 
 
 def decide(grants: list[Grant], live_nics: dict[bytes, list[bytes]]) -> QuotaDecision:
     """`grants`: the applicable grants in file order; `live_nics`: for each owner token, the
     existing nics recorded for it on this type and bridge."""
-    total = sum(g.number for g in grants)
     used = {g.token: live_nics.get(g.token, []) for g in grants}
-    if total <= 0:
-        return QuotaDecision(None, total, used)
+    largest: dict[bytes, int] = {}
+    for grant in grants:
+        largest[grant.token] = max(largest.get(grant.token, 0), grant.number)
+    if sum(g.number for g in grants) <= 0:  # the reference's rule: -1 and 1 refuse
+        return QuotaDecision(None, 0, used)
+    capacity = sum(largest.values())
     for grant in grants:
         if len(used[grant.token]) < grant.number:
-            return QuotaDecision(grant.token, total, used)
-    return QuotaDecision(None, total, used)
+            return QuotaDecision(grant.token, capacity, used)
+    return QuotaDecision(None, capacity, used)

@@ -32,6 +32,11 @@ def _check_owned_by_root(path: str, st: posix.stat_result, kind: int) -> None:
                       f"{path} must be root's, not writable by group or others, and not a link")
 
 
+def _untrusted(path: str, err: OSError) -> Refusal:
+    return Refusal(f"refusing to use {path}: {err.strerror}",
+                   f"{path} must be a regular file of root's, not a symbolic link")
+
+
 def ensure_dir() -> None:
     _check_owned_by_root("/run", posix.lstat("/run"), _S_IFDIR)
     try:
@@ -46,7 +51,10 @@ class Locked:
 
     def __init__(self) -> None:
         ensure_dir()
-        self.fd = posix.open(LOCK_PATH, posix.O_RDWR | posix.O_CREAT | _OPEN, 0o600)
+        try:
+            self.fd = posix.open(LOCK_PATH, posix.O_RDWR | posix.O_CREAT | _OPEN, 0o600)
+        except OSError as err:
+            raise _untrusted(LOCK_PATH, err) from None
         _check_owned_by_root(LOCK_PATH, posix.fstat(self.fd), _S_IFREG)
         deadline = time.monotonic() + LOCK_WAIT_SECONDS
         while True:
@@ -70,6 +78,8 @@ def read() -> bytes:
         fd = posix.open(DB_PATH, posix.O_RDONLY | posix.O_NONBLOCK | _OPEN)
     except FileNotFoundError:
         return b""
+    except OSError as err:
+        raise _untrusted(DB_PATH, err) from None
     try:
         _check_owned_by_root(DB_PATH, posix.fstat(fd), _S_IFREG)
         parts: list[bytes] = []
