@@ -11,9 +11,9 @@ items 1, 8, 12).
   RLIMIT_FSIZE can only make the update fail, never cut the database short.
 """
 
+import _signal
 import fcntl
 import posix
-import time
 
 from nsgate.errors import Refusal
 
@@ -46,6 +46,14 @@ def ensure_dir() -> None:
     _check_owned_by_root(DB_DIR, posix.lstat(DB_DIR), _S_IFDIR)
 
 
+class _LockTimeout(Exception):
+    pass
+
+
+def _give_up(signum: int, frame: object) -> None:
+    raise _LockTimeout
+
+
 class Locked:
     """The database lock, held from construction until `release()`."""
 
@@ -56,17 +64,18 @@ class Locked:
         except OSError as err:
             raise _untrusted(LOCK_PATH, err) from None
         _check_owned_by_root(LOCK_PATH, posix.fstat(self.fd), _S_IFREG)
-        deadline = time.monotonic() + LOCK_WAIT_SECONDS
-        while True:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    posix.close(self.fd)
-                    raise Refusal(f"{DB_PATH} is busy: another lxc-user-nic has held its lock "
-                                  f"for over {LOCK_WAIT_SECONDS:.0f} s; try again") from None
-                time.sleep(0.005)
+        # A blocking wait, cut off by a timer: waiters sleep until the lock is free.
+        previous = _signal.signal(_signal.SIGALRM, _give_up)
+        _signal.setitimer(_signal.ITIMER_REAL, LOCK_WAIT_SECONDS)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except _LockTimeout:
+            posix.close(self.fd)  # also releases the lock, should it have just been granted
+            raise Refusal(f"{DB_PATH} is busy: another lxc-user-nic has held its lock for over "
+                          f"{LOCK_WAIT_SECONDS:.0f} s; try again") from None
+        finally:
+            _signal.setitimer(_signal.ITIMER_REAL, 0)
+            _signal.signal(_signal.SIGALRM, previous)
 
     def release(self) -> None:
         posix.close(self.fd)  # closing the last fd releases the flock

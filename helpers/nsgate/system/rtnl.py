@@ -374,15 +374,9 @@ class Rtnl:
                         learning: bool | None = None, neigh_suppress: bool | None = None,
                         locked: bool | None = None) -> None:
         """Set bridge-port flags of link `index`, which must be attached to a Linux bridge."""
-        port = b""
-        if locked is not None:
-            port += _u8(_IFLA_BRPORT_LOCKED, locked)
-        if isolated is not None:
-            port += _u8(_IFLA_BRPORT_ISOLATED, isolated)
-        if learning is not None:
-            port += _u8(_IFLA_BRPORT_LEARNING, learning)
-        if neigh_suppress is not None:
-            port += _u8(_IFLA_BRPORT_NEIGH_SUPPRESS, neigh_suppress)
+        wanted = ((_IFLA_BRPORT_LOCKED, locked), (_IFLA_BRPORT_ISOLATED, isolated),
+                  (_IFLA_BRPORT_LEARNING, learning), (_IFLA_BRPORT_NEIGH_SUPPRESS, neigh_suppress))
+        port = b"".join(_u8(kind, value) for kind, value in wanted if value is not None)
         body = _ifinfomsg(index, family=_AF_BRIDGE) + _nested(_IFLA_PROTINFO, port)
         self._change(_RTM_SETLINK, 0, body, f"RTM_SETLINK bridge port index {index}")
 
