@@ -22,6 +22,8 @@ int nsg_capget(uint64_t *effective, uint64_t *permitted, uint64_t *inheritable);
 int nsg_capset(uint64_t effective, uint64_t permitted, uint64_t inheritable);
 long nsg_fstatfs_type(int fd);
 
+int nsg_seccomp_allow_only(const char **names, int count, int refusal_errno);
+
 struct nsg_subid_range { unsigned long start; unsigned long count; };
 int nsg_plugin_open(const char *libname, char *err, size_t errlen);
 int nsg_plugin_has_range(const char *owner, unsigned long start, unsigned long count,
@@ -40,8 +42,10 @@ SOURCE = r"""
 #include <string.h>
 #include <sched.h>
 #include <linux/capability.h>
+#include <seccomp.h>
 #include <sys/fsuid.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/vfs.h>
 #include <unistd.h>
@@ -77,6 +81,34 @@ static long nsg_fstatfs_type(int fd)
     if (fstatfs(fd, &st) != 0)
         return -1;
     return (long)st.f_type;
+}
+
+/*
+ * A seccomp filter allowing exactly the named system calls; every other one fails with
+ * `refusal_errno` (an error the helper reports and exits on, never a kill: a signal-killed
+ * helper counts as success to util-linux's unshare). Names unknown on this architecture are
+ * skipped; `socket` is allowed for AF_UNIX only (syslog). Returns 0 or a negative errno.
+ */
+static int nsg_seccomp_allow_only(const char **names, int count, int refusal_errno)
+{
+    scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ERRNO(refusal_errno));
+    int rc = 0;
+
+    if (ctx == NULL)
+        return -ENOMEM;
+    for (int i = 0; i < count && rc == 0; i++) {
+        int nr = seccomp_syscall_resolve_name(names[i]);
+        if (nr == __NR_SCMP_ERROR)
+            continue;
+        if (strcmp(names[i], "socket") == 0)
+            rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1, SCMP_A0(SCMP_CMP_EQ, AF_UNIX));
+        else
+            rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 0);
+    }
+    if (rc == 0)
+        rc = seccomp_load(ctx);
+    seccomp_release(ctx);
+    return rc;
 }
 
 /* shadow's libsubid NSS plugin interface (lib/nss.c, libsubid/subid.h). */
@@ -149,7 +181,7 @@ static int nsg_plugin_list_ranges(const char *owner, int idtype, struct nsg_subi
 def builder() -> FFI:
     ffi = FFI()
     ffi.cdef(CDEF)
-    ffi.set_source("_nsgate_sys", SOURCE, libraries=["dl"])
+    ffi.set_source("_nsgate_sys", SOURCE, libraries=["dl", "seccomp"])
     return ffi
 
 

@@ -14,7 +14,16 @@ from nsgate.errors import Refusal
 from nsgate.policy.authorize import decide, is_self_map
 from nsgate.policy.config import login_defs_flag
 from nsgate.policy.idmap_request import MapRequest, Triple, find_overlap, parse
-from nsgate.system import audit, credentials, files, integrity, kernel, procfs, subid_db
+from nsgate.system import (
+    audit,
+    confine,
+    credentials,
+    files,
+    integrity,
+    kernel,
+    procfs,
+    subid_db,
+)
 
 USAGE = {
     "uid": "usage: newuidmap [<pid>|fd:<pidfd>] <uid> <loweruid> <count> "
@@ -90,6 +99,7 @@ def _map(prog: str, kind: str, caller: credentials.Caller, request: MapRequest,
                           "map host uid 0")
         caps.append(kernel.CAP_SETFCAP)
     integrity.verify_loaded_modules()
+    confine.confine(caps, confine.MAP_WRITER)
 
     audit.record(prog, True, f"{what}: target {request.target} owned by "
                              f"{entry.pw_name} ({caller.uid})")

@@ -7,12 +7,15 @@ from _nsgate_sys import ffi, lib
 CAP_SETGID = 6
 CAP_SETUID = 7
 CAP_NET_ADMIN = 12
+CAP_SETPCAP = 8
 CAP_SYS_ADMIN = 21
 CAP_SETFCAP = 31
 CAP_NAMES = {CAP_SETGID: "CAP_SETGID", CAP_SETUID: "CAP_SETUID", CAP_NET_ADMIN: "CAP_NET_ADMIN",
              CAP_SYS_ADMIN: "CAP_SYS_ADMIN", CAP_SETFCAP: "CAP_SETFCAP"}
 
 PR_SET_DUMPABLE = 4
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
 PR_CAPBSET_READ = 23
 PR_GET_NO_NEW_PRIVS = 39
 PR_CAP_AMBIENT = 47
@@ -54,6 +57,14 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0) -> int:
 
 def fstatfs_type(fd: int) -> int:
     return _check(lib.nsg_fstatfs_type(fd), "fstatfs")
+
+
+def seccomp_allow_only(syscalls: "tuple[str, ...]", refusal_errno: int) -> None:
+    names = [ffi.new("char[]", name.encode()) for name in syscalls]
+    array = ffi.new("const char *[]", names)
+    result = lib.nsg_seccomp_allow_only(array, len(names), refusal_errno)
+    if result != 0:
+        raise KernelError(-result, f"seccomp: {posix.strerror(-result)}")
 
 
 def setns(fd: int, nstype: int) -> None:

@@ -1,0 +1,44 @@
+"""Self-confinement once a helper has decided and is about to act: the capability bounding set
+cut to the action's capabilities, no_new_privs, not dumpable, and a seccomp filter allowing only
+the system calls the rest of the run makes (issue 4). Whatever else the process tried would fail
+with EPERM, which the helper reports like any error.
+"""
+
+import posix
+
+from nsgate.system import kernel
+
+# What Python itself needs to keep running and to exit: memory, signals, time, its own ids.
+_RUNTIME = ("brk", "mmap", "munmap", "mremap", "madvise", "mprotect", "futex",
+            "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack", "restart_syscall",
+            "clock_gettime", "clock_nanosleep", "nanosleep", "getrandom", "getpid", "gettid",
+            "getuid", "geteuid", "getgid", "getegid", "exit", "exit_group")
+# Files through fds it already holds or opens relative to them, and syslog.
+_FILES = ("read", "write", "writev", "pread64", "lseek", "close", "openat", "fstat",
+          "newfstatat", "statx", "fcntl", "ioctl")
+_SYSLOG = ("socket", "connect", "sendto", "sendmsg")
+# The credential steps around the action and the final drop.
+_CREDENTIALS = ("capget", "capset", "setresuid", "setresgid", "prctl")
+
+MAP_WRITER = _RUNTIME + _FILES + _SYSLOG + _CREDENTIALS
+
+
+def _drop_bounding_set(keep: "list[int]") -> None:
+    effective, _, _ = kernel.capabilities()
+    if not effective & kernel.bit(kernel.CAP_SETPCAP):
+        return  # a file-capabilities install cannot change it; its bounding set is the caller's
+    fd = posix.open("/proc/sys/kernel/cap_last_cap", posix.O_RDONLY | posix.O_CLOEXEC)
+    try:
+        last = int(posix.read(fd, 16))
+    finally:
+        posix.close(fd)
+    for cap in range(last + 1):
+        if cap not in keep:
+            kernel.prctl(kernel.PR_CAPBSET_DROP, cap)
+
+
+def confine(keep_caps: "list[int]", syscalls: "tuple[str, ...]") -> None:
+    _drop_bounding_set(keep_caps)
+    kernel.prctl(kernel.PR_SET_NO_NEW_PRIVS, 1)
+    kernel.prctl(kernel.PR_SET_DUMPABLE, 0)
+    kernel.seccomp_allow_only(syscalls, 1)  # EPERM
