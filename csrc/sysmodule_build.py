@@ -87,7 +87,8 @@ static long nsg_fstatfs_type(int fd)
  * A seccomp filter allowing exactly the named system calls; every other one fails with
  * `refusal_errno` (an error the helper reports and exits on, never a kill: a signal-killed
  * helper counts as success to util-linux's unshare). Names unknown on this architecture are
- * skipped; `socket` is allowed for AF_UNIX only (syslog). Returns 0 or a negative errno.
+ * skipped; `socket` is allowed for AF_UNIX (syslog) and AF_NETLINK only. Returns 0 or a
+ * negative errno.
  */
 static int nsg_seccomp_allow_only(const char **names, int count, int refusal_errno)
 {
@@ -100,9 +101,12 @@ static int nsg_seccomp_allow_only(const char **names, int count, int refusal_err
         int nr = seccomp_syscall_resolve_name(names[i]);
         if (nr == __NR_SCMP_ERROR)
             continue;
-        if (strcmp(names[i], "socket") == 0)
+        if (strcmp(names[i], "socket") == 0) {
             rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1, SCMP_A0(SCMP_CMP_EQ, AF_UNIX));
-        else
+            if (rc == 0)
+                rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1,
+                                      SCMP_A0(SCMP_CMP_EQ, AF_NETLINK));
+        } else
             rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 0);
     }
     if (rc == 0)

@@ -71,3 +71,33 @@ def test_outside_the_action_every_system_call_fails():
     for forbidden in ("mkdir", "inet", "exec", "kill"):
         assert seen[forbidden] == "EPERM", (forbidden, seen)
     assert seen["read"] == "allowed"
+
+
+def test_lxc_user_nic_is_confined_before_it_locks_and_creates():
+    """The create path confines itself after proving privilege and before the lock."""
+    from pathlib import Path
+
+    from tests.support import write_etc
+    from tests.usernic_support import Proc
+
+    write_etc("lxc/lxc-usernet", "nsgt-alice veth br9 1\n")
+    for name in ("nics", "nics.lock"):
+        Path("/run/lxc", name).unlink(missing_ok=True)
+    subprocess.run(["ip", "link", "add", "br9", "type", "bridge"], check=True)
+    container = Proc.container(ALICE)
+    try:
+        result = subprocess.run(["strace", "-f", "-qq", "-u", ALICE.name, "-e",
+                                 "trace=seccomp,flock,prctl", helper("lxc-user-nic"), "create",
+                                 "x", "x", str(container.pid), "veth", "br9", "eth0"],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        lines = [" ".join(line.split()) for line in result.stderr.splitlines()]
+        sealed = next(i for i, line in enumerate(lines)
+                      if "seccomp(SECCOMP_SET_MODE_FILTER" in line and line.endswith("= 0"))
+        locked = next(i for i, line in enumerate(lines) if line.startswith("flock("))
+        assert sealed < locked
+        assert any(line.startswith("prctl(PR_SET_NO_NEW_PRIVS, 1") for line in lines[:sealed])
+        assert result.stdout.count(":") == 3
+    finally:
+        container.stop()
+        subprocess.run(["ip", "link", "del", "br9"], check=True)

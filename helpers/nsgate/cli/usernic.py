@@ -18,6 +18,7 @@ from nsgate.policy import nicdb, nicnames, usernet
 from nsgate.policy.nic_request import NO_BRIDGE, USAGE, NicRequest, parse
 from nsgate.system import (
     audit,
+    confine,
     credentials,
     files,
     kernel,
@@ -155,6 +156,9 @@ def _create(caller: Caller, request: NicRequest) -> str:
         inside = _prove_net_admin(caller, target_fd, host_fd)
         with inside:
             peer = _container_name(inside, request.nicname)
+            if attach is None or not attach.is_ovs:  # ovs-vsctl could not run confined
+                confine.confine([kernel.CAP_NET_ADMIN, kernel.CAP_SETUID, kernel.CAP_SETGID],
+                                confine.NIC_MAKER)
             credentials.become_unsignalable(caller.ids)
             lock = nicdb_store.Locked()
             try:

@@ -21,6 +21,11 @@ _SYSLOG = ("socket", "connect", "sendto", "sendmsg")
 _CREDENTIALS = ("capget", "capset", "setresuid", "setresgid", "prctl")
 
 MAP_WRITER = _RUNTIME + _FILES + _SYSLOG + _CREDENTIALS
+# lxc-user-nic after its privilege proof: rtnetlink, the database (lock, temp file, rename), the
+# lock's timer.
+NIC_MAKER = (*MAP_WRITER, "bind", "setsockopt", "getsockopt", "getsockname", "recvfrom",
+             "recvmsg", "flock", "fsync", "rename", "unlink", "fchown", "mkdir", "setitimer",
+             "fstatfs")
 
 
 def _drop_bounding_set(keep: "list[int]") -> None:
