@@ -209,18 +209,21 @@ def _create_locked(caller: Caller, request: NicRequest, net: rtnl.Rtnl, inside: 
     if attach is None:
         attach = private_bridge.ensure(net, caller.ids.uid)
     host = _free_host_name(net, caller.ids.uid)
-    net.create_veth(host.decode(), peer.decode(), target_fd, mtu)
+    kept = [raw for position, raw in enumerate(raw_lines) if position not in stale]
+    new = nicdb.entry(decision.owner, request.nic_type, request.bridge, host).raw
+    # Recorded before it is created: if the helper dies in between, the line is merely stale
+    # (pruned on the next create); a live interface is never without its line.
+    nicdb_store.replace(b"".join(raw + b"\n" for raw in [*kept, new]))
     try:
+        net.create_veth(host.decode(), peer.decode(), target_fd, mtu)
         link = net.link(host.decode())
         peer_link = inside.link(peer.decode())
         if link is None or peer_link is None:
             raise Refusal("the new veth vanished while it was set up")
         ports.set_up_host_end(net, link, attach, peer_link.address)
-        kept = [raw for position, raw in enumerate(raw_lines) if position not in stale]
-        new = nicdb.entry(decision.owner, request.nic_type, request.bridge, host).raw
-        nicdb_store.replace(b"".join(raw + b"\n" for raw in [*kept, new]))
     except BaseException:
         _roll_back(net, host, attach)
+        nicdb_store.replace(b"".join(raw + b"\n" for raw in kept))
         raise
     return host, link.index, peer_link.index
 

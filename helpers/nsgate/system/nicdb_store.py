@@ -104,6 +104,10 @@ def read() -> bytes:
 def replace(content: bytes) -> None:
     """Atomically replace the database with `content`. Call with the lock held."""
     temp = f"{DB_DIR}/.nics.{posix.getpid()}"
+    try:
+        posix.unlink(temp)  # left by a helper killed mid-update whose pid was reused
+    except FileNotFoundError:
+        pass
     fd = posix.open(temp, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | _OPEN, 0o600)
     try:
         posix.fchown(fd, 0, 0)

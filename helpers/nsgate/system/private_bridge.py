@@ -54,11 +54,12 @@ def ensure(net: "rtnl.Rtnl", uid: int) -> ports.Attachment:
             raise Refusal(f"{name} exists but is not a private bridge nsgate made for uid {uid}",
                           "refusing to attach containers to it: remove it, or grant it by name")
         return ports.Attachment(name, link.index, shared=False)
+    if record not in _recorded():
+        _record(record)  # first: a helper killed right after creating it still owns it
     index = net.create_bridge(name)
     try:
         ports.no_router_advertisements(name)
         net.set_link(index, up=True)
-        _record(record)
     except BaseException:
         net.delete_link(index)
         raise

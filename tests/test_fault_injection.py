@@ -1,0 +1,126 @@
+"""Crash consistency of what lxc-user-nic writes (issue 4, fault injection): the helper is killed,
+or a system call fails, at every system call of a create, with another user creating at the
+same time; afterwards the database always parses, every live interface nsgate made has its
+line (so the quota holds), and the next create prunes what is stale and works.
+
+Killing and failing are done by strace (`-e inject=all:signal=KILL:when=N` and
+`error=EIO`) on the installed helper, as root: its caller could not signal it once it holds the
+lock, but the kernel's OOM killer or an administrator can."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+
+import pytest
+
+from tests.support import ALICE, BOB, write_etc
+from tests.usernic_support import NSGATE_NIC, Proc, clean_db, create, db_lines
+
+QUOTA = 1000
+OURS = re.compile(r"veth2300[12]_[0-9A-Za-z]{4}")
+
+
+def links() -> set[str]:
+    out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    return {m.group(1) for m in re.finditer(r"^\d+: ([^:@]+)", out, re.MULTILINE)}
+
+
+@pytest.fixture
+def world():
+    clean_db()
+    write_etc("lxc/lxc-usernet", f"nsgt-alice veth brf {QUOTA}\nnsgt-bob veth brf {QUOTA}\n")
+    subprocess.run(["ip", "link", "add", "brf", "type", "bridge"], check=True)
+    yield
+    Proc.stop_all()
+    for name in links():
+        if OURS.fullmatch(name) or name == "brf":
+            subprocess.run(["ip", "link", "del", name], stderr=subprocess.DEVNULL)
+    clean_db()
+
+
+def traced_create(container: Proc, inject: str) -> subprocess.CompletedProcess[str]:
+    argv = ["strace", "-qq", "-o", "/dev/null", "-u", ALICE.name, "-e", f"inject={inject}"]
+    argv += [NSGATE_NIC, "create", "x", "x", str(container.pid), "veth", "brf", "eth0"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+
+def syscall_trace(container: Proc) -> list[str]:
+    """The system calls of one successful create, in order."""
+    log = "/run/nsgate-test/fault-trace"
+    result = subprocess.run(["strace", "-qq", "-o", log, "-u", ALICE.name, NSGATE_NIC, "create",
+                             "x", "x", str(container.pid), "veth", "brf", "eth0"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    with open(log) as trace:
+        return [line.split("(", 1)[0] for line in trace if "(" in line and line[0].isalpha()]
+
+
+def injection_points(calls: list[str], before_lock: bool) -> list[tuple[str, int]]:
+    """(system call, its n-th invocation) for every call from taking the lock on (where the
+    database and the links change), and with `before_lock` for every eighth call before it
+    (start-up and checks, where an error in the dynamic loader is not nsgate's to report)."""
+    seen: dict[str, int] = {}
+    points = []
+    locked = calls.index("flock")
+    for position, name in enumerate(calls):
+        seen[name] = seen.get(name, 0) + 1
+        if position >= locked or (before_lock and position % 8 == 0):
+            points.append((name, seen[name]))
+    return points
+
+
+def check_consistent() -> None:
+    # Links first: a line is written before its interface is created, so every interface seen
+    # now has its line in the database read after it, even while bob is creating.
+    live = {name for name in links() if OURS.fullmatch(name)}
+    lines = db_lines() or []
+    for line in lines:
+        assert re.fullmatch(r"nsgt-(alice|bob) veth brf veth2300[12]_[0-9A-Za-z]{4}", line), lines
+    recorded = {line.split(" ")[3] for line in lines}
+    assert live <= recorded, f"live interfaces without their line: {live - recorded}"
+
+
+@pytest.mark.parametrize("fault", ["signal=KILL", "error=EIO"])
+def test_every_system_call_of_a_create_is_a_safe_place_to_fail(world, fault):
+    points = injection_points(syscall_trace(Proc.container(ALICE)), fault == "signal=KILL")
+    stop = threading.Event()
+    bob_results: list[int] = []
+
+    def bob_creates() -> None:  # a concurrent writer, all along
+        while not stop.is_set():
+            bob_results.append(create(BOB, Proc.container(BOB).pid, bridge="brf").returncode)
+
+    racer = threading.Thread(target=bob_creates)
+    racer.start()
+    outcomes = {"killed": 0, "failed": 0, "done": 0}
+    try:
+        for name, when in points:
+            result = traced_create(Proc.container(ALICE), f"{name}:{fault}:when={when}")
+            assert "Traceback" not in result.stderr
+            if result.returncode == 0:
+                outcomes["done"] += 1
+            elif fault == "signal=KILL":
+                outcomes["killed"] += 1
+            else:
+                outcomes["failed"] += 1
+                assert result.returncode == 1, result
+                assert result.stderr.startswith(("lxc-user-nic: ", "nsgate: ")) or \
+                    result.stderr == "", result.stderr
+            check_consistent()
+    finally:
+        stop.set()
+        racer.join()
+    # The faults did hit: killed runs never finish, and few errors are ones a create may shrug
+    # off (closing an fd, cancelling its lock timer).
+    assert outcomes["done"] <= (2 if fault == "signal=KILL" else len(points) // 4), outcomes
+    assert bob_results and all(code == 0 for code in bob_results), bob_results
+    # The next create prunes whatever the failures left stale, and works.
+    result = create(ALICE, Proc.container(ALICE).pid, bridge="brf")
+    assert result.returncode == 0, result.stderr
+    check_consistent()
+    live = {name for name in links() if OURS.fullmatch(name)}
+    alice_recorded = {line.split(" ")[3] for line in db_lines() or []
+                      if line.startswith("nsgt-alice ")}
+    assert alice_recorded <= live  # her stale lines were pruned by that create
