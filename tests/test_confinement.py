@@ -101,3 +101,16 @@ def test_lxc_user_nic_is_confined_before_it_locks_and_creates():
     finally:
         container.stop()
         subprocess.run(["ip", "link", "del", "br9"], check=True)
+
+
+def test_getsubids_confines_itself_before_reading():
+    result = subprocess.run(["strace", "-f", "-qq", "-u", ALICE.name, "-e",
+                             "trace=seccomp,openat", helper("getsubids"), "nsgt-alice"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "0: nsgt-alice 200000 65536\n"
+    lines = [" ".join(line.split()) for line in result.stderr.splitlines()]
+    sealed = next(i for i, line in enumerate(lines)
+                  if "seccomp(SECCOMP_SET_MODE_FILTER" in line and line.endswith("= 0"))
+    subuid = next(i for i, line in enumerate(lines) if '"/etc/subuid"' in line)
+    assert sealed < subuid

@@ -5,7 +5,7 @@ import pwd
 
 from nsgate.errors import Refusal
 from nsgate.policy.numbers import UINT32_MAX, parse_decimal
-from nsgate.system import files, subid_db
+from nsgate.system import confine, files, subid_db
 
 USAGE = ("Usage: getsubids [-g] user\n"
          "    list subuid ranges for user\n"
@@ -16,6 +16,7 @@ def main(argv: list[str]) -> tuple[int, str, str]:
     """The exit status, the text for stdout and the text for stderr."""
     if not argv or (len(argv) == 1 and argv[0] == "-h"):
         return 1, "", USAGE
+    confine.confine([], confine.READER)  # unprivileged, and it stays within reading
     kind, owner = ("gid", argv[1]) if len(argv) == 2 and argv[0] == "-g" else ("uid", argv[0])
     owner_bytes = owner.encode("utf-8", "surrogateescape")
     uid = _resolve(owner_bytes)

@@ -14,13 +14,15 @@ _RUNTIME = ("brk", "mmap", "munmap", "mremap", "madvise", "mprotect", "futex",
             "clock_gettime", "clock_nanosleep", "nanosleep", "getrandom", "getpid", "gettid",
             "getuid", "geteuid", "getgid", "getegid", "exit", "exit_group")
 # Files through fds it already holds or opens relative to them, and syslog.
-_FILES = ("read", "write", "writev", "pread64", "lseek", "close", "openat", "fstat",
-          "newfstatat", "statx", "fcntl", "ioctl")
+_FILES = ("read", "readv", "write", "writev", "pread64", "getdents64", "lseek", "close",
+          "openat", "fstat", "newfstatat", "statx", "fcntl", "ioctl")
 _SYSLOG = ("socket", "connect", "sendto", "sendmsg")
 # The credential steps around the action and the final drop.
 _CREDENTIALS = ("capget", "capset", "setresuid", "setresgid", "prctl")
 
 MAP_WRITER = _RUNTIME + _FILES + _SYSLOG + _CREDENTIALS
+# getsubids: reading files and asking NSS (which may talk to a daemon over a unix socket).
+READER = _RUNTIME + _FILES + _SYSLOG
 # lxc-user-nic after its privilege proof: rtnetlink, the database (lock, temp file, rename), the
 # lock's timer.
 NIC_MAKER = (*MAP_WRITER, "bind", "setsockopt", "getsockopt", "getsockname", "recvfrom",
