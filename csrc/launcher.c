@@ -24,6 +24,8 @@
 
 #define MAX_ARGS 4096
 #define MIN_FILES 32
+#define MIN_STACK (1 << 20)
+#define MIN_MEMORY (256UL << 20)
 
 static void die(const char *why)
 {
@@ -79,6 +81,12 @@ static void reset_signals(void)
 	for (int sig = 1; sig < NSIG; sig++)
 		if (sig != SIGKILL && sig != SIGSTOP)
 			sigaction(sig, &dfl, NULL); /* fails harmlessly for glibc-reserved numbers */
+	/* The caller's terminal signals are ignored: a helper run is short and all-or-nothing,
+	 * and one killed by the caller's Ctrl-C looks like success to util-linux's unshare. */
+	static const int ignored[] = { SIGINT, SIGQUIT, SIGTSTP, SIGTTIN, SIGTTOU, SIGHUP };
+	struct sigaction ign = { .sa_handler = SIG_IGN };
+	for (size_t i = 0; i < sizeof(ignored) / sizeof(ignored[0]); i++)
+		sigaction(ignored[i], &ign, NULL);
 	sigemptyset(&none);
 	if (sigprocmask(SIG_SETMASK, &none, NULL) != 0)
 		die("cannot reset the signal mask");
@@ -120,6 +128,12 @@ static void reset_process_state(void)
 	set_limit(RLIMIT_CPU, RLIM_INFINITY);
 	if (getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur < MIN_FILES)
 		die("RLIMIT_NOFILE is too low to run the helper: raise it");
+	if (getrlimit(RLIMIT_STACK, &lim) != 0 || lim.rlim_cur < MIN_STACK)
+		die("RLIMIT_STACK is too low to run the helper: raise it");
+	if (getrlimit(RLIMIT_AS, &lim) != 0 || lim.rlim_cur < MIN_MEMORY)
+		die("RLIMIT_AS is too low to run the helper: raise it");
+	if (getrlimit(RLIMIT_DATA, &lim) != 0 || lim.rlim_cur < MIN_MEMORY)
+		die("RLIMIT_DATA is too low to run the helper: raise it");
 	/* Raising a niced priority needs privilege that a file-capabilities install lacks. */
 	if (setpriority(PRIO_PROCESS, 0, 0) != 0 && geteuid() == 0)
 		die("cannot reset the scheduling priority");
@@ -159,7 +173,7 @@ int main(int argc, char **argv)
 	};
 	static const char code[] = "import sys;sys.path.insert(0,'" NSGATE_LIBDIR "');"
 		"from nsgate.cli.entry import run;run('" NSGATE_HELPER "')";
-	char *args[MAX_ARGS + 8];
+	static char *args[MAX_ARGS + 8]; /* not on the stack: the caller sets its limit */
 	int n = 0;
 
 	open_standard_fds();

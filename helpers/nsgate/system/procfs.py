@@ -34,6 +34,12 @@ def open_target(pid: int | None, fd: int | None) -> int:
         raise Refusal(f"fd:{fd} is not a directory on procfs",
                       "fd:N must be a directory fd opened on /proc/<pid> of the target",
                       usage=True)
+    try:
+        posix.stat("uid_map", dir_fd=fd, follow_symlinks=False)
+    except OSError:
+        raise Refusal(f"fd:{fd} is not a process's /proc directory",
+                      "fd:N must be a directory fd opened on /proc/<pid> of the target",
+                      usage=True) from None
     posix.set_inheritable(fd, False)
     return fd
 
