@@ -2,7 +2,8 @@
 #   make                      build launchers, the cffi module and the library tree under build/
 #   make install              install under PREFIX (default /usr/local), setuid root
 #   make install CAPS=1       the same with file capabilities (cap_setuid / cap_setgid) instead
-#   make test                 install, then run the whole test suite (as root)
+#   make test                 install, then run the whole test suite (as root) and a short fuzz run
+#   make fuzz                 a long fuzz run of every parser (FUZZ_SECONDS in all, default 600)
 #   make demo                 install, then map a user namespace for a demo user
 
 PREFIX     ?= /usr/local
@@ -21,8 +22,10 @@ CFLAGS     ?= -O2 -g
 HARDEN     := -Wall -Wextra -Werror -std=c11 -D_FORTIFY_SOURCE=2 -fstack-protector-strong \
               -fPIE -static-pie -Wl,-z,relro,-z,now
 TEST_VENV  := $(BUILD)/test-venv
+FUZZ_SECONDS      ?= 600
+FUZZ_TEST_SECONDS ?= 5
 
-.PHONY: all install uninstall test demo bench lint clean check-paths FORCE
+.PHONY: all install uninstall test fuzz demo bench lint clean check-paths FORCE
 
 all: $(addprefix $(BUILD)/bin/,$(HELPERS)) $(PYLIB)/.stamp
 
@@ -92,8 +95,15 @@ $(TEST_VENV)/.stamp: requirements/test.txt
 	$(TEST_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements/test.txt
 	touch $@
 
+# The short fuzz run goes first, so that pytest's summary closes the output.
 test: install $(TEST_VENV)/.stamp
+	$(TEST_VENV)/bin/python fuzz/run.py --seconds $(FUZZ_TEST_SECONDS) --scratch $(BUILD)/fuzz-corpus
 	NSGATE_PREFIX=$(PREFIX) $(TEST_VENV)/bin/python -m pytest -q tests
+
+# Coverage-guided fuzzing (atheris) of every parser of untrusted input; the inputs that bring new
+# coverage join fuzz/corpus/, crashes land in fuzz/crashes/ (replayed by tests/test_fuzz_regressions.py).
+fuzz: $(PYLIB)/.stamp $(TEST_VENV)/.stamp
+	$(TEST_VENV)/bin/python fuzz/run.py --total-seconds $(FUZZ_SECONDS) --scratch $(BUILD)/fuzz-corpus --merge
 
 lint: $(TEST_VENV)/.stamp
 	$(TEST_VENV)/bin/ruff check helpers tests bench tools
