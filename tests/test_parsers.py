@@ -1073,3 +1073,9 @@ def test_fast_scan_of_a_line_longer_than_a_chunk_stays_bounded():
     scan = subid.scan_owners(_reused_buffer_chunks(chunks), [b"bob"], numbered=False)
     assert [(x.start, x.count) for x in scan.lines] == [(1, 2), (3, 4)]
     assert [x.reason for x in scan.ignored] == ["longer than 1022 bytes"]
+
+
+def test_login_defs_value_of_a_key_no_line_can_hold():
+    """Found by the fuzzer: an empty key matched at every offset and never advanced."""
+    for key in (b"", b"A\nB", b" A"):
+        assert config.login_defs_value(b"A 1\nB 2\n", key) is None

@@ -7,6 +7,8 @@ _NSS_NAME_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWX
 def login_defs_value(data: bytes, key: bytes) -> bytes | None:
     """The value of `key` in login.defs text (shadow's getdef: `NAME value`, `#` comments; a
     later definition overrides an earlier one)."""
+    if not key or b"\n" in key or key.strip() != key:
+        return None  # not a name login.defs can hold (and an empty one would match everywhere)
     found = None
     pos = data.find(key)
     while pos != -1:  # only the lines that mention the key are split (login.defs is long)
