@@ -213,7 +213,7 @@ def _create_locked(caller: Caller, request: NicRequest, net: rtnl.Rtnl, inside: 
     new = nicdb.entry(decision.owner, request.nic_type, request.bridge, host).raw
     # Recorded before it is created: if the helper dies in between, the line is merely stale
     # (pruned on the next create); a live interface is never without its line.
-    nicdb_store.replace(b"".join(raw + b"\n" for raw in [*kept, new]))
+    nicdb_store.replace(nicdb.join_lines([*kept, new]))
     try:
         net.create_veth(host.decode(), peer.decode(), target_fd, mtu)
         link = net.link(host.decode())
@@ -223,7 +223,7 @@ def _create_locked(caller: Caller, request: NicRequest, net: rtnl.Rtnl, inside: 
         ports.set_up_host_end(net, link, attach, peer_link.address)
     except BaseException:
         _roll_back(net, host, attach)
-        nicdb_store.replace(b"".join(raw + b"\n" for raw in kept))
+        nicdb_store.replace(nicdb.join_lines(kept))
         raise
     return host, link.index, peer_link.index
 

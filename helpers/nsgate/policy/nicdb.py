@@ -52,8 +52,13 @@ def lines_of(raw_lines: list[bytes], tokens: set[bytes], nic_type: bytes,
     return found
 
 
+def join_lines(raw_lines: list[bytes]) -> bytes:
+    """The inverse of split_lines: every line ends in a newline."""
+    return b"".join(raw + b"\n" for raw in raw_lines)
+
+
 def serialize(lines: list[NicLine]) -> bytes:
-    return b"".join(line.raw + b"\n" for line in lines)
+    return join_lines([line.raw for line in lines])
 
 
 def entry(owner: bytes, nic_type: bytes, bridge: bytes, dev: bytes) -> NicLine:

@@ -21,7 +21,3 @@ def host_veth_name(uid: int, random: bytes) -> bytes:
         prefix, count = b"veth", 6
     return prefix + bytes(_ALPHABET[b % len(_ALPHABET)] for b in random[:count])
 
-
-def container_name_template(requested: bytes | None) -> bytes:
-    """The peer's name inside the container: the requested one, or the kernel's `eth%d`."""
-    return requested if requested is not None else b"eth%d"
