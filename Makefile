@@ -106,7 +106,7 @@ fuzz: $(PYLIB)/.stamp $(TEST_VENV)/.stamp
 	$(TEST_VENV)/bin/python fuzz/run.py --total-seconds $(FUZZ_SECONDS) --scratch $(BUILD)/fuzz-corpus --merge
 
 lint: $(TEST_VENV)/.stamp
-	$(TEST_VENV)/bin/ruff check helpers tests bench tools
+	$(TEST_VENV)/bin/ruff check helpers tests bench tools fuzz
 	$(TEST_VENV)/bin/mypy --strict helpers/nsgate
 
 bench: install

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import random
 import re
@@ -24,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import ALICE, AUX_GID, BOB, NOBODY_UID, write_etc
+from tests.support import PREFIX as PREFIX_DIR
 from tests.usernic_support import (
     DB,
     DB_DIR,
@@ -922,6 +924,84 @@ def test_delete_own_ovs_port(fake_ovs):
     assert OVS_ENV.read_text().splitlines() == ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "PWD=/"]
     # as in the reference, the line goes with a later prune, not with the delete
     assert db_lines() == ["nsgt-bob veth ovsbr vethB", "nsgt-alice veth ovsbr vethX"]
+
+
+def test_delete_is_confined_and_only_its_runner_execs(fake_ovs):
+    """Issue 4: the delete path confines itself before it locks the database, like create; the
+    one ovs-vsctl it may run is exec'd by a child forked before the filter was loaded."""
+    grant("nsgt-alice veth ovsbr 1")
+    write_db(["nsgt-alice veth ovsbr vethX"])
+    ctr = Proc.container(ALICE)
+    result = subprocess.run(["strace", "-f", "-qq", "-u", ALICE.name, "-e",
+                             "trace=seccomp,flock,execve", NSGATE_NIC, "delete", "x", "x",
+                             ctr.netns, "veth", "ovsbr", "vethX"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    events = [(int(m[1]) if m[1] else None, m[2]) for m in
+              re.finditer(r"^(?:\[pid +(\d+)\] )?(.*)$", result.stderr, re.MULTILINE)]
+    sealed = next(i for i, (_, line) in enumerate(events)
+                  if line.startswith("seccomp(SECCOMP_SET_MODE_FILTER") and line.endswith("= 0"))
+    locked = next(i for i, (_, line) in enumerate(events) if line.startswith("flock("))
+    assert sealed < locked
+    helper_pid = events[sealed][0]
+    assert events[locked][0] == helper_pid
+    vsctl = [(pid, line) for pid, line in events if line.startswith('execve("/usr/sbin/ovs-vsctl')]
+    assert len(vsctl) == 1 and vsctl[0][1].endswith("= 0")
+    assert vsctl[0][0] != helper_pid
+    assert ovs_calls() == ["--timeout=5 del-port ovsbr vethX"]
+
+
+RUNNER = """
+import json, os, sys
+sys.path.insert(0, {libdir!r})
+from nsgate.system import confine, kernel, ovs
+from nsgate.cli import usernic
+results = {{}}
+with ovs.Runner(lambda args: args == ("del-port", "ovsbr", "vethX")) as runner:
+    confine.confine([kernel.CAP_SETUID], confine.NIC_MAKER)
+    try:
+        os.execv("/usr/sbin/ovs-vsctl", ["ovs-vsctl", "add-br", "evil"])
+    except OSError as err:
+        results["exec"] = err.errno
+    results["other-command"] = runner.run("add-port", "ovsbr", "vethX")
+    results["other-bridge"] = runner.run("del-port", "br0", "vethX")
+    results["more-arguments"] = runner.run("del-port", "ovsbr", "vethX", "--", "add-br", "x")
+    results["huge"] = runner.run("del-port", "ovsbr", "x" * 10000)
+    results["given"] = runner.run("del-port", "ovsbr", "vethX")
+    child = runner._pid
+results["reaped"] = not os.path.exists(f"/proc/{{child}}")
+allowed = usernic._host_port_commands("ovsbr", 23001)
+results["create"] = [allowed(tuple(args)) for args in {create!r}]
+print(json.dumps(results))
+"""
+
+
+def test_ovs_runner_runs_only_the_commands_it_was_given(fake_ovs):
+    """The unconfined child of a confined helper: what it was told at fork time, nothing else,
+    and it is gone when the helper is done with it. Create's runner: add or remove, on its
+    bridge, a port named as the caller's host ends."""
+    create_cases = [
+        (["add-port", "ovsbr", "veth23001_a1B2"], True),
+        (["--if-exists", "del-port", "ovsbr", "veth23001_a1B2"], True),
+        (["add-port", "ovsbr2", "veth23001_a1B2"], False),
+        (["add-port", "ovsbr", "veth23002_a1B2"], False),
+        (["add-port", "ovsbr", "eth0"], False),
+        (["del-port", "ovsbr", "veth23001_a1B2"], False),
+        (["add-br", "ovsbr", "veth23001_a1B2"], False),
+        (["add-port", "ovsbr", "veth23001_a1B2", "--", "add-br", "x"], False),
+        (["ovsbr", "veth23001_a1B2"], False),
+    ]
+    code = RUNNER.format(libdir=str(PREFIX_DIR / "lib" / "nsgate"),
+                         create=[args for args, _ in create_cases])
+    result = subprocess.run(["/usr/bin/python3", "-I", "-S", "-c", code], capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert seen["exec"] == errno.EPERM
+    assert not seen["other-command"] and not seen["other-bridge"]
+    assert not seen["more-arguments"] and not seen["huge"]
+    assert seen["given"] and seen["reaped"]
+    assert ovs_calls() == ["--timeout=5 del-port ovsbr vethX"]
+    assert seen["create"] == [expected for _, expected in create_cases]
 
 
 def test_delete_group_port_by_a_member(fake_ovs):

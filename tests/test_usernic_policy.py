@@ -744,6 +744,25 @@ def test_host_veth_name_scheme(uid: int, rnd: bytes) -> None:
     assert nicnames.host_veth_name(uid, rnd) == name  # a function of uid and the random bytes
 
 
+@fast(300)
+@given(uid=st.one_of(st.sampled_from([0, 1, 999, 1000, 65536, 65537, 2**32 - 1]),
+                     st.integers(0, 2**32 - 1)),
+       other=st.integers(0, 2**32 - 1), rnd=st.binary(min_size=6, max_size=16),
+       name=st.binary(max_size=16))
+def test_is_host_veth_name_is_exactly_the_scheme(uid: int, other: int, rnd: bytes,
+                                                 name: bytes) -> None:
+    """What the OVS runner of a create accepts as a port name (system/ovs.py): the names
+    host_veth_name gives this uid, and nothing else."""
+    assert nicnames.is_host_veth_name(uid, nicnames.host_veth_name(uid, rnd))
+    if 0 < uid <= 65536:
+        expected = re.fullmatch(b"veth%d_[0-9a-zA-Z]{4}" % uid, name) is not None
+    else:
+        expected = re.fullmatch(rb"veth[0-9a-zA-Z]{6}", name) is not None
+    assert nicnames.is_host_veth_name(uid, name) == expected
+    if 0 < uid <= 65536 and other != uid:
+        assert not nicnames.is_host_veth_name(other, nicnames.host_veth_name(uid, rnd))
+
+
 def test_host_veth_name_examples():
     assert re.fullmatch(rb"veth65536_[0-9a-zA-Z]{4}", nicnames.host_veth_name(65536, b"\xff" * 6))
     assert len(nicnames.host_veth_name(65536, b"\x00" * 8)) == 14  # peer `<host>p` fits too

@@ -12,6 +12,8 @@ create, in order, each step before any change:
 """
 
 import posix
+from collections.abc import Callable
+from typing import NoReturn
 
 from nsgate.errors import Refusal
 from nsgate.policy import nicdb, nicnames, usernet
@@ -156,17 +158,32 @@ def _create(caller: Caller, request: NicRequest) -> str:
         inside = _prove_net_admin(caller, target_fd, host_fd)
         with inside:
             peer = _container_name(inside, request.nicname)
-            if attach is None or not attach.is_ovs:  # ovs-vsctl could not run confined
+            credentials.become_unsignalable(caller.ids)
+            if attach is not None and attach.is_ovs:
+                attach.ovs = ovs.Runner(_host_port_commands(attach.name, caller.ids.uid))
+            try:
                 confine.confine([kernel.CAP_NET_ADMIN, kernel.CAP_SETUID, kernel.CAP_SETGID],
                                 confine.NIC_MAKER)
-            credentials.become_unsignalable(caller.ids)
-            lock = nicdb_store.Locked()
-            try:
-                host, host_index, peer_index = _create_locked(
-                    caller, request, net, inside, grants, target_fd, peer, mtu, attach)
+                lock = nicdb_store.Locked()
+                try:
+                    host, host_index, peer_index = _create_locked(
+                        caller, request, net, inside, grants, target_fd, peer, mtu, attach)
+                finally:
+                    lock.release()
             finally:
-                lock.release()
+                if attach is not None and attach.ovs is not None:
+                    attach.ovs.close()
     return f"{peer.decode()}:{peer_index}:{host.decode()}:{host_index}\n"
+
+
+def _host_port_commands(bridge: str, uid: int) -> "Callable[[tuple[str, ...]], bool]":
+    """What the OVS runner of a create may do: add or remove, on this bridge, a port named
+    as this caller's host ends are."""
+    def allowed(args: tuple[str, ...]) -> bool:
+        return (args[:-2] in (("add-port",), ("--if-exists", "del-port")) and len(args) >= 3
+                and args[-2] == bridge
+                and nicnames.is_host_veth_name(uid, args[-1].encode("utf-8", "surrogateescape")))
+    return allowed
 
 
 def _container_name(inside: rtnl.Rtnl, requested: bytes | None) -> bytes:
@@ -230,8 +247,8 @@ def _create_locked(caller: Caller, request: NicRequest, net: rtnl.Rtnl, inside: 
 
 def _roll_back(net: rtnl.Rtnl, host: bytes, attach: ports.Attachment) -> None:
     link = net.link(host.decode())
-    if attach.is_ovs:
-        ovs.run("--if-exists", "del-port", attach.name, host.decode())
+    if attach.ovs is not None:
+        attach.ovs.run("--if-exists", "del-port", attach.name, host.decode())
     if link is not None:
         net.delete_link(link.index)  # takes the peer in the container with it
 
@@ -263,21 +280,28 @@ def _delete(caller: Caller, request: NicRequest) -> None:
         data = files.read_small(USERNET) or b""
         tokens = {g.token for g in usernet.applicable(usernet.parse(data), caller.tokens,
                                                        request.nic_type, request.bridge)}
-        owned = None
-        if tokens:  # only lines of owners granted this type and bridge (§8.2)
-            credentials.become_unsignalable(caller.ids)
-            lock = nicdb_store.Locked()
-            try:
-                lines = nicdb.lines_of(nicdb.split_lines(nicdb_store.read()), tokens,
-                                       request.nic_type, request.bridge)
-                owned = nicdb.find(list(lines.values()), tokens, request.nic_type,
-                                   request.bridge, dev)
-            finally:
-                lock.release()
-    if owned is None:
-        raise Refusal(f'Caller is not allowed to delete network device "{dev.decode()}"',
-                      f"{nicdb_store.DB_PATH} records no {request.nic_type.decode()} nic of "
-                      f"{caller.shown} or its groups named so on {request.bridge.decode()}")
-    if not ovs.run("del-port", request.bridge.decode(), dev.decode()):
-        raise Refusal(f'Failed to remove port "{dev.decode()}" from openvswitch bridge '
-                      f'"{request.bridge.decode()}"')
+    if not tokens:  # only lines of owners granted this type and bridge (§8.2)
+        _refuse_delete(caller, request, dev)
+    credentials.become_unsignalable(caller.ids)
+    command = ("del-port", request.bridge.decode(), dev.decode())
+    with ovs.Runner(lambda args: args == command) as runner:
+        confine.confine([kernel.CAP_SETUID, kernel.CAP_SETGID], confine.NIC_MAKER)
+        lock = nicdb_store.Locked()
+        try:
+            lines = nicdb.lines_of(nicdb.split_lines(nicdb_store.read()), tokens,
+                                   request.nic_type, request.bridge)
+            owned = nicdb.find(list(lines.values()), tokens, request.nic_type,
+                               request.bridge, dev)
+        finally:
+            lock.release()
+        if owned is None:
+            _refuse_delete(caller, request, dev)
+        if not runner.run(*command):
+            raise Refusal(f'Failed to remove port "{dev.decode()}" from openvswitch bridge '
+                          f'"{request.bridge.decode()}"')
+
+
+def _refuse_delete(caller: Caller, request: NicRequest, dev: bytes) -> NoReturn:
+    raise Refusal(f'Caller is not allowed to delete network device "{dev.decode()}"',
+                  f"{nicdb_store.DB_PATH} records no {request.nic_type.decode()} nic of "
+                  f"{caller.shown} or its groups named so on {request.bridge.decode()}")

@@ -15,9 +15,20 @@ def valid_ifname(name: bytes) -> bool:
 def host_veth_name(uid: int, random: bytes) -> bytes:
     """`veth<uid>_XXXX` for 0 < uid <= 65536, else `vethXXXXXX` (the reference's scheme); the
     X are drawn from `random` (at least 6 bytes)."""
-    if 0 < uid <= 65536:
-        prefix, count = b"veth%d_" % uid, 4
-    else:
-        prefix, count = b"veth", 6
+    prefix, count = _host_veth_scheme(uid)
     return prefix + bytes(_ALPHABET[b % len(_ALPHABET)] for b in random[:count])
 
+
+
+def is_host_veth_name(uid: int, name: bytes) -> bool:
+    """Whether `name` is one `host_veth_name(uid, ...)` can give."""
+    prefix, count = _host_veth_scheme(uid)
+    return (len(name) == len(prefix) + count and name.startswith(prefix)
+            and not name[len(prefix):].translate(None, _ALPHABET))
+
+
+def _host_veth_scheme(uid: int) -> tuple[bytes, int]:
+    """The fixed prefix and the number of random characters after it."""
+    if 0 < uid <= 65536:
+        return b"veth%d_" % uid, 4
+    return b"veth", 6

@@ -24,10 +24,10 @@ MAP_WRITER = _RUNTIME + _FILES + _SYSLOG + _CREDENTIALS
 # getsubids: reading files and asking NSS (which may talk to a daemon over a unix socket).
 READER = _RUNTIME + _FILES + _SYSLOG
 # lxc-user-nic after its privilege proof: rtnetlink, the database (lock, temp file, rename), the
-# lock's timer.
+# lock's timer, and reaping its Open vSwitch runner (system/ovs.py).
 NIC_MAKER = (*MAP_WRITER, "bind", "setsockopt", "getsockopt", "getsockname", "recvfrom",
              "recvmsg", "flock", "fsync", "rename", "unlink", "fchown", "mkdir", "setitimer",
-             "fstatfs")
+             "fstatfs", "wait4")
 
 
 def _drop_bounding_set(keep: "list[int]") -> None:

@@ -1,10 +1,18 @@
 """Open vSwitch, through `ovs-vsctl` found on the fixed root-owned PATH, run with a fixed
-environment, no inherited fds but /dev/null, and its output discarded (lxc-user-nic.md §8)."""
+environment, no inherited fds but /dev/null, and its output discarded (lxc-user-nic.md §8).
+
+A confined helper cannot exec (issue 4: the seccomp filter forbids it, and no_new_privs would
+be inherited). So before it confines itself it forks a `Runner`: an unconfined child that runs
+ovs-vsctl for it, but only the commands the helper named at fork time, and nothing once the
+helper is done with it.
+"""
 
 import posix
+from collections.abc import Callable
 
 SEARCH_PATH = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
 ENVIRONMENT = {"PATH": ":".join(SEARCH_PATH)}
+_MAX_REQUEST = 4096
 
 
 def _vsctl() -> str | None:
@@ -37,3 +45,78 @@ def run(*args: str) -> bool:
 
 def bridge_exists(name: str) -> bool:
     return run("br-exists", name)
+
+
+_DONE, _FAILED, _REFUSED = b"1", b"0", b"!"
+
+
+class Runner:
+    """`run` as a child forked now, which accepts only the commands `allowed` accepts.
+
+    The request is the argument list, NUL-separated, sent in one write of at most 4 KiB over a
+    pipe; the answer one byte. The child ends when the pipe closes, so it cannot outlive the
+    helper."""
+
+    def __init__(self, allowed: Callable[[tuple[str, ...]], bool]) -> None:
+        requests_out, requests_in = posix.pipe2(posix.O_CLOEXEC)
+        answers_out, answers_in = posix.pipe2(posix.O_CLOEXEC)
+        pid = posix.fork()
+        if pid == 0:
+            status = 1
+            try:
+                _keep_only_fds(requests_out, answers_in)
+                _serve(requests_out, answers_in, allowed)
+                status = 0
+            finally:
+                posix._exit(status)
+        posix.close(requests_out)
+        posix.close(answers_in)
+        self._pid = pid
+        self._requests = requests_in
+        self._answers = answers_out
+
+    def run(self, *args: str) -> bool:
+        """Whether the runner ran `ovs-vsctl <args>` and it exited 0; False also when the
+        runner refused the command or is gone."""
+        request = "\0".join(args).encode("utf-8", "surrogateescape")
+        if len(request) > _MAX_REQUEST or self._requests < 0:
+            return False
+        try:
+            posix.write(self._requests, request)
+            return posix.read(self._answers, 1) == _DONE
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        if self._requests >= 0:
+            posix.close(self._requests)
+            posix.close(self._answers)
+            self._requests = self._answers = -1
+            posix.waitpid(self._pid, 0)
+
+    def __enter__(self) -> "Runner":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def _keep_only_fds(*keep: int) -> None:
+    """The child holds none of the helper's sockets, namespaces or files."""
+    low = 3
+    for fd in sorted(keep):
+        posix.closerange(low, fd)
+        low = fd + 1
+    posix.closerange(low, 1 << 20)
+
+
+def _serve(requests: int, answers: int, allowed: Callable[[tuple[str, ...]], bool]) -> None:
+    while True:
+        request = posix.read(requests, _MAX_REQUEST + 1)
+        if not request:
+            return
+        args = tuple(request.decode("utf-8", "surrogateescape").split("\0"))
+        if len(request) > _MAX_REQUEST or not allowed(args):
+            posix.write(answers, _REFUSED)
+        else:
+            posix.write(answers, _DONE if run(*args) else _FAILED)

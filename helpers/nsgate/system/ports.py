@@ -18,7 +18,7 @@ from nsgate.system import ovs, rtnl
 class Attachment:
     """Where the host end goes: nowhere (`none`), a Linux bridge, or an OVS bridge."""
 
-    __slots__ = ("index", "is_ovs", "name", "shared", "vlan_filtering")
+    __slots__ = ("index", "is_ovs", "name", "ovs", "shared", "vlan_filtering")
 
     def __init__(self, name: str, index: int = 0, *, is_ovs: bool = False, shared: bool = True,
                  vlan_filtering: bool = False) -> None:
@@ -27,6 +27,7 @@ class Attachment:
         self.is_ovs = is_ovs
         self.shared = shared
         self.vlan_filtering = vlan_filtering
+        self.ovs: ovs.Runner | None = None  # forked before the helper confines itself
 
 
 def set_sysctl(path: str, value: bytes) -> bool:
@@ -53,7 +54,7 @@ def set_up_host_end(net: "rtnl.Rtnl", link: "rtnl.Link", attach: Attachment,
     net.set_link(link.index, address=b"\xfe" + link.address[1:])
     no_router_advertisements(link.name)
     if attach.is_ovs:
-        if not ovs.run("add-port", attach.name, link.name):
+        if attach.ovs is None or not attach.ovs.run("add-port", attach.name, link.name):
             raise Refusal(f"Error attaching {link.name} to {attach.name}",
                           "ovs-vsctl add-port failed")
     elif attach.index:
