@@ -77,9 +77,18 @@ def sandbox() -> None:
                    check=True)
 
 
+def _etc_is_the_sandbox_overlay() -> bool:
+    """The last mount on /etc is the session's copy-on-write overlay."""
+    etc = [line.split(" - ", 1)[1].split()[:2] for line in
+           Path("/proc/self/mountinfo").read_text().splitlines() if line.split()[4] == "/etc"]
+    return bool(etc) and etc[-1] == ["overlay", "nsgate-etc"]
+
+
 @pytest.fixture(autouse=True)
 def clean_config() -> None:
     """Every test starts from the same /etc: default subid files, stock login.defs/nsswitch."""
+    if not _etc_is_the_sandbox_overlay():  # e.g. a fixture named `sandbox` shadowing ours
+        pytest.exit("refusing to write /etc: it is not the session's overlay (conftest.py)", 2)
     Path("/etc/subuid").unlink(missing_ok=True)
     Path("/etc/subgid").unlink(missing_ok=True)
     Path("/etc/subuid").write_text("nsgt-alice:200000:65536\nnsgt-bob:300000:65536\n")

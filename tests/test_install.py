@@ -142,3 +142,67 @@ def test_untampered_sandbox_install_works(tamper_prefix, target):
                             "0", "200000", "10"])
     assert result.returncode == 0, result.stderr
     assert target.uid_map() == [(0, 200000, 10)]
+
+
+# --- a link in the library directory (the distribution packages' link to their cffi) ---------
+
+BACKEND = "_cffi_backend.cpython-311-x86_64-linux-gnu.so"
+
+
+@pytest.mark.parametrize("how", ["straight", "relative", "writable-target", "target-in-user-dir",
+                                 "through-user-link", "to-a-directory", "dangling",
+                                 "user-owned-link", "deeper-in-the-tree"])
+def test_a_library_link_is_followed_only_to_a_file_only_root_controls(tamper_prefix, user_dir,
+                                                                       how):
+    """integrity._check_link: a root-owned link directly in the library directory is accepted
+    when what it reaches, by its text alone, is a regular file that only root could change;
+    anything another user could redirect or replace is refused before any of it is loaded."""
+    libdir = tamper_prefix / "lib" / "nsgate"
+    real = libdir / BACKEND
+    store = SANDBOX / "link-store"
+    shutil.rmtree(store, ignore_errors=True)
+    store.mkdir(mode=0o755)
+    kept = store / BACKEND
+    shutil.move(real, kept)
+    link = libdir / ("nsgate/policy/cffi_link.so" if how == "deeper-in-the-tree" else BACKEND)
+    text: Path | str = kept
+    if how == "relative":
+        text = os.path.relpath(kept, libdir)
+    elif how == "writable-target":
+        kept.chmod(0o666)
+    elif how == "target-in-user-dir":
+        text = user_dir / BACKEND
+        shutil.copy2(kept, text)
+    elif how == "through-user-link":
+        hop = user_dir / "hop"
+        hop.symlink_to(kept)
+        os.lchown(hop, ALICE.uid, ALICE.gid)
+        text = hop
+    elif how == "to-a-directory":
+        text = store
+    elif how == "dangling":
+        text = store / "missing.so"
+    if how == "deeper-in-the-tree":
+        shutil.copy2(kept, real)
+    link.symlink_to(text)
+    if how == "user-owned-link":
+        os.lchown(link, ALICE.uid, ALICE.gid)
+    target = Target.start(ALICE)
+    try:
+        result = run_as(ALICE, [str(tamper_prefix / "libexec/nsgate/newuidmap"),
+                                str(target.pid), "0", "200000", "10"])
+        assert b"Traceback" not in result.stderr
+        if how in ("straight", "relative"):
+            assert result.returncode == 0, result.stderr
+            assert target.uid_map() == [(0, 200000, 10)]
+        else:
+            assert result.returncode == 1
+            assert result.stderr.startswith(b"newuidmap: refusing to run: "), result.stderr
+            assert target.uid_map() == []
+    finally:
+        target.stop()
+        link.unlink()
+        real.unlink(missing_ok=True)
+        kept.chmod(0o644)
+        shutil.move(kept, real)
+        shutil.rmtree(store)

@@ -56,6 +56,40 @@ def _check_entries(directory: str) -> None:
             _check_entries(entry.path)
 
 
+def _check_link(path: str, st: posix.stat_result) -> None:
+    """A root-owned symlink directly in the library directory to a regular file (a distribution
+    package's link to the system's _cffi_backend): the file, as the kernel resolves the link,
+    must pass the same check, and so must each of its ancestors."""
+    if st.st_uid != 0:
+        _check_stat(path, st)  # refuses, naming the owner
+    try:
+        fd = posix.open(path, posix.O_PATH | posix.O_CLOEXEC)
+    except OSError as err:
+        raise Refusal(f"refusing to run: cannot check {path}: {err.strerror}") from None
+    try:
+        target = posix.readlink(f"/proc/self/fd/{fd}")
+        target_st = posix.fstat(fd)
+    finally:
+        posix.close(fd)
+    if target_st.st_mode & 0o170000 != 0o100000:
+        raise Refusal(f"refusing to run: {path} links to {target}, which is not a regular file",
+                      "only a link to a single file is accepted in the library directory")
+    if target != _lexical_target(path):
+        raise Refusal(f"refusing to run: {path} reaches {target} through another symbolic link",
+                      "whoever owns that other link could point it elsewhere after this check: "
+                      "link straight to the file")
+    _check_stat(target, target_st)
+    _check_with_ancestors(target)
+    _checked.add(path)
+
+
+def _lexical_target(link: str) -> str:
+    """Where `link` points by its text alone, with no other link followed."""
+    import posixpath
+
+    return posixpath.normpath(posixpath.join(posixpath.dirname(link), posix.readlink(link)))
+
+
 def verify_startup(libdir: str) -> None:
     """`libdir` holds the nsgate package and the compiled modules it loads."""
     _check_with_ancestors(posix.readlink("/proc/self/exe"))
@@ -66,7 +100,9 @@ def verify_startup(libdir: str) -> None:
             continue  # absent (python311.zip): nothing can be imported from it
         _check_with_ancestors(entry)
     for item in posix.scandir(libdir):
-        if not item.is_dir(follow_symlinks=False):
+        if item.is_symlink():
+            _check_link(item.path, item.stat(follow_symlinks=False))
+        elif not item.is_dir(follow_symlinks=False):
             _check_stat(item.path, item.stat(follow_symlinks=False))
     _check_tree(libdir + "/nsgate")
     verify_loaded_modules()
