@@ -1,0 +1,169 @@
+"""The lock shadow's writers (useradd, usermod, vipw …) take before they rewrite /etc/subuid or
+/etc/subgid, taken the same way so that none of them can lose an update of ours or we one of
+theirs (shadow lib/commonio.c `commonio_lock`, glibc `lckpwdf`):
+
+1. lckpwdf: a write lock (fcntl F_SETLKW, whole file) on /etc/.pwd.lock, waited for at most
+   LOCK_WAIT_SECONDS (glibc waits 15 s). useradd and usermod hold it for their whole run.
+2. The link lock: our pid (decimal, then a NUL) in `FILE.<pid>`, made durable, then
+   link(2)ed to `FILE.lock`; the lock is ours only if the link succeeded and `FILE.<pid>` then
+   has exactly two links. A `FILE.lock` whose pid no longer runs is stale: removed, and the
+   link tried again. One without a readable pid is left alone and named.
+
+Release is the reverse: `FILE.lock` removed, then the fcntl lock dropped with its fd.
+"""
+
+import _signal
+import fcntl
+import posix
+import time
+
+from nsgate.errors import Refusal
+
+PWD_LOCK = "/etc/.pwd.lock"
+LOCK_WAIT_SECONDS = 15.0
+_POLL_SECONDS = 0.02
+_CREATE = posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW | posix.O_CLOEXEC
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _give_up(signum: int, frame: object) -> None:
+    raise _Timeout
+
+
+def _lckpwdf() -> int:
+    try:
+        fd = posix.open(PWD_LOCK, posix.O_WRONLY | posix.O_CREAT | posix.O_NOFOLLOW
+                        | posix.O_CLOEXEC, 0o600)
+    except OSError as err:
+        raise Refusal(f"cannot open {PWD_LOCK}: {err.strerror}",
+                      "it is the lock of every tool that edits the account files; it must be a "
+                      "regular file of root's") from None
+    previous = _signal.signal(_signal.SIGALRM, _give_up)
+    _signal.setitimer(_signal.ITIMER_REAL, LOCK_WAIT_SECONDS)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+    except _Timeout:
+        posix.close(fd)
+        raise Refusal(f"{PWD_LOCK} is busy: another tool (useradd, usermod, vipw ...) has held "
+                      f"it for over {LOCK_WAIT_SECONDS:.0f} s", "try again when it is done; "
+                      "nothing was changed") from None
+    finally:
+        _signal.setitimer(_signal.ITIMER_REAL, 0)
+        _signal.signal(_signal.SIGALRM, previous)
+    return fd
+
+
+def _unlink(path: str) -> None:
+    try:
+        posix.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _lock_holder(lock: str) -> int | None:
+    """The pid in an existing lock file; None if it has vanished meanwhile."""
+    try:
+        fd = posix.open(lock, posix.O_RDONLY | posix.O_NOFOLLOW | posix.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        text = posix.read(fd, 32)
+    finally:
+        posix.close(fd)
+    digits = text.split(b"\0", 1)[0].strip()
+    if not digits.isdigit() or int(digits) <= 0 or len(digits) > 10:
+        raise Refusal(f"the lock file {lock} holds no valid pid ({text[:20]!r})",
+                      f"if no tool is editing the file now, remove {lock}; nothing was changed")
+    return int(digits)
+
+
+def _running(pid: int) -> bool:
+    try:
+        posix.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ShadowLock:
+    """Both locks of `path`, held from acquire() until release()."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lock = path + ".lock"
+        self._pwd_fd = -1
+        self._linked = False
+
+    def acquire(self) -> None:
+        self._pwd_fd = _lckpwdf()
+        try:
+            self._link_lock()
+        except BaseException:
+            posix.close(self._pwd_fd)
+            self._pwd_fd = -1
+            raise
+
+    def release(self) -> None:
+        if self._linked:
+            _unlink(self.lock)
+            self._linked = False
+        if self._pwd_fd >= 0:
+            posix.close(self._pwd_fd)  # drops the fcntl lock
+            self._pwd_fd = -1
+
+    def _link_lock(self) -> None:
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        holder = None
+        while True:
+            holder = self._try_once()
+            if holder is None:
+                self._linked = True
+                return
+            if time.monotonic() > deadline:
+                raise Refusal(f"{self.lock} is held by process {holder}, which is still "
+                              f"running after {LOCK_WAIT_SECONDS:.0f} s",
+                              "wait for it to finish and try again; nothing was changed")
+            time.sleep(_POLL_SECONDS)
+
+    def _try_once(self) -> int | None:
+        """None once the lock is ours, else the pid holding it."""
+        mine = f"{self.path}.{posix.getpid()}"
+        _unlink(mine)  # left by a killed writer whose pid we now have
+        try:
+            fd = posix.open(mine, _CREATE, 0o600)
+        except OSError as err:
+            raise Refusal(f"cannot create {mine}: {err.strerror}", "nothing was changed") from None
+        try:
+            posix.write(fd, f"{posix.getpid()}\0".encode())
+            posix.fdatasync(fd)
+        finally:
+            posix.close(fd)
+        try:
+            if self._link(mine):
+                return None
+            holder = _lock_holder(self.lock)
+            if holder is None:
+                return 0  # released meanwhile: try again
+            if _running(holder):
+                return holder
+            _unlink(self.lock)  # stale: its writer is gone
+            return None if self._link(mine) else 0
+        finally:
+            _unlink(mine)
+
+    def _link(self, mine: str) -> bool:
+        try:
+            posix.link(mine, self.lock)
+        except FileExistsError:
+            return False
+        # As shadow: the lock is ours only if our file is the lock (two links, ours and it).
+        if posix.stat(mine).st_nlink != 2:
+            _unlink(self.lock)
+            raise Refusal(f"cannot lock {self.path}: {self.lock} did not become our file",
+                          "nothing was changed")
+        return True

@@ -1,0 +1,117 @@
+"""Rewriting /etc/subuid or /etc/subgid for `nsgate subid`, as root, the way shadow's writers do
+(lib/commonio.c `commonio_close`), under their lock (system/shadow_lock.py):
+
+- the file is opened without following a symbolic link and must be a regular file of root's
+  not writable by group or others (the helpers' own rule), else nothing is written;
+- the old content is kept as `FILE-` (written aside, fsync'ed, renamed; its owner, mode and
+  times those of the file), as shadow keeps its backup;
+- the new content goes to `FILE+` with the file's owner and mode, is fsync'ed and renamed over
+  the file, then the directory is fsync'ed: a reader, or a crash, sees the old file or the new
+  one, never a mix;
+- interrupting signals are held off while the lock is held, so the lock is always removed.
+"""
+
+import _signal
+import posix
+
+from nsgate.errors import Refusal
+from nsgate.policy.subid_edit import Edit
+from nsgate.system import files
+from nsgate.system.shadow_lock import ShadowLock
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+_CREATE = posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW | posix.O_CLOEXEC
+_HELD_OFF = {_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT,
+             _signal.SIGTSTP}
+NEW_FILE_MODE = 0o644
+
+
+class _Current:
+    def __init__(self, data: bytes, st: posix.stat_result | None) -> None:
+        self.data = data
+        self.st = st
+
+
+def _read_current(path: str) -> _Current:
+    fd = files.open_trusted(path)  # refuses symlinks, non-root owners, g/o-writable files
+    if fd is None:
+        return _Current(b"", None)
+    try:
+        st = posix.fstat(fd)
+        return _Current(b"".join(bytes(chunk) for chunk in files.chunks(fd)), st)
+    finally:
+        posix.close(fd)
+
+
+def _write_file(path: str, content: bytes, uid: int, gid: int, mode: int) -> None:
+    try:
+        posix.unlink(path)  # left by a writer that died holding the lock
+    except FileNotFoundError:
+        pass
+    fd = posix.open(path, _CREATE, 0o600)
+    try:
+        posix.fchown(fd, uid, gid)
+        posix.fchmod(fd, mode)
+        view = memoryview(content)
+        while view:
+            written = posix.write(fd, view)
+            if written <= 0:
+                raise OSError(28, "short write")
+            view = view[written:]
+        posix.fsync(fd)
+    except BaseException:
+        posix.close(fd)
+        posix.unlink(path)
+        raise
+    posix.close(fd)
+
+
+def _sync_directory(path: str) -> None:
+    fd = posix.open(path.rsplit("/", 1)[0] or "/", posix.O_RDONLY | posix.O_DIRECTORY
+                    | posix.O_CLOEXEC)
+    try:
+        posix.fsync(fd)
+    finally:
+        posix.close(fd)
+
+
+def _commit(path: str, current: _Current, content: bytes) -> None:
+    st = current.st
+    if st is not None:
+        backup = path + "-"
+        _write_file(backup + "+", current.data, st.st_uid, st.st_gid, st.st_mode & 0o644)
+        posix.rename(backup + "+", backup)
+        posix.utime(backup, ns=(st.st_atime_ns, st.st_mtime_ns))
+        uid, gid, mode = st.st_uid, st.st_gid, st.st_mode & 0o7777
+    else:
+        uid, gid, mode = 0, 0, NEW_FILE_MODE
+    _write_file(path + "+", content, uid, gid, mode)
+    posix.rename(path + "+", path)
+    _sync_directory(path)
+
+
+def edit(path: str, change: "Callable[[bytes], Edit]") -> str:
+    """Apply `change` (pure: old content in, new content out, or a Refusal) to `path` under
+    shadow's lock; what was done."""
+    previous = _signal.pthread_sigmask(_signal.SIG_BLOCK, _HELD_OFF)
+    try:
+        lock = ShadowLock(path)
+        lock.acquire()
+        try:
+            if _HELD_OFF & _signal.sigpending():
+                raise Refusal("interrupted while waiting for the lock", "nothing was changed")
+            current = _read_current(path)
+            result = change(current.data)
+            try:
+                _commit(path, current, result.content)
+            except OSError as err:
+                raise Refusal(f"cannot write {path}: {err.strerror}",
+                              f"{path} keeps its previous content") from None
+        finally:
+            lock.release()
+    finally:
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, previous)
+    return result.report
