@@ -5,14 +5,19 @@
 #   make test                 install, then run the whole test suite (as root) and a short fuzz run
 #   make fuzz                 a long fuzz run of every parser (FUZZ_SECONDS in all, default 600)
 #   make demo                 install, then map a user namespace for a demo user
+#   make man                  the man pages (scdoc) under build/man
+#   make deb / make rpm       distribution packages under build/ (packaging/README.md)
 
 PREFIX     ?= /usr/local
 DESTDIR    ?=
 PYTHON     ?= /usr/bin/python3
 CC         ?= cc
 CAPS       ?= 0
-LIBEXECDIR := $(PREFIX)/libexec/nsgate
-LIBDIR     := $(PREFIX)/lib/nsgate
+LIBEXECDIR ?= $(PREFIX)/libexec/nsgate
+LIBDIR     ?= $(PREFIX)/lib/nsgate
+MANDIR     ?= $(PREFIX)/share/man
+# SYSTEM_CFFI=1: no bundled cffi; LIBDIR gets a symlink to the system's _cffi_backend (packages).
+SYSTEM_CFFI ?= 0
 BUILD      := build
 PYLIB      := $(BUILD)/lib
 HELPERS    := newuidmap newgidmap getsubids lxc-user-nic
@@ -25,7 +30,7 @@ TEST_VENV  := $(BUILD)/test-venv
 FUZZ_SECONDS      ?= 600
 FUZZ_TEST_SECONDS ?= 5
 
-.PHONY: all install uninstall test fuzz demo bench lint clean check-paths FORCE
+.PHONY: all install uninstall test fuzz demo bench lint clean check-paths man deb rpm pkg-tree FORCE
 
 all: $(addprefix $(BUILD)/bin/,$(HELPERS)) $(PYLIB)/.stamp
 
@@ -53,9 +58,19 @@ $(BUILD)/deps/.stamp: requirements/runtime.txt
 	touch $@
 
 # The library tree: the dependencies, the nsgate package and the compiled cffi module.
-$(PYLIB)/.stamp: $(BUILD)/deps/.stamp csrc/sysmodule_build.py $(shell find helpers -name '*.py')
+ifeq ($(SYSTEM_CFFI),1)
+DEPS_STAMP :=
+else
+DEPS_STAMP := $(BUILD)/deps/.stamp
+endif
+
+$(PYLIB)/.stamp: $(DEPS_STAMP) csrc/sysmodule_build.py $(shell find helpers -name '*.py')
 	rm -rf $(PYLIB) && mkdir -p $(PYLIB) $(BUILD)/ffi
+ifeq ($(SYSTEM_CFFI),1)
+	ln -s "$$($(PYTHON) -I -c 'import _cffi_backend; print(_cffi_backend.__file__)')" $(PYLIB)/
+else
 	cp -r $(BUILD)/deps/. $(PYLIB)/
+endif
 	rm -f $(PYLIB)/.stamp
 	cp -r helpers/nsgate $(PYLIB)/nsgate
 	find $(PYLIB)/nsgate -name __pycache__ -prune -exec rm -rf {} +
@@ -63,7 +78,7 @@ $(PYLIB)/.stamp: $(BUILD)/deps/.stamp csrc/sysmodule_build.py $(shell find helpe
 	cp $(BUILD)/ffi/_nsgate_sys*.so $(PYLIB)/
 	touch $@
 
-install: all
+install: all man
 	install -d -m 0755 $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(LIBDIR)
 	rm -rf $(DESTDIR)$(LIBDIR)/*
 	cp -r $(PYLIB)/. $(DESTDIR)$(LIBDIR)/
@@ -83,9 +98,59 @@ else
 	install -s -m 4755 -o 0 -g 0 $(BUILD)/bin/newgidmap $(DESTDIR)$(LIBEXECDIR)/newgidmap
 endif
 	install -s -m 4755 -o 0 -g 0 $(BUILD)/bin/lxc-user-nic $(DESTDIR)$(LIBEXECDIR)/lxc-user-nic
+	sed -e 's|@PYTHON@|$(PYTHON)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@LIBEXECDIR@|$(LIBEXECDIR)|' \
+	  bin/nsgate.in > $(BUILD)/nsgate
+	install -d -m 0755 $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 -o 0 -g 0 $(BUILD)/nsgate $(DESTDIR)$(PREFIX)/bin/nsgate
+	for page in $(MAN_PAGES); do \
+	  install -D -m 0644 $$page $(DESTDIR)$(MANDIR)/man$${page##*.}/$${page##*/} || exit 1; done
 
 uninstall:
 	rm -rf $(DESTDIR)$(LIBDIR) $(DESTDIR)$(LIBEXECDIR)
+	rm -f $(DESTDIR)$(PREFIX)/bin/nsgate
+	for page in $(MAN_PAGES); do rm -f $(DESTDIR)$(MANDIR)/man$${page##*.}/$${page##*/}; done
+
+# Man pages: scdoc sources man/<name>.<section>.scd, installed under names no other package
+# uses (nsgate-newuidmap.1, nsgate-subuid.5, ..., nsgate.8).
+MAN_PAGES := $(patsubst man/%.scd,$(BUILD)/man/%,$(wildcard man/*.scd))
+
+man: $(MAN_PAGES)
+
+$(BUILD)/man/%: man/%.scd
+	@mkdir -p $(@D)
+	scdoc < $< > $@.tmp && mv $@.tmp $@
+
+# Packages are built from a copy of the source tree (tracked and untracked, not ignored files),
+# in build/pkg/nsgate-VERSION/, never in this tree's build/bin, build/lib or an installed prefix.
+VERSION  := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
+PKGTREE  := $(BUILD)/pkg/nsgate-$(VERSION)
+
+pkg-tree:
+	rm -rf $(BUILD)/pkg && mkdir -p $(PKGTREE)
+	git -c safe.directory='$(CURDIR)' ls-files -z -co --exclude-standard | xargs -0 sh -c \
+	  'for f; do [ -e "$$f" ] && printf "%s\0" "$$f"; done; true' sh | \
+	  tar --null -T - -cf - | tar -xf - -C $(PKGTREE)
+	test -f $(PKGTREE)/Makefile
+
+deb: pkg-tree
+	test "$$(dpkg-parsechangelog -l packaging/debian/changelog -S Version)" = "$(VERSION)"
+	cp -r packaging/debian $(PKGTREE)/debian
+	cd $(PKGTREE) && dpkg-buildpackage -us -uc -b
+	rm -f $(BUILD)/nsgate_*.deb && mv $(BUILD)/pkg/nsgate_*.deb $(BUILD)/
+
+# Both variants: build/nsgate-VERSION-1.ARCH.rpm (setuid) and build/caps/… (--with caps).
+rpm: pkg-tree
+	test "$$(sed -n 's/^Version: *//p' packaging/rpm/nsgate.spec)" = "$(VERSION)"
+	tar -C $(BUILD)/pkg -czf $(BUILD)/pkg/nsgate-$(VERSION).tar.gz nsgate-$(VERSION)
+	rm -rf $(BUILD)/rpm $(BUILD)/caps $(BUILD)/nsgate-*.rpm && mkdir -p $(BUILD)/caps
+	for with in setuid caps; do \
+	  top=$(abspath $(BUILD))/rpm/$$with; mkdir -p $$top/SOURCES || exit 1; \
+	  cp $(BUILD)/pkg/nsgate-$(VERSION).tar.gz $$top/SOURCES/ || exit 1; \
+	  rpmbuild -bb --nodeps --define "_topdir $$top" \
+	    $$([ $$with = caps ] && echo --with caps) packaging/rpm/nsgate.spec || exit 1; \
+	done
+	cp $(BUILD)/rpm/setuid/RPMS/*/nsgate-*.rpm $(BUILD)/
+	cp $(BUILD)/rpm/caps/RPMS/*/nsgate-*.rpm $(BUILD)/caps/
 
 demo: install
 	$(PYTHON) -I tools/demo.py $(LIBEXECDIR)
