@@ -27,6 +27,9 @@ CFLAGS     ?= -O2 -g
 HARDEN     := -Wall -Wextra -Werror -std=c11 -D_FORTIFY_SOURCE=2 -fstack-protector-strong \
               -fPIE -static-pie -Wl,-z,relro,-z,now
 TEST_VENV  := $(BUILD)/test-venv
+# Installed files are root's. An unprivileged packaging build (rpmbuild in mock, a DESTDIR
+# staging) cannot chown: there the package's metadata (%attr, dh_fixperms) sets the owner.
+OWNER      := $(if $(filter 0,$(shell id -u)),-o 0 -g 0,)
 FUZZ_SECONDS      ?= 600
 FUZZ_TEST_SECONDS ?= 5
 
@@ -85,23 +88,23 @@ install: all man
 	rm -f $(DESTDIR)$(LIBDIR)/.stamp
 	$(PYTHON) -I -m compileall -q --invalidation-mode unchecked-hash -d $(LIBDIR) \
 	  $(DESTDIR)$(LIBDIR) >/dev/null
-	chown -R 0:0 $(DESTDIR)$(LIBDIR)
+	$(if $(OWNER),chown -R 0:0 $(DESTDIR)$(LIBDIR))
 	chmod -R u+rwX,go+rX,go-w $(DESTDIR)$(LIBDIR)
-	install -s -m 0755 -o 0 -g 0 $(BUILD)/bin/getsubids $(DESTDIR)$(LIBEXECDIR)/getsubids
+	install -s -m 0755 $(OWNER) $(BUILD)/bin/getsubids $(DESTDIR)$(LIBEXECDIR)/getsubids
 ifeq ($(CAPS),1)
-	install -s -m 0755 -o 0 -g 0 $(BUILD)/bin/newuidmap $(DESTDIR)$(LIBEXECDIR)/newuidmap
-	install -s -m 0755 -o 0 -g 0 $(BUILD)/bin/newgidmap $(DESTDIR)$(LIBEXECDIR)/newgidmap
+	install -s -m 0755 $(OWNER) $(BUILD)/bin/newuidmap $(DESTDIR)$(LIBEXECDIR)/newuidmap
+	install -s -m 0755 $(OWNER) $(BUILD)/bin/newgidmap $(DESTDIR)$(LIBEXECDIR)/newgidmap
 	setcap cap_setuid+ep $(DESTDIR)$(LIBEXECDIR)/newuidmap
 	setcap cap_setgid+ep $(DESTDIR)$(LIBEXECDIR)/newgidmap
 else
-	install -s -m 4755 -o 0 -g 0 $(BUILD)/bin/newuidmap $(DESTDIR)$(LIBEXECDIR)/newuidmap
-	install -s -m 4755 -o 0 -g 0 $(BUILD)/bin/newgidmap $(DESTDIR)$(LIBEXECDIR)/newgidmap
+	install -s -m 4755 $(OWNER) $(BUILD)/bin/newuidmap $(DESTDIR)$(LIBEXECDIR)/newuidmap
+	install -s -m 4755 $(OWNER) $(BUILD)/bin/newgidmap $(DESTDIR)$(LIBEXECDIR)/newgidmap
 endif
-	install -s -m 4755 -o 0 -g 0 $(BUILD)/bin/lxc-user-nic $(DESTDIR)$(LIBEXECDIR)/lxc-user-nic
+	install -s -m 4755 $(OWNER) $(BUILD)/bin/lxc-user-nic $(DESTDIR)$(LIBEXECDIR)/lxc-user-nic
 	sed -e 's|@PYTHON@|$(PYTHON)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@LIBEXECDIR@|$(LIBEXECDIR)|' \
 	  bin/nsgate.in > $(BUILD)/nsgate
 	install -d -m 0755 $(DESTDIR)$(PREFIX)/bin
-	install -m 0755 -o 0 -g 0 $(BUILD)/nsgate $(DESTDIR)$(PREFIX)/bin/nsgate
+	install -m 0755 $(OWNER) $(BUILD)/nsgate $(DESTDIR)$(PREFIX)/bin/nsgate
 	for page in $(MAN_PAGES); do \
 	  install -D -m 0644 $$page $(DESTDIR)$(MANDIR)/man$${page##*.}/$${page##*/} || exit 1; done
 

@@ -346,7 +346,7 @@ def test_writable_library_path(scratch_install, relative, mode):
 
 
 def test_library_file_owned_by_a_user(scratch_install):
-    path = scratch_install / "lib/nsgate/nsgate/cli/admin.py"
+    path = scratch_install / "lib/nsgate/nsgate/cli/admin/check.py"
     os.chown(path, ALICE.uid, ALICE.gid)
     status, found = install_findings(scratch_install)
     assert status == 1 and [f[0] for f in found] == [str(path)]

@@ -410,6 +410,29 @@ def test_rpm_layout_modes_and_capabilities(rpms: dict[str, Path], variant: str):
 
 # --- the man pages ----------------------------------------------------------------------------
 
+def test_an_unprivileged_packaging_build_stages_the_install(rpms: dict[str, Path],
+                                                            user_dir: Path):
+    """rpmbuild in mock (and any DESTDIR staging) runs as an ordinary user: `make install`
+    then sets no owner (the package's %attr does) but every mode, setuid bits included."""
+    source = user_dir / "src"
+    version = rpm_query(rpms["setuid"], "--qf", "%{VERSION}")
+    subprocess.run(["cp", "-r", str(BUILD / "pkg" / f"nsgate-{version}"), str(source)],
+                   check=True)
+    subprocess.run(["chown", "-R", f"{ALICE.uid}:{ALICE.gid}", str(source)], check=True)
+    stage = user_dir / "stage"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(user_dir)}
+    result = subprocess.run(as_user(ALICE, ["make", "-s", "-C", str(source), "install",
+                                            "PREFIX=/usr", "SYSTEM_CFFI=1", f"DESTDIR={stage}"]),
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    for name in HELPERS:
+        st = (stage / "usr/libexec/nsgate" / name).lstat()
+        assert st.st_uid == ALICE.uid
+        assert stat.S_IMODE(st.st_mode) == (0o4755 if name in SETUID else 0o755), name
+    assert (stage / "usr/bin/nsgate").stat().st_mode & 0o777 == 0o755
+    assert (stage / "usr/lib/nsgate/nsgate/cli/entry.py").stat().st_uid == ALICE.uid
+
+
 @pytest.mark.parametrize("page", MAN_PAGES)
 def test_man_page_is_installed_and_renders_without_warnings(page: str):
     path = PREFIX / "share" / "man" / page

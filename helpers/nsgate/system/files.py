@@ -82,3 +82,13 @@ def read_small(path: str, limit: int = 1 << 20) -> bytes | None:
     if len(data) > limit:
         raise Refusal(f"{path} is larger than {limit} bytes: refusing to read it")
     return data
+
+
+def write_all(fd: int, content: bytes) -> None:
+    """Write all of `content` (a full disk or a file size limit raises, never truncates)."""
+    view = memoryview(content)
+    while view:
+        written = posix.write(fd, view)
+        if written <= 0:
+            raise OSError(28, "short write")
+        view = view[written:]

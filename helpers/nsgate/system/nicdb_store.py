@@ -16,6 +16,7 @@ import fcntl
 import posix
 
 from nsgate.errors import Refusal
+from nsgate.system import files
 
 DB_DIR = "/run/lxc"
 DB_PATH = DB_DIR + "/nics"
@@ -111,12 +112,7 @@ def replace(content: bytes) -> None:
     fd = posix.open(temp, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | _OPEN, 0o600)
     try:
         posix.fchown(fd, 0, 0)
-        view = memoryview(content)
-        while view:
-            written = posix.write(fd, view)
-            if written <= 0:
-                raise OSError(28, "short write")
-            view = view[written:]
+        files.write_all(fd, content)
         posix.fsync(fd)
         posix.close(fd)
         fd = -1

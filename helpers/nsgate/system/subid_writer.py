@@ -55,12 +55,7 @@ def _write_file(path: str, content: bytes, uid: int, gid: int, mode: int) -> Non
     try:
         posix.fchown(fd, uid, gid)
         posix.fchmod(fd, mode)
-        view = memoryview(content)
-        while view:
-            written = posix.write(fd, view)
-            if written <= 0:
-                raise OSError(28, "short write")
-            view = view[written:]
+        files.write_all(fd, content)
         posix.fsync(fd)
     except BaseException:
         posix.close(fd)

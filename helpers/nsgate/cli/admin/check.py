@@ -1,0 +1,89 @@
+"""nsgate check: every finding about the files nsgate reads and about the install."""
+
+from nsgate.cli.admin.common import (
+    NICS,
+    PATHS,
+    TRUSTED_FILES,
+    USERNET,
+    Args,
+    Out,
+    link_kinds,
+    load_accounts,
+    print_note,
+    read,
+)
+from nsgate.policy.findings import ERROR, WARNING, Finding, count
+
+
+def run(out: Out, args: Args, libdir: str, libexecdir: str) -> int:
+    from nsgate.policy import install_lint, subid_lint, usernet_lint
+    from nsgate.system import file_facts
+
+    notes: list[str] = []
+    accounts = load_accounts()
+    findings: list[Finding] = []
+    for path in TRUSTED_FILES:
+        findings += install_lint.lint_trusted_file(file_facts.lstat(path),
+                                                   file_facts.ancestors(path))
+    for kind, path in PATHS.items():
+        data = read(path, notes)
+        if data is not None:
+            findings += subid_lint.lint(path, data, kind, accounts)
+    links = link_kinds(notes)
+    usernet_data = read(USERNET, notes) or b""
+    findings += usernet_lint.lint_usernet(USERNET, usernet_data, accounts, links)
+    nics = read(NICS, notes)
+    if nics is not None and links is not None:
+        findings += usernet_lint.lint_nics(NICS, nics, usernet_lint.grants(usernet_data),
+                                           set(links))
+    findings += _install_findings(libdir, libexecdir)
+    errors, warnings = count(findings, ERROR), count(findings, WARNING)
+    for note in notes:
+        print_note(note)
+    if args.json:
+        out.json({"findings": [f.as_dict() for f in findings], "errors": errors,
+                  "warnings": warnings})
+    else:
+        for finding in findings:
+            out.say(f"{finding.where}: {out.severity(finding.severity)}: {finding.message} "
+                    f"[{finding.code}]")
+        out.say(f"nsgate check: {errors} error{'s' * (errors != 1)}, {warnings} "
+                f"warning{'s' * (warnings != 1)}")
+    return 1 if errors else 0
+
+
+def _install_findings(libdir: str, libexecdir: str) -> list[Finding]:
+    from nsgate.policy import install_lint
+    from nsgate.system import file_facts
+
+    findings = []
+    for name in install_lint.HELPERS:
+        path = f"{libexecdir}/{name}"
+        caps = install_lint.effective_capabilities(file_facts.capability_xattr(path))
+        findings += install_lint.lint_helper(name, file_facts.lstat(path), caps)
+    seen: set[str] = set()
+    for directory in (libdir, libexecdir):
+        for st in file_facts.ancestors(directory):
+            if st.path not in seen:
+                seen.add(st.path)
+                findings += install_lint.lint_code_path(st, "the directory")
+    findings += install_lint.lint_code_path(file_facts.lstat(libexecdir), "the directory")
+    for st in file_facts.tree(libdir):
+        if st.uid == 0 and st.mode is not None and st.mode & 0o170000 == 0o120000 \
+                and st.path.rsplit("/", 1)[0] == libdir:
+            # A package's link to the distribution's _cffi_backend: the helpers follow it
+            # (integrity._check_link), so the file it resolves to and its directories are linted.
+            target = file_facts.resolved(st.path)
+            if target.mode is None or target.mode & 0o170000 != 0o100000:
+                findings.append(Finding(st.path, None, "install", f"the library path {st.path} "
+                                        f"links to {target.path}, which is not a regular file"))
+            elif target.path != file_facts.lexical_target(st.path):
+                findings.append(Finding(st.path, None, "install", f"the library path {st.path} "
+                                        f"reaches {target.path} through another symbolic link, "
+                                        "which its owner could point elsewhere: link straight "
+                                        "to the file"))
+            for linked in (target, *file_facts.ancestors(target.path)):
+                findings += install_lint.lint_code_path(linked, "the library path")
+            continue
+        findings += install_lint.lint_code_path(st, "the library path")
+    return findings

@@ -1,0 +1,180 @@
+"""nsgate explain: what a user may do, and why (subordinate ranges, nic grants and their use)."""
+
+import posix
+
+from nsgate.cli.admin.common import (
+    FULL_CONTAINER,
+    NICS,
+    NSSWITCH,
+    PATHS,
+    USERNET,
+    Args,
+    Out,
+    link_kinds,
+    load_accounts,
+    read,
+)
+from nsgate.errors import Refusal
+from nsgate.policy import nicdb, subid, usernet
+from nsgate.policy.accounts import Accounts
+from nsgate.policy.findings import text
+
+
+def run(out: Out, args: Args, who: str | None) -> int:
+    from nsgate.system import accounts as nss
+
+    caller = posix.getuid()
+    if who is None:
+        found = nss.user(str(caller).encode())
+        if found is None:
+            raise Refusal(f"your uid {caller} has no passwd entry",
+                          "nsgate explain needs a user name to look the files up")
+    else:
+        found = nss.user(who.encode("utf-8", "surrogateescape"))
+        if found is None:
+            raise Refusal(f"no user {who!r} in the passwd database",
+                          "give a user name or uid that getent passwd knows")
+    name, uid, gid = found
+    if caller != 0 and uid != caller:
+        raise Refusal(f"only root may explain another user than yourself (you are uid "
+                      f"{caller}, {who!r} is uid {uid})",
+                      "run 'nsgate explain' without a user to see your own, or run it as root")
+    notes: list[str] = []
+    accounts = load_accounts()
+    report: dict[str, object] = {"user": text(name), "uid": uid}
+    for kind, path in PATHS.items():
+        report["sub" + kind] = _explain_ranges(path, kind, name, uid, accounts, notes)
+    nsswitch = read(NSSWITCH, notes) or b""
+    from nsgate.policy.config import InvalidSubidSource, subid_source
+
+    try:
+        module = subid_source(nsswitch)
+    except InvalidSubidSource:
+        module = b"(invalid)"
+    if module is not None:
+        notes.append(f"{NSSWITCH} names the subid NSS module "
+                     f"{module.decode('utf-8', 'backslashreplace')}: the helpers ask it, not "
+                     "the files shown here")
+    report["nics"] = _explain_nics(name, gid, notes)
+    report["notes"] = notes
+    if args.json:
+        out.json(report)
+    else:
+        _render_explain(out, report)
+    return 0
+
+
+def _explain_ranges(path: str, kind: str, name: bytes, uid: int, accounts: Accounts,
+                    notes: list[str]) -> dict[str, object]:
+    from nsgate.policy.subid_lint import is_blank_or_comment, numbered_lines
+
+    data = read(path, notes)
+    ranges: list[dict[str, object]] = []
+    ignored: list[dict[str, object]] = []
+    uid_text = str(uid).encode()
+    for lineno, raw in numbered_lines(data or b""):
+        if is_blank_or_comment(raw):
+            continue
+        parsed = subid.parse_line(raw, lineno)
+        owner = raw.split(b":", 1)[0]
+        if isinstance(parsed, subid.IgnoredLine):
+            if owner in (name, uid_text):
+                ignored.append({"line": lineno, "reason": parsed.reason})
+            continue
+        if owner == name:
+            via = "name"
+        elif owner == uid_text:
+            via = "uid"
+        elif accounts.owner_uid(owner) == uid:
+            via = "alias " + owner.decode("utf-8", "backslashreplace")
+        else:
+            continue
+        usable = parsed.count >= FULL_CONTAINER
+        ranges.append({
+            "start": parsed.start, "count": parsed.count, "last": parsed.end - 1,
+            "line": lineno, "via": via, "usable": usable,
+            "note": "full container" if usable else
+            f"only {parsed.count} ids: rootless runtimes need {FULL_CONTAINER} for a full "
+            "container"})
+    return {"file": path, "ranges": ranges, "ignored": ignored}
+
+
+def _explain_nics(name: bytes, gid: int, notes: list[str]) -> list[dict[str, object]]:
+    from nsgate.policy import usernet_lint
+    from nsgate.system import accounts as nss
+
+    tokens = usernet.tokens_of(name, nss.group_names_of(name, gid))
+    grants = [g for g in usernet_lint.grants(read(USERNET, notes) or b"")
+              if g.token in tokens and usernet.recordable(g.token)]
+    kinds: dict[tuple[bytes, bytes], list[usernet.Grant]] = {}
+    for grant in grants:
+        kinds.setdefault((grant.nic_type, grant.bridge), []).append(grant)
+    db = _read_nics_for_explain(notes) if kinds else b""
+    live = set(link_kinds(notes) or {}) if kinds else set()
+    lines = nicdb.parse(db) if db is not None else []
+    result = []
+    for (nic_type, bridge), applicable in kinds.items():
+        alive = [line for line in lines if line.valid
+                 and line.dev.decode("utf-8", "surrogateescape") in live]
+        by_owner = nicdb.nics_by_owner(alive, nic_type, bridge)
+        decision = usernet.decide(applicable, by_owner)
+        devs = sorted({dev.decode() for devs in decision.used.values() for dev in devs})
+        result.append({
+            "type": nic_type.decode("utf-8", "backslashreplace"),
+            "bridge": bridge.decode("utf-8", "backslashreplace"),
+            "quota": decision.capacity,
+            "used": len(devs) if db is not None else None,
+            "room": (decision.owner is not None) if db is not None else None,
+            "interfaces": devs,
+            "grants": [{"token": g.token.decode("utf-8", "backslashreplace"),
+                        "count": g.number, "line": g.lineno,
+                        "via": "group" if g.token.startswith(b"@") else "user"}
+                       for g in applicable]})
+    return result
+
+
+def _read_nics_for_explain(notes: list[str]) -> bytes | None:
+    from nsgate.system import file_facts
+
+    try:
+        return file_facts.read(NICS) or b""
+    except PermissionError:
+        notes.append(f"{NICS} is readable by root only: current use is unknown (run as root "
+                     "to see it)")
+        return None
+
+
+def _render_explain(out: Out, report: dict[str, object]) -> None:
+    out.say(f"{report['user']} (uid {report['uid']})")
+    for kind in ("uid", "gid"):
+        section = report["sub" + kind]
+        assert isinstance(section, dict)
+        out.say("")
+        out.say(f"subordinate {kind}s ({section['file']}):")
+        rows = [[f"{r['start']}-{r['last']}", str(r["count"]), str(r["line"]), str(r["via"]),
+                 str(r["note"])] for r in section["ranges"]]
+        if rows:
+            out.table(["RANGE", "COUNT", "LINE", "VIA", "USABLE"], rows)
+        else:
+            out.say(f"  none: user namespaces of this user can map only its own {kind}")
+        for item in section["ignored"]:
+            out.say(f"  line {item['line']} is ignored: {item['reason']}")
+    nics = report["nics"]
+    assert isinstance(nics, list)
+    out.say("")
+    out.say(f"nics ({USERNET}):")
+    if not nics:
+        out.say("  none: no lxc-usernet line names this user or one of its groups")
+    else:
+        rows = []
+        for nic in nics:
+            grants = ", ".join(f"{g['token']} {g['count']} (line {g['line']})"
+                               for g in nic["grants"])
+            used = "?" if nic["used"] is None else str(nic["used"])
+            rows.append([nic["type"], nic["bridge"], str(nic["quota"]), used, grants,
+                         ", ".join(nic["interfaces"]) or "-"])
+        out.table(["TYPE", "BRIDGE", "QUOTA", "USED", "GRANTS", "NICS"], rows)
+    notes = report["notes"]
+    assert isinstance(notes, list)
+    for note in notes:
+        out.say(f"note: {note}")
