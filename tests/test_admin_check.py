@@ -412,3 +412,39 @@ def test_colour_only_on_a_terminal_without_no_color():
     assert b"\x1b[1;31merror\x1b[0m" in _on_a_terminal(path)
     assert b"\x1b[" not in _on_a_terminal({**path, "NO_COLOR": "1"})
     assert "\x1b[" not in nsgate("check").stdout
+
+
+@pytest.mark.parametrize("how", ["straight", "through-user-link", "to-a-directory",
+                                 "writable-target"])
+def test_library_link_follows_the_helpers_rule(scratch_install, user_dir, how):
+    """The link packages put in the library directory: clean exactly when the helpers'
+    integrity check would follow it (test_install.py attacks the helpers the same way)."""
+    backend = next((scratch_install / "lib/nsgate").glob("_cffi_backend*.so"))
+    store = SANDBOX / "admin-link-store"
+    shutil.rmtree(store, ignore_errors=True)
+    store.mkdir(mode=0o755)
+    kept = store / backend.name
+    shutil.move(backend, kept)
+    target: Path = kept
+    if how == "through-user-link":
+        target = user_dir / "hop"
+        target.symlink_to(kept)
+        os.lchown(target, ALICE.uid, ALICE.gid)
+    elif how == "to-a-directory":
+        target = store
+    elif how == "writable-target":
+        kept.chmod(0o666)
+    backend.symlink_to(target)
+    try:
+        status, found = install_findings(scratch_install)
+        if how == "straight":
+            assert (status, found) == (0, [])
+        else:
+            assert status == 1
+            assert {f[3] for f in found} == {"install"}
+            message = " ".join(f[4] for f in found)
+            assert {"through-user-link": "through another symbolic link",
+                    "to-a-directory": "not a regular file",
+                    "writable-target": "writable by group or others"}[how] in message, found
+    finally:
+        shutil.rmtree(store)
