@@ -206,3 +206,30 @@ def test_a_library_link_is_followed_only_to_a_file_only_root_controls(tamper_pre
         kept.chmod(0o644)
         shutil.move(kept, real)
         shutil.rmtree(store)
+
+
+IMPORT_CHECK = """
+import sys
+before = set(sys.modules)
+sys.path.insert(0, {libdir!r})
+import nsgate.cli.entry, nsgate.cli.getsubids, nsgate.cli.newidmap, nsgate.cli.usernic
+from nsgate.system import confine, nicdb_store, ovs, ports, private_bridge
+for name in sorted(set(sys.modules) - before):
+    print(name, getattr(sys.modules[name], "__file__", None) or "-")
+"""
+
+
+def test_helpers_import_no_python_module_beyond_their_own():
+    """Start-up cost is per container start: besides nsgate's own package, the helpers load only
+    modules compiled into the interpreter or C extensions, never a pure-Python stdlib module
+    (typing alone costs several ms: annotations that need it stay under TYPE_CHECKING)."""
+    code = IMPORT_CHECK.format(libdir=str(PREFIX / "lib" / "nsgate"))
+    result = subprocess.run(["/usr/bin/python3", "-I", "-S", "-c", code], capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    loaded = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    assert "nsgate.cli.usernic" in loaded
+    foreign = {name: path for name, path in loaded.items()
+               if name != "nsgate" and not name.startswith("nsgate.")
+               and path != "-" and not path.endswith(".so")}
+    assert foreign == {}

@@ -12,8 +12,6 @@ create, in order, each step before any change:
 """
 
 import posix
-from collections.abc import Callable
-from typing import NoReturn
 
 from nsgate.errors import Refusal
 from nsgate.policy import nicdb, nicnames, usernet
@@ -31,6 +29,11 @@ from nsgate.system import (
     private_bridge,
     rtnl,
 )
+
+TYPE_CHECKING = False  # typing costs import time on every helper run
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import NoReturn
 
 USERNET = "/etc/lxc/lxc-usernet"
 DEFAULT_MTU = 1500
@@ -301,7 +304,7 @@ def _delete(caller: Caller, request: NicRequest) -> None:
                           f'"{request.bridge.decode()}"')
 
 
-def _refuse_delete(caller: Caller, request: NicRequest, dev: bytes) -> NoReturn:
+def _refuse_delete(caller: Caller, request: NicRequest, dev: bytes) -> "NoReturn":
     raise Refusal(f'Caller is not allowed to delete network device "{dev.decode()}"',
                   f"{nicdb_store.DB_PATH} records no {request.nic_type.decode()} nic of "
                   f"{caller.shown} or its groups named so on {request.bridge.decode()}")

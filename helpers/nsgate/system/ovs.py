@@ -8,7 +8,10 @@ helper is done with it.
 """
 
 import posix
-from collections.abc import Callable
+
+TYPE_CHECKING = False  # typing costs import time on every helper run
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 SEARCH_PATH = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
 ENVIRONMENT = {"PATH": ":".join(SEARCH_PATH)}
@@ -57,7 +60,7 @@ class Runner:
     pipe; the answer one byte. The child ends when the pipe closes, so it cannot outlive the
     helper."""
 
-    def __init__(self, allowed: Callable[[tuple[str, ...]], bool]) -> None:
+    def __init__(self, allowed: "Callable[[tuple[str, ...]], bool]") -> None:
         requests_out, requests_in = posix.pipe2(posix.O_CLOEXEC)
         answers_out, answers_in = posix.pipe2(posix.O_CLOEXEC)
         pid = posix.fork()
@@ -110,7 +113,7 @@ def _keep_only_fds(*keep: int) -> None:
     posix.closerange(low, 1 << 20)
 
 
-def _serve(requests: int, answers: int, allowed: Callable[[tuple[str, ...]], bool]) -> None:
+def _serve(requests: int, answers: int, allowed: "Callable[[tuple[str, ...]], bool]") -> None:
     while True:
         request = posix.read(requests, _MAX_REQUEST + 1)
         if not request:
