@@ -156,7 +156,7 @@ rpm: pkg-tree
 	cp $(BUILD)/rpm/caps/RPMS/*/nsgate-*.rpm $(BUILD)/caps/
 
 demo: install
-	$(PYTHON) -I tools/demo.py $(LIBEXECDIR)
+	$(PYTHON) -I tools/demo.py $(LIBEXECDIR) $(PREFIX)/bin/nsgate
 
 $(TEST_VENV)/.stamp: requirements/test.txt
 	$(PYTHON) -m venv $(TEST_VENV)

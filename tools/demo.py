@@ -1,6 +1,7 @@
 """nsgate's built-in demo (`make demo`, as root, after `make install`).
 
-Creates the demo user `nsgate-demo` with a subordinate range if absent, then, as that user:
+Creates the demo user `nsgate-demo` with subordinate ranges if absent (`nsgate subid allocate`),
+shows them as `nsgate explain` does, then, as that user:
 maps a fresh user namespace through nsgate's newuidmap/newgidmap and prints the kernel's map;
 shows a refused request with nsgate's diagnostic; and runs a real client (util-linux unshare
 --map-auto) with nsgate's helpers first on PATH.
@@ -14,7 +15,6 @@ import sys
 from pathlib import Path
 
 USER = "nsgate-demo"
-BLOCK = 65536
 
 
 def sh(argv: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
@@ -25,31 +25,19 @@ def say(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-def free_range() -> int:
-    """The first block of 65536 ids at or above 100000 that no subuid/subgid line uses."""
-    end = 100000
-    for name in ("/etc/subuid", "/etc/subgid"):
-        path = Path(name)
-        if not path.exists():
-            continue
-        for line in path.read_text(errors="replace").splitlines():
-            fields = line.split(":")
-            if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
-                end = max(end, int(fields[1]) + int(fields[2]))
-    return end
-
-
-def ensure_user(libexec: Path) -> pwd.struct_passwd:
+def ensure_user(libexec: Path, nsgate: Path) -> pwd.struct_passwd:
+    """The demo user, with a subordinate uid and gid range each: allocated by `nsgate subid
+    allocate`, which takes the next free range of login.defs' pool as useradd would (and
+    creates /etc/subuid and /etc/subgid where a fresh system has none)."""
     try:
         entry = pwd.getpwnam(USER)
     except KeyError:
         subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", USER], check=True)
         entry = pwd.getpwnam(USER)
-        print(f"created user {USER} (uid {entry.pw_uid})")
-    for flag, option in (([], "--add-subuids"), (["-g"], "--add-subgids")):
+        print(f"created user {USER} (uid {entry.pw_uid})", flush=True)
+    for flag in ([], ["-g"]):
         if sh([str(libexec / "getsubids"), *flag, USER]).returncode != 0:
-            start = free_range()
-            subprocess.run(["usermod", option, f"{start}-{start + BLOCK - 1}", USER], check=True)
+            subprocess.run([str(nsgate), "subid", "allocate", USER, *flag], check=True)
     return entry
 
 
@@ -58,12 +46,14 @@ def as_user(entry: pwd.struct_passwd, argv: list[str], **kwargs):
             "--", *argv]
 
 
-def main(libexec: Path) -> int:
-    entry = ensure_user(libexec)
+def main(libexec: Path, nsgate: Path) -> int:
+    entry = ensure_user(libexec, nsgate)
     ranges = sh([str(libexec / "getsubids"), USER]).stdout.split()
     start, count = int(ranges[2]), int(ranges[3])
     say(f"{USER} owns subordinate uids (nsgate's getsubids)")
     print(sh([str(libexec / "getsubids"), USER]).stdout, end="")
+    say(f"the administrator's view: nsgate explain {USER}")
+    print(sh([str(nsgate), "explain", USER]).stdout, end="")
 
     target = subprocess.Popen(as_user(entry, ["unshare", "--user", "--", "sh", "-c",
                                               "echo ready; exec sleep 60"]),
@@ -117,4 +107,6 @@ def main(libexec: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1] if len(sys.argv) > 1 else "/usr/local/libexec/nsgate")))
+    libexec_dir = Path(sys.argv[1] if len(sys.argv) > 1 else "/usr/local/libexec/nsgate")
+    sys.exit(main(libexec_dir, Path(sys.argv[2]) if len(sys.argv) > 2
+                  else libexec_dir.parent.parent / "bin" / "nsgate"))
