@@ -415,7 +415,7 @@ def test_colour_only_on_a_terminal_without_no_color():
 
 
 @pytest.mark.parametrize("how", ["straight", "through-user-link", "to-a-directory",
-                                 "writable-target"])
+                                 "writable-target", "dangling"])
 def test_library_link_follows_the_helpers_rule(scratch_install, user_dir, how):
     """The link packages put in the library directory: clean exactly when the helpers'
     integrity check would follow it (test_install.py attacks the helpers the same way)."""
@@ -434,6 +434,8 @@ def test_library_link_follows_the_helpers_rule(scratch_install, user_dir, how):
         target = store
     elif how == "writable-target":
         kept.chmod(0o666)
+    elif how == "dangling":
+        target = store / "missing.so"
     backend.symlink_to(target)
     try:
         status, found = install_findings(scratch_install)
@@ -445,6 +447,7 @@ def test_library_link_follows_the_helpers_rule(scratch_install, user_dir, how):
             message = " ".join(f[4] for f in found)
             assert {"through-user-link": "through another symbolic link",
                     "to-a-directory": "not a regular file",
-                    "writable-target": "writable by group or others"}[how] in message, found
+                    "writable-target": "writable by group or others",
+                    "dangling": "a link to nothing"}[how] in message, found
     finally:
         shutil.rmtree(store)

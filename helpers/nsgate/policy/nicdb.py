@@ -24,13 +24,11 @@ class NicLine:
 
 
 def parse(data: bytes) -> list[NicLine]:
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    return [NicLine(raw) for raw in lines if raw]
+    return [NicLine(raw) for raw in split_lines(data) if raw]
 
 
 def split_lines(data: bytes) -> list[bytes]:
+    """The lines of a newline-separated file, a missing final newline allowed."""
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()

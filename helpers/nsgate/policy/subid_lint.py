@@ -5,6 +5,7 @@ findings out; the parsing is policy.subid's, the very one the helpers use."""
 from nsgate.policy import subid
 from nsgate.policy.accounts import Accounts
 from nsgate.policy.findings import Finding, text
+from nsgate.policy.nicdb import split_lines
 from nsgate.policy.numbers import is_canonical
 
 NAMES = {"uid": "subuid", "gid": "subgid"}
@@ -15,10 +16,7 @@ def is_blank_or_comment(raw: bytes) -> bool:
 
 
 def numbered_lines(data: bytes) -> list[tuple[int, bytes]]:
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    return list(enumerate(lines, 1))
+    return list(enumerate(split_lines(data), 1))
 
 
 def valid_lines(data: bytes) -> list[subid.SubidLine]:

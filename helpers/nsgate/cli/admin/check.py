@@ -74,7 +74,10 @@ def _install_findings(libdir: str, libexecdir: str) -> list[Finding]:
             # A package's link to the distribution's _cffi_backend: the helpers follow it
             # (integrity._check_link), so the file it resolves to and its directories are linted.
             target = file_facts.resolved(st.path)
-            if target.mode is None or target.mode & 0o170000 != 0o100000:
+            if target.mode is None:
+                findings.append(Finding(st.path, None, "install", f"the library path {st.path} "
+                                        "is a link to nothing: reinstall nsgate"))
+            elif target.mode & 0o170000 != 0o100000:
                 findings.append(Finding(st.path, None, "install", f"the library path {st.path} "
                                         f"links to {target.path}, which is not a regular file"))
             elif target.path != file_facts.lexical_target(st.path):
