@@ -98,6 +98,20 @@ def ip_links(pid: int | None = None) -> dict[str, dict]:
     return {link["ifname"]: link for link in json.loads(out)}
 
 
+NET_ADDR_RANDOM, NET_ADDR_SET = 1, 3  # include/linux/netdevice.h
+
+
+def addr_assign_type(ifname: str, pid: int | None = None) -> int:
+    """How the kernel says `ifname`'s MAC was assigned (random at birth, or set later), in the
+    test's netns or in the netns of `pid`; read from a sysfs mounted for that netns."""
+    net = f"/proc/{pid}/ns/net" if pid is not None else "/proc/self/ns/net"
+    out = subprocess.run(
+        ["nsenter", f"--net={net}", "unshare", "--mount", "--propagation", "private", "sh", "-c",
+         'mount -t sysfs sysfs /sys && cat "/sys/class/net/$1/addr_assign_type"', "sh", ifname],
+        capture_output=True, check=True, timeout=10).stdout
+    return int(out)
+
+
 def link_kind(link: dict) -> str | None:
     return link.get("linkinfo", {}).get("info_kind")
 
