@@ -104,17 +104,27 @@ class ShadowLock:
         try:
             self._link_lock()
         except BaseException:
-            posix.close(self._pwd_fd)
-            self._pwd_fd = -1
+            self.release()
             raise
 
-    def release(self) -> None:
+    def release(self) -> list[str]:
+        """Drop both locks; never raises (what it could not do is returned as notes), as it
+        runs after the file may have been changed."""
+        notes = []
         if self._linked:
-            _unlink(self.lock)
             self._linked = False
+            try:
+                _unlink(self.lock)
+            except OSError as err:
+                notes.append(f"cannot remove the lock {self.lock} ({err.strerror}): it names "
+                             "this process, so the next writer takes it over as stale")
         if self._pwd_fd >= 0:
-            posix.close(self._pwd_fd)  # drops the fcntl lock
-            self._pwd_fd = -1
+            fd, self._pwd_fd = self._pwd_fd, -1
+            try:
+                posix.close(fd)  # drops the fcntl lock; the fd is gone even if close fails
+            except OSError:
+                pass
+        return notes
 
     def _link_lock(self) -> None:
         deadline = time.monotonic() + LOCK_WAIT_SECONDS
@@ -122,7 +132,6 @@ class ShadowLock:
         while True:
             holder = self._try_once()
             if holder is None:
-                self._linked = True
                 return
             if time.monotonic() > deadline:
                 raise Refusal(f"{self.lock} is held by process {holder}, which is still "
@@ -162,8 +171,9 @@ class ShadowLock:
         except FileExistsError:
             return False
         # As shadow: the lock is ours only if our file is the lock (two links, ours and it).
+        # Anything else is not ours to remove: whoever made it so owns it.
         if posix.stat(mine).st_nlink != 2:
-            _unlink(self.lock)
             raise Refusal(f"cannot lock {self.path}: {self.lock} did not become our file",
                           "nothing was changed")
+        self._linked = True  # before anything else can fail: release() then removes it
         return True

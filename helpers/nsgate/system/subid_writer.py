@@ -74,6 +74,8 @@ def _sync_directory(path: str) -> None:
 
 
 def _commit(path: str, current: _Current, content: bytes) -> None:
+    """Everything up to and including the rename that makes `content` the file's; if this
+    raises, the file keeps its previous content."""
     st = current.st
     if st is not None:
         backup = path + "-"
@@ -84,13 +86,24 @@ def _commit(path: str, current: _Current, content: bytes) -> None:
     else:
         uid, gid, mode = 0, 0, NEW_FILE_MODE
     _write_file(path + "+", content, uid, gid, mode)
-    posix.rename(path + "+", path)
-    _sync_directory(path)
+    try:
+        posix.rename(path + "+", path)
+    except OSError:
+        _remove_quietly(path + "+")
+        raise
 
 
-def edit(path: str, change: "Callable[[bytes], Edit]") -> str:
+def _remove_quietly(path: str) -> None:
+    try:
+        posix.unlink(path)
+    except OSError:
+        pass  # the next writer removes it before it writes its own
+
+
+def edit(path: str, change: "Callable[[bytes], Edit]") -> tuple[str, list[str]]:
     """Apply `change` (pure: old content in, new content out, or a Refusal) to `path` under
-    shadow's lock; what was done."""
+    shadow's lock; what was done, and notes on what went wrong after it was done."""
+    notes: list[str] = []
     previous = _signal.pthread_sigmask(_signal.SIG_BLOCK, _HELD_OFF)
     try:
         lock = ShadowLock(path)
@@ -105,8 +118,18 @@ def edit(path: str, change: "Callable[[bytes], Edit]") -> str:
             except OSError as err:
                 raise Refusal(f"cannot write {path}: {err.strerror}",
                               f"{path} keeps its previous content") from None
+            # From here on the change is made: a failure is a note, never "nothing changed".
+            try:
+                _sync_directory(path)
+            except OSError as err:
+                notes.append(f"{path} is changed, but syncing its directory failed "
+                             f"({err.strerror}): a crash now could still bring back the "
+                             "previous content")
         finally:
-            lock.release()
+            notes.extend(lock.release())
     finally:
-        _signal.pthread_sigmask(_signal.SIG_SETMASK, previous)
-    return result.report
+        try:
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, previous)
+        except OSError:
+            pass  # cannot fail with a mask it returned; the command ends next anyway
+    return result.report, notes

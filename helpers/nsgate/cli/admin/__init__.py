@@ -42,6 +42,9 @@ See nsgate(8).
 """
 
 
+OUTPUT_FAILED = "cannot write to standard output (what the command did is done)"
+
+
 def main(argv: list[str], *, libdir: str, libexecdir: str) -> int:
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):  # any locale: a name it cannot show is escaped
@@ -77,6 +80,10 @@ def main(argv: list[str], *, libdir: str, libexecdir: str) -> int:
         sys.stdout.flush()
     except BrokenPipeError:
         posix.dup2(posix.open("/dev/null", posix.O_WRONLY), 1)
+    except OSError as err:
+        posix.dup2(posix.open("/dev/null", posix.O_WRONLY), 1)  # nothing left to flush at exit
+        sys.stderr.write(f"nsgate: {OUTPUT_FAILED}: {err.strerror}\n")
+        return 1
     return status
 
 

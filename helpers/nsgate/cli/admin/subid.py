@@ -9,6 +9,7 @@ from nsgate.cli.admin.common import (
     load_accounts,
     number,
     parse,
+    print_note,
     read,
     require_root,
     words,
@@ -56,14 +57,16 @@ def run(out: Out, argv: list[str]) -> int:
     from nsgate.system import subid_writer
 
     if action == "add":
-        report = subid_writer.edit(path, lambda data: subid_edit.add(
+        report, notes = subid_writer.edit(path, lambda data: subid_edit.add(
             data, path, kind, owner, start, size, accounts))
     elif action == "remove":
-        report = subid_writer.edit(path, lambda data: subid_edit.remove(
+        report, notes = subid_writer.edit(path, lambda data: subid_edit.remove(
             data, path, owner, start, size, accounts))
     else:
         login_defs = read(LOGIN_DEFS, []) or b""
-        report = subid_writer.edit(path, lambda data: subid_edit.allocate(
+        report, notes = subid_writer.edit(path, lambda data: subid_edit.allocate(
             data, path, kind, owner, login_defs, size_arg, accounts))
+    for note in notes:
+        print_note(note)
     out.say(report)
     return 0
