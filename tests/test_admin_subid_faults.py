@@ -79,6 +79,15 @@ def assert_whole(path: Path) -> list[bytes]:
     return lines
 
 
+@pytest.fixture(autouse=True)
+def no_leftovers():
+    """What killed writers leave (their `subuid.<pid>` link files, as shadow's would) is not
+    carried into the session's later tests."""
+    yield
+    for leftover in [*Path("/etc").glob("subuid.[0-9]*"), BACKUP, Path("/etc/subuid+")]:
+        leftover.unlink(missing_ok=True)
+
+
 @pytest.mark.parametrize("fault", ["signal=KILL", "error=EIO"])
 def test_every_system_call_of_an_add_is_a_safe_place_to_fail(fault):
     write_etc("subuid", ORIGINAL)
