@@ -84,6 +84,15 @@ def read_small(path: str, limit: int = 1 << 20) -> bytes | None:
     return data
 
 
+def close_quietly(fd: int) -> None:
+    """Close `fd` once the work it served is done: Linux frees the descriptor (and drops its
+    locks) even when close(2) reports an error, so there is nothing left to undo or report."""
+    try:
+        posix.close(fd)
+    except OSError:
+        pass
+
+
 def write_all(fd: int, content: bytes) -> None:
     """Write all of `content` (a full disk or a file size limit raises, never truncates)."""
     view = memoryview(content)

@@ -79,7 +79,7 @@ class Locked:
             _signal.signal(_signal.SIGALRM, previous)
 
     def release(self) -> None:
-        posix.close(self.fd)  # closing the last fd releases the flock
+        files.close_quietly(self.fd)  # closing the last fd releases the flock
 
 
 def read() -> bytes:

@@ -217,7 +217,10 @@ class Rtnl:
         self._seq = 0
 
     def close(self) -> None:
-        self._sock.close()
+        try:
+            self._sock.close()
+        except OSError:
+            pass  # the socket is gone all the same (see files.close_quietly)
 
     def __enter__(self) -> "Rtnl":
         return self

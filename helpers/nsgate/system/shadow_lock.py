@@ -18,6 +18,7 @@ import posix
 import time
 
 from nsgate.errors import Refusal
+from nsgate.system import files
 
 PWD_LOCK = "/etc/.pwd.lock"
 LOCK_WAIT_SECONDS = 15.0
@@ -119,11 +120,8 @@ class ShadowLock:
                 notes.append(f"cannot remove the lock {self.lock} ({err.strerror}): it names "
                              "this process, so the next writer takes it over as stale")
         if self._pwd_fd >= 0:
-            fd, self._pwd_fd = self._pwd_fd, -1
-            try:
-                posix.close(fd)  # drops the fcntl lock; the fd is gone even if close fails
-            except OSError:
-                pass
+            files.close_quietly(self._pwd_fd)  # drops the fcntl lock
+            self._pwd_fd = -1
         return notes
 
     def _link_lock(self) -> None:
