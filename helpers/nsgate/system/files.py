@@ -93,6 +93,15 @@ def close_quietly(fd: int) -> None:
         pass
 
 
+def remove_quietly(path: str) -> None:
+    """Remove a temporary file a failed step leaves; if that fails too, the next writer
+    removes it before it writes its own."""
+    try:
+        posix.unlink(path)
+    except OSError:
+        pass
+
+
 def write_all(fd: int, content: bytes) -> None:
     """Write all of `content` (a full disk or a file size limit raises, never truncates)."""
     view = memoryview(content)

@@ -89,15 +89,8 @@ def _commit(path: str, current: _Current, content: bytes) -> None:
     try:
         posix.rename(path + "+", path)
     except OSError:
-        _remove_quietly(path + "+")
+        files.remove_quietly(path + "+")
         raise
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        posix.unlink(path)
-    except OSError:
-        pass  # the next writer removes it before it writes its own
 
 
 def edit(path: str, change: "Callable[[bytes], Edit]") -> tuple[str, list[str]]:
