@@ -65,6 +65,9 @@ def sandbox() -> None:
     if os.geteuid() != 0:
         pytest.exit("the nsgate tests run as root (they create namespaces and test users)", 2)
     _enter_private_namespaces()
+    # The test users' processes inherit the working directory: a checkout under /root or in a
+    # 0700 mktemp directory is not theirs to enter (python3 -c then fails on its own sys.path).
+    os.chdir("/")
     # A fresh /run of the test's own: nothing the tests make there (the sandbox, /run/lxc)
     # appears on the host, not even an empty mount point.
     subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "nsgate-run", "/run"], check=True)
