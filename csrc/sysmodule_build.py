@@ -21,6 +21,7 @@ int setfsgid(gid_t fsgid);
 int nsg_capget(uint64_t *effective, uint64_t *permitted, uint64_t *inheritable);
 int nsg_capset(uint64_t effective, uint64_t permitted, uint64_t inheritable);
 long nsg_fstatfs_type(int fd);
+int nsg_ioprio_set_default(void);
 
 int nsg_seccomp_allow_only(const char **names, int count, int refusal_errno);
 
@@ -72,6 +73,13 @@ static int nsg_capset(uint64_t effective, uint64_t permitted, uint64_t inheritab
           (uint32_t)(inheritable >> 32) },
     };
     return (int)syscall(SYS_capset, &head, data);
+}
+
+/* This process's I/O priority back to the kernel's default (IOPRIO_CLASS_NONE: it follows the
+ * nice value), whatever class its caller gave it. */
+static int nsg_ioprio_set_default(void)
+{
+    return (int)syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, 0, 0);
 }
 
 static long nsg_fstatfs_type(int fd)

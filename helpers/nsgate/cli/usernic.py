@@ -5,7 +5,9 @@ create, in order, each step before any change:
   parse and validate every name; identify the caller; find the applicable grants; check the
   bridge (a Linux bridge, an OVS bridge, or `none`); open the target's netns once, as the caller;
   prove the caller holds CAP_NET_ADMIN over that very netns, as the caller. Then, with every id
-  root so the caller can no longer stop or kill the helper: lock the database, prune stale lines,
+  root so the caller can no longer stop or kill the helper, out of the caller's cgroups and
+  scheduling so it cannot freeze or starve it (system/detach.py), with only the capabilities the
+  action needs (confine): lock the database, prune stale lines,
   check the quota, create the pair with the peer born in the netns by fd, set it up, attach it,
   record it, unlock. Any failure rolls all of it back. The result line is written after all
   privilege is dropped, in one write.
@@ -20,6 +22,7 @@ from nsgate.system import (
     audit,
     confine,
     credentials,
+    detach,
     files,
     kernel,
     netns,
@@ -37,16 +40,22 @@ if TYPE_CHECKING:
 
 USERNET = "/etc/lxc/lxc-usernet"
 DEFAULT_MTU = 1500
+# Every capability a run can use, from the start: setns in and out of the target's netns
+# (CAP_SYS_ADMIN, until the proof), the credential changes (CAP_SET[UG]ID), leaving the caller's
+# scheduling (CAP_SYS_NICE), cutting the bounding set (CAP_SETPCAP) and the action itself.
+RUN_CAPS = [kernel.CAP_NET_ADMIN, kernel.CAP_SYS_ADMIN, kernel.CAP_SETUID, kernel.CAP_SETGID,
+            kernel.CAP_SYS_NICE, kernel.CAP_SETPCAP]
 
 
 class Caller:
-    """The caller's real ids, name and supplementary group names (lxc-user-nic.md §5.2)."""
+    """The caller as /etc/lxc/lxc-usernet names it: its user name and the tokens of its groups
+    (lxc-user-nic.md §5.2), with its kernel ids (`credentials.CallerIds`)."""
 
     def __init__(self) -> None:
         import grp
         import pwd
 
-        self.ids = credentials.Caller()
+        self.ids = credentials.CallerIds()
         try:
             self.name = pwd.getpwuid(self.ids.uid).pw_name.encode("utf-8", "surrogateescape")
         except KeyError:
@@ -67,7 +76,7 @@ class Caller:
 
 def main(argv: list[str]) -> tuple[int, str, str]:
     """The exit status, the text for stdout and the text for stderr."""
-    ids = credentials.Caller()
+    ids = credentials.CallerIds()
     args = [arg.encode("utf-8", "surrogateescape") for arg in argv]
     what = f"caller uid {ids.uid}, lxc-user-nic " + " ".join(
         repr(arg[:40])[2:-1] for arg in args[:8])
@@ -75,6 +84,7 @@ def main(argv: list[str]) -> tuple[int, str, str]:
         credentials.harden_process()
         request = parse(args)
         credentials.require_capability(kernel.CAP_NET_ADMIN)
+        credentials.limit_capabilities(RUN_CAPS)
         caller = Caller()
         if request.verb == "create":
             line = _create(caller, request)
@@ -94,6 +104,14 @@ def main(argv: list[str]) -> tuple[int, str, str]:
 
 
 def _grants(caller: Caller, request: NicRequest) -> list[usernet.Grant]:
+    owner = nicnames.private_bridge_uid(request.bridge)
+    if owner is not None and owner != caller.ids.uid:
+        raise Refusal(f"bridge {request.bridge.decode()} is the private bridge of uid {owner}: "
+                      f"it is not granted to {caller.shown}",
+                      "a private bridge does not isolate its ports, so nsgate puts only its "
+                      f"owner's nics on it; a {USERNET} line granting it to another user or a "
+                      "group is a mistake (nsgate check reports it): grant nsgate-private for "
+                      "a bridge of the user's own, or a shared bridge")
     data = files.read_small(USERNET)
     if data is None:
         raise Refusal(f"no {USERNET}: the administrator grants nics there",
@@ -162,6 +180,7 @@ def _create(caller: Caller, request: NicRequest) -> str:
         with inside:
             peer = _container_name(inside, request.nicname)
             credentials.become_unsignalable(caller.ids)
+            detach.from_caller()
             if attach is not None and attach.is_ovs:
                 attach.ovs = ovs.Runner(_host_port_commands(attach.name, caller.ids.uid))
             try:
@@ -286,6 +305,7 @@ def _delete(caller: Caller, request: NicRequest) -> None:
     if not tokens:  # only lines of owners granted this type and bridge (§8.2)
         _refuse_delete(caller, request, dev)
     credentials.become_unsignalable(caller.ids)
+    detach.from_caller()
     command = ("del-port", request.bridge.decode(), dev.decode())
     with ovs.Runner(lambda args: args == command) as runner:
         confine.confine([kernel.CAP_SETUID, kernel.CAP_SETGID], confine.NIC_MAKER)

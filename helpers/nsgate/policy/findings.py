@@ -18,6 +18,7 @@ CODES = {
     "not-a-bridge": ERROR,
     "stale-nic": WARNING,
     "foreign-nic": ERROR,
+    "private-bridge": ERROR,
     "install": ERROR,
 }
 

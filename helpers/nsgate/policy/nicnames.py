@@ -12,6 +12,23 @@ def valid_ifname(name: bytes) -> bool:
             and not name.translate(None, _ALLOWED))
 
 
+PRIVATE_BRIDGE_PREFIX = b"nsgu"
+
+
+def private_bridge_name(uid: int) -> bytes:
+    """The per-user bridge nsgate makes for `uid` (system/private_bridge.py)."""
+    return PRIVATE_BRIDGE_PREFIX + b"%d" % uid
+
+
+def private_bridge_uid(name: bytes) -> int | None:
+    """The uid whose per-user bridge `name` is, None for a name no uid's bridge has."""
+    digits = name[len(PRIVATE_BRIDGE_PREFIX):]
+    if not name.startswith(PRIVATE_BRIDGE_PREFIX) or not digits.isdigit():
+        return None
+    uid = int(digits)
+    return uid if private_bridge_name(uid) == name else None
+
+
 def host_veth_name(uid: int, random: bytes) -> bytes:
     """`veth<uid>_XXXX` for 0 < uid <= 65536, else `vethXXXXXX` (the reference's scheme); the
     X are drawn from `random` (at least 6 bytes)."""

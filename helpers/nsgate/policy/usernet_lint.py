@@ -3,7 +3,7 @@ not parse, grants that grant nothing, bridges that are missing or are not bridge
 lines whose interface is gone or whose owner holds no grant. Bytes and facts in, findings out;
 the parsers are the ones lxc-user-nic uses."""
 
-from nsgate.policy import nicdb, usernet
+from nsgate.policy import nicdb, nicnames, usernet
 from nsgate.policy.accounts import Accounts
 from nsgate.policy.findings import Finding, text
 from nsgate.policy.subid_lint import is_blank_or_comment, numbered_lines
@@ -55,6 +55,7 @@ def _grant_findings(path: str, grant: usernet.Grant, accounts: Accounts,
         found.append(Finding(path, grant.lineno, "grants-nothing",
                              f"count {grant.number} grants no nic: give a count of 1 or more, "
                              "or remove the line"))
+    found += _private_bridge_findings(path, grant, accounts)
     if links is not None and grant.bridge not in (NO_BRIDGE, PRIVATE_BRIDGE):
         bridge = grant.bridge.decode("utf-8", "surrogateescape")
         shown = text(grant.bridge)
@@ -70,6 +71,24 @@ def _grant_findings(path: str, grant: usernet.Grant, accounts: Accounts,
                                  "bridge, so no nic can be attached to it: name a bridge "
                                  "(or 'none')"))
     return found
+
+
+def _private_bridge_findings(path: str, grant: usernet.Grant,
+                             accounts: Accounts) -> list[Finding]:
+    """A grant of `nsgu<uid>` (uid's private bridge) to anyone but that uid: lxc-user-nic
+    refuses it, and it would put the grantee's containers on a bridge that isolates nothing."""
+    owner = nicnames.private_bridge_uid(grant.bridge)
+    if owner is None or accounts.uid_of.get(grant.token) == owner:
+        return []
+    token, shown = text(grant.token), text(grant.bridge)
+    whom = (f"every member of group {token[1:]}" if grant.token.startswith(b"@")
+            else f"{token}")
+    return [Finding(path, grant.lineno, "private-bridge",
+                    f"{shown} is the private bridge of uid {owner}: its ports are not isolated "
+                    f"from each other, so granting it to {whom} would put their containers "
+                    f"beside uid {owner}'s, and lxc-user-nic refuses it: grant "
+                    f"'{token} veth nsgate-private {grant.number}' (a bridge of their own) or a "
+                    "shared bridge instead")]
 
 
 def lint_nics(path: str, data: bytes, usernet_grants: list[usernet.Grant],

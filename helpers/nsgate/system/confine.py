@@ -1,12 +1,14 @@
-"""Self-confinement once a helper has decided and is about to act: the capability bounding set
-cut to the action's capabilities, no_new_privs, not dumpable, and a seccomp filter allowing only
-the system calls the rest of the run makes (issue 4). Whatever else the process tried would fail
-with EPERM, which the helper reports like any error.
+"""Self-confinement once a helper has decided and is about to act: the code it has loaded
+checked again (system/integrity.py: every module imported since start-up must be root's alone),
+the capability bounding set, effective and permitted sets cut to the action's capabilities,
+no_new_privs, not dumpable, and a seccomp filter allowing only the system calls the rest of the
+run makes (issue 4). Whatever else the process tried would fail with EPERM, which the helper
+reports like any error.
 """
 
 import posix
 
-from nsgate.system import kernel
+from nsgate.system import credentials, integrity, kernel
 
 # What Python itself needs to keep running and to exit: memory, signals, time, its own ids.
 _RUNTIME = ("brk", "mmap", "munmap", "mremap", "madvise", "mprotect", "futex",
@@ -45,7 +47,9 @@ def _drop_bounding_set(keep: "list[int]") -> None:
 
 
 def confine(keep_caps: "list[int]", syscalls: "tuple[str, ...]") -> None:
+    integrity.verify_loaded_modules()
     _drop_bounding_set(keep_caps)
+    credentials.limit_capabilities(keep_caps)
     kernel.prctl(kernel.PR_SET_NO_NEW_PRIVS, 1)
     kernel.prctl(kernel.PR_SET_DUMPABLE, 0)
     kernel.seccomp_allow_only(syscalls, 1)  # EPERM

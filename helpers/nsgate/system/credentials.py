@@ -11,8 +11,10 @@ from nsgate.errors import Refusal
 from nsgate.system import kernel
 
 
-class Caller:
-    """The real ids of the process that ran the helper, and how this process holds privilege."""
+class CallerIds:
+    """The real ids of the process that ran the helper, and how this process holds privilege:
+    what every credential change below starts from. (lxc-user-nic's `Caller` adds the names its
+    policy file matches.)"""
 
     __slots__ = ("gid", "setuid_root", "uid")
 
@@ -52,12 +54,22 @@ def require_capability(cap: int) -> None:
                   "chmod 4755 on the helper")
 
 
+def limit_capabilities(keep: list[int]) -> None:
+    """Effective and permitted cut to `keep` (at most), for good: what the rest of the run
+    needs, nothing a bug or a confused step could use beyond it."""
+    mask = 0
+    for cap in keep:
+        mask |= kernel.bit(cap)
+    effective, permitted, _ = kernel.capabilities()
+    kernel.set_capabilities(effective & mask, permitted & mask, 0)
+
+
 def has_capability(cap: int) -> bool:
     _, permitted, _ = kernel.capabilities()
     return bool(permitted & kernel.bit(cap))
 
 
-def act_as_caller(caller: Caller) -> None:
+def act_as_caller(caller: CallerIds) -> None:
     """Effective uid = the caller's, no effective capabilities: the kernel checks the caller."""
     if caller.setuid_root:
         posix.seteuid(caller.uid)  # from 0: clears the effective set, the saved uid keeps 0
@@ -66,13 +78,13 @@ def act_as_caller(caller: Caller) -> None:
         kernel.set_capabilities(0, permitted)
 
 
-def act_as_root(caller: Caller) -> None:
+def act_as_root(caller: CallerIds) -> None:
     """Back to full privilege for reading root's files (setuid mode; a no-op with file caps)."""
     if caller.setuid_root:
         posix.seteuid(0)
 
 
-def become_map_writer(caller: Caller, caps: list[int]) -> None:
+def become_map_writer(caller: CallerIds, caps: list[int]) -> None:
     """The reference's sequence before opening a map file: euid = caller, and effective =
     permitted = exactly `caps`, nothing inheritable (newuidmap.md §8.2, security-cases A7)."""
     if posix.geteuid() != caller.uid:
@@ -83,7 +95,7 @@ def become_map_writer(caller: Caller, caps: list[int]) -> None:
     kernel.set_capabilities(mask, mask, 0)
 
 
-def become_unsignalable(caller: Caller) -> None:
+def become_unsignalable(caller: CallerIds) -> None:
     """Every uid root: the caller may signal a process only through its real or saved uid, so
     from here on it can neither stop nor kill the helper (lxc-user-nic.md §10 item 8)."""
     if not caller.setuid_root:
@@ -93,7 +105,7 @@ def become_unsignalable(caller: Caller) -> None:
     posix.setresgid(0, 0, 0)  # files it creates from here on are root's alone
 
 
-def drop_all(caller: Caller) -> None:
+def drop_all(caller: CallerIds) -> None:
     """Irreversibly become the caller, with no capabilities: before any output is written."""
     try:
         posix.setresgid(caller.gid, caller.gid, caller.gid)

@@ -9,14 +9,17 @@ CAP_SETUID = 7
 CAP_NET_ADMIN = 12
 CAP_SETPCAP = 8
 CAP_SYS_ADMIN = 21
+CAP_SYS_NICE = 23
 CAP_SETFCAP = 31
 CAP_NAMES = {CAP_SETGID: "CAP_SETGID", CAP_SETUID: "CAP_SETUID", CAP_NET_ADMIN: "CAP_NET_ADMIN",
-             CAP_SYS_ADMIN: "CAP_SYS_ADMIN", CAP_SETFCAP: "CAP_SETFCAP"}
+             CAP_SYS_ADMIN: "CAP_SYS_ADMIN", CAP_SYS_NICE: "CAP_SYS_NICE",
+             CAP_SETFCAP: "CAP_SETFCAP"}
 
 PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAPBSET_READ = 23
+PR_SET_TIMERSLACK = 29
 PR_GET_NO_NEW_PRIVS = 39
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
@@ -57,6 +60,10 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0) -> int:
 
 def fstatfs_type(fd: int) -> int:
     return _check(lib.nsg_fstatfs_type(fd), "fstatfs")
+
+
+def ioprio_set_default() -> None:
+    _check(lib.nsg_ioprio_set_default(), "ioprio_set")
 
 
 def seccomp_allow_only(syscalls: "tuple[str, ...]", refusal_errno: int) -> None:

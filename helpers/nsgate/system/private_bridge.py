@@ -10,6 +10,7 @@ host through it) and accepts no router advertisements. Call with the database lo
 import posix
 
 from nsgate.errors import Refusal
+from nsgate.policy import nicnames
 from nsgate.system import nicdb_store, ports, rtnl
 
 RESERVED_NAME = b"nsgate-private"
@@ -17,7 +18,7 @@ RECORD_PATH = nicdb_store.DB_DIR + "/nsgate-bridges"
 
 
 def bridge_name(uid: int) -> str:
-    return f"nsgu{uid}"
+    return nicnames.private_bridge_name(uid).decode()
 
 
 def _recorded() -> set[bytes]:
