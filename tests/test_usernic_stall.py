@@ -273,3 +273,25 @@ def test_the_helper_holds_only_the_actions_capabilities(verb):
         assert status == 0, err
     else:  # nothing recorded for alice there
         assert status == 1 and b"not allowed to delete" in err, err
+
+
+# --- where the move is impossible ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alice_cgroup", ["v1"], indirect=True)
+def test_a_cgroup_namespace_rooted_in_the_callers_cgroup_is_refused(alice_cgroup):
+    """Fail closed: the helper runs in a cgroup namespace whose root is alice's own freezer
+    cgroup, and that root is mounted nowhere in its mount namespace (the mount shows the
+    hierarchy above it). The helper cannot leave alice's reach, so it refuses before the lock
+    and creates nothing."""
+    alice_ctr = Proc.container(ALICE)
+    procs = alice_cgroup / "cgroup.procs"
+    proc = start_helper(["unshare", "--cgroup", *alice_create_argv(alice_ctr.pid, "a0")],
+                        lambda: procs.write_text(str(os.getpid())))
+    status, out, err = finish(proc)
+    assert status == 1 and out == b""
+    assert err.startswith(b"lxc-user-nic: cannot leave the caller's cgroup in freezer: the root "
+                          b"of that hierarchy is not mounted in this mount namespace\n"), err
+    assert b"freeze or throttle" in err
+    assert set(alice_ctr.links()) == {"lo"}
+    assert db_entries() == []
