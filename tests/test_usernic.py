@@ -1223,13 +1223,19 @@ def test_delete_runs_the_system_ovs_vsctl_only(fake_ovs, user_dir):
 @pytest.fixture
 def netns_sysfs() -> Iterator[None]:
     """The reference finds bridges and live nics through /sys/class/net, which shows the links
-    of the netns that mounted sysfs: mount one for the test's netns, for this test only."""
+    of the netns that mounted sysfs: mount one for the test's netns, for this test only. The
+    cgroup hierarchies stay where they were (/sys/fs/cgroup): nsgate's helper needs them."""
+    cgroups = WORK / "cgroup"
+    cgroups.mkdir(mode=0o755, exist_ok=True)
+    subprocess.run(["mount", "--rbind", "/sys/fs/cgroup", str(cgroups)], check=True)
     subprocess.run(["mount", "-t", "sysfs", "nsgate-sysfs", "/sys"], check=True)
+    subprocess.run(["mount", "--rbind", str(cgroups), "/sys/fs/cgroup"], check=True)
     try:
         assert Path("/sys/class/net/br0/bridge").is_dir()
         yield
     finally:
-        subprocess.run(["umount", "/sys"], check=True)
+        subprocess.run(["umount", "-R", "/sys"], check=True)
+        subprocess.run(["umount", "-R", str(cgroups)], check=True)
 
 
 def _observe(result: subprocess.CompletedProcess[bytes], ctr: Proc) -> dict:
