@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ALICE, BOB, write_etc
+from tests.support import ALICE, BOB, SANDBOX, write_etc
 from tests.usernic_support import (
     DB_DIR,
     LOCK,
@@ -295,3 +295,53 @@ def test_a_cgroup_namespace_rooted_in_the_callers_cgroup_is_refused(alice_cgroup
     assert b"freeze or throttle" in err
     assert set(alice_ctr.links()) == {"lo"}
     assert db_entries() == []
+
+
+def _into_root_cgroups_then(cgroup: Path) -> None:
+    """In the child, as root: the root cgroup of every hierarchy, then `cgroup` (freezer)."""
+    pid = str(os.getpid())
+    for procs in Path("/sys/fs/cgroup").glob("*/cgroup.procs"):
+        procs.write_text(pid)
+    (cgroup / "cgroup.procs").write_text(pid)
+
+
+@pytest.mark.parametrize("owner", ["root", "alice"])
+def test_a_containers_cgroup_namespace_root_is_joined_when_it_is_roots(owner):
+    """A container's cgroup namespace, rooted at freezer cgroup R, with its own cgroupfs mounted
+    (as a container's runtime does): the helper of a user inside leaves its cgroups for R, the
+    root it can see, when R is root's alone (its root and manager control it, not the caller);
+    when R was delegated to the caller, the helper refuses before the lock."""
+    container_root = FREEZER / f"nsgt-ns-{os.getpid()}"
+    container_root.mkdir()
+    if owner == "alice":
+        for entry in [container_root, *container_root.iterdir()]:
+            os.chown(entry, ALICE.uid, ALICE.gid)
+    alice_ctr = Proc.container(ALICE)
+    script = ('mkdir -p "$0" && mount -t cgroup -o freezer nsgt-freezer "$0" && exec "$@"')
+    argv = ["unshare", "--cgroup", "--mount", "--propagation", "private", "sh", "-c", script,
+            str(SANDBOX / f"freezer-{os.getpid()}"), *alice_create_argv(alice_ctr.pid, "a0")]
+    lock = HeldLock()
+    try:
+        proc = start_helper(argv, lambda: _into_root_cgroups_then(container_root))
+        if owner == "root":
+            wait_until(lambda: waits_on_lock(proc.pid) or proc.poll() is not None, TIMEOUT,
+                       "alice's helper blocked on the database lock")
+            assert proc.poll() is None, proc.communicate()
+            seen = cgroups_of(proc.pid)  # as the initial cgroup namespace sees it
+            assert seen["freezer"] == "/" + container_root.name, seen
+            assert all(path == "/" for name, path in seen.items() if name != "freezer"), seen
+    finally:
+        lock.release()
+    try:
+        status, out, err = finish(proc)
+        if owner == "root":
+            assert status == 0 and out.startswith(b"a0:"), err
+        else:
+            assert status == 1 and out == b""
+            assert err.startswith(f"lxc-user-nic: cannot leave the caller's cgroup in freezer "
+                                  f"for {SANDBOX}/freezer-{os.getpid()}: it is owned by uid "
+                                  f"{ALICE.uid} with mode 0755, not root's alone\n".encode()), err
+            assert set(alice_ctr.links()) == {"lo"}
+    finally:
+        container_root.rmdir()
+        (SANDBOX / f"freezer-{os.getpid()}").rmdir()
