@@ -137,6 +137,26 @@ def test_code_anyone_else_could_change_is_refused(tamper_prefix, victim, how):
         os.chmod(path, stat.S_IMODE(before.st_mode))
 
 
+@pytest.mark.parametrize("victim", ["lib/nsgate/nsgate/policy/usernet.py",
+                                    "lib/nsgate/_nsgate_sys.cpython-311-x86_64-linux-gnu.so"])
+@pytest.mark.parametrize("prog", ["lxc-user-nic", "getsubids"])
+def test_every_helper_refuses_code_anyone_else_could_change(tamper_prefix, victim, prog):
+    """The same rule for lxc-user-nic and getsubids (checked at start-up by every helper, and
+    again by `confine` before the first side effect)."""
+    path = tamper_prefix / victim
+    before = path.stat()
+    os.chown(path, ALICE.uid, -1)
+    try:
+        args = (["create", "x", "x", "1", "veth", "br0"] if prog == "lxc-user-nic"
+                else ["nsgt-alice"])
+        result = run_as(ALICE, [str(tamper_prefix / "libexec/nsgate" / prog), *args])
+        assert result.returncode == 1 and result.stdout == b""
+        assert result.stderr.startswith(f"{prog}: refusing to run: {path} is owned by uid "
+                                        f"{ALICE.uid}".encode()), result.stderr
+    finally:
+        os.chown(path, before.st_uid, before.st_gid)
+
+
 def test_untampered_sandbox_install_works(tamper_prefix, target):
     result = run_as(ALICE, [str(tamper_prefix / "libexec/nsgate/newuidmap"), str(target.pid),
                             "0", "200000", "10"])
