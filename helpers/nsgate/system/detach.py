@@ -35,7 +35,10 @@ _WHY = ("while it stays there its caller could freeze or throttle it as it holds
 
 def from_caller() -> None:
     """Leave the caller's cgroups and scheduling. Call with every id root, before the lock."""
-    _leave_caller_cgroups()
+    try:
+        _leave_caller_cgroups()
+    except OSError as err:  # reading /proc/self: the move itself names its own failures
+        raise Refusal(f"cannot leave the caller's cgroups: {err.strerror}", _WHY) from None
     _reset_scheduling()
 
 
