@@ -853,6 +853,10 @@ def test_a_stopped_or_killed_caller_blocks_nobody():
             sig = signal.SIGSTOP if i % 3 else signal.SIGKILL
             answer = signaller.send(sig, proc.pid)
             assert answer in ("sent", "eperm", "gone")
+            if answer == "sent":  # it acts on it when it next leaves the kernel (a cgroup move
+                # can take a while): wait for the kernel to show it stopped or dead
+                wait_until(lambda pid=proc.pid: _state(pid) in ("T", "Z", "gone"), 15,
+                           "the signal")
             if _state(proc.pid) == "T":
                 stopped_while_bob_ran += 1
             started = time.monotonic()
