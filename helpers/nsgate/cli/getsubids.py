@@ -1,10 +1,9 @@
-"""getsubids [-g] USER: list the subordinate ranges the map helpers would honour for USER, in
-shadow's format `<index>: <user as given> <start> <count>` (newuidmap.md §9). Unprivileged."""
-
-import pwd
+"""getsubids [-g] USER: list USER's subordinate ranges as shadow 4.13's getsubids selects them
+(lines keyed by USER as given, and by the decimal id of the user, with -g the group, of that
+name), of the lines the map helpers honour, in shadow's format `<index>: <user as given> <start>
+<count>` (newuidmap.md §9). Unprivileged."""
 
 from nsgate.errors import Refusal
-from nsgate.policy.numbers import UINT32_MAX, parse_decimal
 from nsgate.system import confine, files, subid_db
 
 USAGE = ("Usage: getsubids [-g] user\n"
@@ -18,11 +17,10 @@ def main(argv: list[str]) -> tuple[int, str, str]:
         return 1, "", USAGE
     confine.confine([], confine.READER)  # unprivileged, and it stays within reading
     kind, owner = ("gid", argv[1]) if len(argv) == 2 and argv[0] == "-g" else ("uid", argv[0])
-    owner_bytes = owner.encode("utf-8", "surrogateescape")
-    uid = _resolve(owner_bytes)
     try:
-        ranges = [] if uid is None else subid_db.list_ranges(
-            kind, owner_bytes, uid, files.read_small("/etc/nsswitch.conf"))
+        ranges = subid_db.list_ranges(kind, owner.encode("utf-8", "surrogateescape"),
+                                      _id_of_name(kind, owner),
+                                      files.read_small("/etc/nsswitch.conf"))
     except Refusal as refusal:
         text = "".join(f"getsubids: {line}\n" for line in (refusal.first, *refusal.details))
         return 1, "", text
@@ -32,12 +30,18 @@ def main(argv: list[str]) -> tuple[int, str, str]:
     return 0, listing, ""
 
 
-def _resolve(owner: bytes) -> int | None:
-    """The uid a getsubids argument denotes: a decimal uid, or a user name."""
-    uid = parse_decimal(owner, UINT32_MAX)
-    if uid is not None:
-        return uid
+def _id_of_name(kind: str, owner: str) -> int | None:
+    """The id whose decimal form also keys `owner`'s lines, as shadow's get_owner_id finds it:
+    the uid of the user named `owner` (with -g, the gid of the group named `owner`); None if
+    there is none. A decimal argument is a name like any other (it is one only if such a user
+    exists)."""
     try:
-        return pwd.getpwnam(owner.decode("utf-8", "surrogateescape")).pw_uid
+        if kind == "gid":
+            import grp
+
+            return grp.getgrnam(owner).gr_gid
+        import pwd
+
+        return pwd.getpwnam(owner).pw_uid
     except (KeyError, ValueError):
         return None
