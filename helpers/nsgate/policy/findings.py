@@ -11,6 +11,7 @@ WARNING = "warning"
 CODES = {
     "syntax": ERROR,
     "grants-nothing": WARNING,
+    "shadow-grants": ERROR,
     "overlap": ERROR,
     "contains-real-id": ERROR,
     "unsafe-file": ERROR,

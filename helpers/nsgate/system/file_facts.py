@@ -61,6 +61,31 @@ def lexical_target(link: str) -> str:
     return posixpath.normpath(posixpath.join(posixpath.dirname(link), posix.readlink(link)))
 
 
+def holds(path: str, needle: bytes, limit: int = 64 << 20) -> bool:
+    """Whether the regular file `path` resolves to holds `needle` in its first `limit` bytes
+    (False if it cannot be read)."""
+    try:
+        fd = posix.open(path, posix.O_RDONLY | posix.O_NONBLOCK | posix.O_NOCTTY | posix.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if posix.fstat(fd).st_mode & _S_IFMT != _S_IFREG:
+            return False
+        tail, size = b"", 0
+        while size < limit:
+            part = posix.read(fd, 1 << 20)
+            if not part:
+                return False
+            if needle in tail + part:
+                return True
+            tail, size = part[-len(needle):], size + len(part)
+        return False
+    except OSError:
+        return False
+    finally:
+        posix.close(fd)
+
+
 def capability_xattr(path: str) -> bytes | None:
     try:
         return posix.getxattr(path, "security.capability", follow_symlinks=False)

@@ -3,6 +3,7 @@
 from nsgate.cli.admin.common import (
     NICS,
     PATHS,
+    SYSTEM_READERS,
     TRUSTED_FILES,
     USERNET,
     Args,
@@ -28,7 +29,7 @@ def run(out: Out, args: Args, libdir: str, libexecdir: str) -> int:
     for kind, path in PATHS.items():
         data = read(path, notes)
         if data is not None:
-            findings += subid_lint.lint(path, data, kind, accounts)
+            findings += subid_lint.lint(path, data, kind, accounts, _lenient_readers(kind))
     links = link_kinds(notes)
     usernet_data = read(USERNET, notes) or b""
     findings += usernet_lint.lint_usernet(USERNET, usernet_data, accounts, links)
@@ -50,6 +51,28 @@ def run(out: Out, args: Args, libdir: str, libexecdir: str) -> int:
         out.say(f"nsgate check: {errors} error{'s' * (errors != 1)}, {warnings} "
                 f"warning{'s' * (warnings != 1)}")
     return 1 if errors else 0
+
+
+def _lenient_readers(kind: str) -> list[str]:
+    """The privileged map helpers other than nsgate's that read the file of `kind`."""
+    from nsgate.policy import install_lint
+    from nsgate.system import file_facts
+
+    found = []
+    seen: set[str] = set()
+    for path in SYSTEM_READERS[kind]:
+        st = file_facts.resolved(path)
+        if st.mode is None or st.path in seen:
+            continue
+        seen.add(st.path)
+        name = "newuidmap" if kind == "uid" else "newgidmap"
+        code = install_lint.LAUNCHER_CODE.format(name).encode()
+        reader = install_lint.lenient_reader(
+            path, st, install_lint.effective_capabilities(file_facts.capability_xattr(st.path)),
+            kind, file_facts.holds(st.path, code))
+        if reader is not None:
+            found.append(reader)
+    return found
 
 
 def _install_findings(libdir: str, libexecdir: str) -> list[Finding]:
