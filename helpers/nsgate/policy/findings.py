@@ -20,6 +20,7 @@ CODES = {
     "stale-nic": WARNING,
     "foreign-nic": ERROR,
     "install": ERROR,
+    "lock-leftover": WARNING,
 }
 
 

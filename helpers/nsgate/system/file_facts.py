@@ -61,6 +61,41 @@ def lexical_target(link: str) -> str:
     return posixpath.normpath(posixpath.join(posixpath.dirname(link), posix.readlink(link)))
 
 
+def names_in(directory: str) -> list[str]:
+    try:
+        return posix.listdir(directory)
+    except OSError:
+        return []
+
+
+def head(path: str, limit: int = 64) -> bytes | None:
+    """The first `limit` bytes of a regular file (never through a symbolic link), None if it is
+    anything else or cannot be read."""
+    try:
+        fd = posix.open(path, _READ)
+    except OSError:
+        return None
+    try:
+        if posix.fstat(fd).st_mode & _S_IFMT != _S_IFREG:
+            return None
+        return posix.read(fd, limit)
+    except OSError:
+        return None
+    finally:
+        posix.close(fd)
+
+
+def process_runs(pid: int) -> bool:
+    """Whether process `pid` exists (a process we may not signal exists too)."""
+    try:
+        posix.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def holds(path: str, needle: bytes, limit: int = 64 << 20) -> bool:
     """Whether the regular file `path` resolves to holds `needle` in its first `limit` bytes
     (False if it cannot be read)."""

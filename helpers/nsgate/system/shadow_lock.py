@@ -10,6 +10,8 @@ theirs (shadow lib/commonio.c `commonio_lock`, glibc `lckpwdf`):
    link tried again. One without a readable pid is left alone and named.
 
 Release is the reverse: `FILE.lock` removed, then the fcntl lock dropped with its fd.
+A writer killed between making `FILE.<pid>` and removing it leaves that file behind:
+`nsgate check` reports it (policy/lock_lint.py).
 """
 
 import _signal

@@ -37,6 +37,7 @@ def run(out: Out, args: Args, libdir: str, libexecdir: str) -> int:
     if nics is not None and links is not None:
         findings += usernet_lint.lint_nics(NICS, nics, usernet_lint.grants(usernet_data),
                                            set(links))
+    findings += _lock_leftovers()
     findings += _install_findings(libdir, libexecdir)
     errors, warnings = count(findings, ERROR), count(findings, WARNING)
     for note in notes:
@@ -51,6 +52,21 @@ def run(out: Out, args: Args, libdir: str, libexecdir: str) -> int:
         out.say(f"nsgate check: {errors} error{'s' * (errors != 1)}, {warnings} "
                 f"warning{'s' * (warnings != 1)}")
     return 1 if errors else 0
+
+
+def _lock_leftovers() -> list[Finding]:
+    """The lock protocol's link files in /etc that killed writers left (policy.lock_lint)."""
+    from nsgate.policy import lock_lint
+    from nsgate.system import file_facts
+
+    findings = []
+    for name in sorted(file_facts.names_in("/etc")):
+        pid = lock_lint.link_file_pid(name)
+        if pid is not None:
+            path = f"/etc/{name}"
+            findings += lock_lint.lint_link_file(path, pid, file_facts.head(path),
+                                                 file_facts.process_runs(pid))
+    return findings
 
 
 def _lenient_readers(kind: str) -> list[str]:
