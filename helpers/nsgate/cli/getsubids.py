@@ -3,6 +3,9 @@
 name), of the lines the map helpers honour, in shadow's format `<index>: <user as given> <start>
 <count>` (newuidmap.md §9). Unprivileged."""
 
+import grp
+import pwd
+
 from nsgate.errors import Refusal
 from nsgate.system import confine, files, subid_db
 
@@ -37,11 +40,7 @@ def _id_of_name(kind: str, owner: str) -> int | None:
     exists)."""
     try:
         if kind == "gid":
-            import grp
-
             return grp.getgrnam(owner).gr_gid
-        import pwd
-
         return pwd.getpwnam(owner).pw_uid
     except (KeyError, ValueError):
         return None
