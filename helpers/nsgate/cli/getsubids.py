@@ -24,8 +24,7 @@ def main(argv: list[str]) -> tuple[int, str, str]:
         ranges = [] if uid is None else subid_db.list_ranges(
             kind, owner_bytes, uid, files.read_small("/etc/nsswitch.conf"))
     except Refusal as refusal:
-        text = "".join(f"getsubids: {line}\n" for line in (refusal.first, *refusal.details))
-        return 1, "", text
+        return 1, "", refusal.text("getsubids")
     if not ranges:
         return 1, "", "Error fetching ranges\n"
     listing = "".join(f"{i}: {owner} {start} {count}\n" for i, (start, count) in enumerate(ranges))

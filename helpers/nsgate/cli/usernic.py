@@ -86,8 +86,7 @@ def main(argv: list[str]) -> tuple[int, str, str]:
         audit.record("lxc-user-nic", False, f"{what}: {refusal.first}")
         if refusal.usage:
             return 1, "", USAGE  # exactly the reference's text
-        text = "".join(f"lxc-user-nic: {x}\n" for x in (refusal.first, *refusal.details))
-        return 1, "", audit.printable_lines(text)
+        return 1, "", refusal.text("lxc-user-nic")
     audit.record("lxc-user-nic", True, f"{what}: {line.strip() or 'deleted'}")
     credentials.drop_all(ids)
     return 0, line, ""
