@@ -1,9 +1,11 @@
 """Opening the system files nsgate trusts: no symlinks, regular files, root-owned, not writable
-by group or others (security-cases C11). Content is handed to the policy modules as bytes."""
+by group or others (security-cases C11, the rule `integrity.root_only`). Content is handed to the
+policy modules as bytes."""
 
 import posix
 
 from nsgate.errors import Refusal
+from nsgate.system.integrity import S_IFDIR, S_IFMT, S_IFREG, root_only
 
 TYPE_CHECKING = False  # typing costs import time on every helper run
 if TYPE_CHECKING:
@@ -12,8 +14,6 @@ if TYPE_CHECKING:
 CHUNK = 1 << 20
 _OPEN_FLAGS = (posix.O_RDONLY | posix.O_NOCTTY | posix.O_NONBLOCK | posix.O_NOFOLLOW
                | posix.O_CLOEXEC)
-_S_IFMT = 0o170000
-_S_IFREG = 0o100000
 
 
 def open_trusted(path: str) -> int | None:
@@ -38,16 +38,16 @@ def open_trusted(path: str) -> int | None:
 
 def _check_trusted(fd: int, path: str) -> None:
     st = posix.fstat(fd)
-    if st.st_mode & _S_IFMT != _S_IFREG:
+    if st.st_mode & S_IFMT != S_IFREG:
         raise Refusal(f"cannot open {path}: not a regular file")
-    if st.st_uid != 0 or st.st_mode & 0o022:
+    if not root_only(st):
         raise Refusal(f"refusing to trust {path}: owner uid {st.st_uid}, mode "
                       f"{st.st_mode & 0o7777:04o}",
                       f"{path} decides who may use which ids: it must be owned by root and not "
                       f"writable by group or others (chown root: {path}; chmod go-w {path})")
     directory = path.rsplit("/", 1)[0] or "/"
     dst = posix.stat(directory)
-    if dst.st_uid != 0 or dst.st_mode & 0o022:
+    if not root_only(dst, S_IFDIR):
         raise Refusal(f"refusing to trust {path}: its directory {directory} is owned by uid "
                       f"{dst.st_uid} with mode {dst.st_mode & 0o7777:04o}")
 

@@ -17,17 +17,17 @@ import posix
 
 from nsgate.errors import Refusal
 from nsgate.system import files
+from nsgate.system.integrity import S_IFDIR, S_IFREG, root_only
 
 DB_DIR = "/run/lxc"
 DB_PATH = DB_DIR + "/nics"
 LOCK_PATH = DB_DIR + "/nics.lock"
 LOCK_WAIT_SECONDS = 10.0
-_S_IFMT, _S_IFDIR, _S_IFREG = 0o170000, 0o040000, 0o100000
 _OPEN = posix.O_CLOEXEC | posix.O_NOFOLLOW | posix.O_NOCTTY
 
 
 def _check_owned_by_root(path: str, st: posix.stat_result, kind: int) -> None:
-    if st.st_mode & _S_IFMT != kind or st.st_uid != 0 or st.st_mode & 0o022:
+    if not root_only(st, kind):
         raise Refusal(f"refusing to use {path}: owner uid {st.st_uid}, mode "
                       f"{st.st_mode & 0o7777:04o}",
                       f"{path} must be root's, not writable by group or others, and not a link")
@@ -39,12 +39,12 @@ def _untrusted(path: str, err: OSError) -> Refusal:
 
 
 def ensure_dir() -> None:
-    _check_owned_by_root("/run", posix.lstat("/run"), _S_IFDIR)
+    _check_owned_by_root("/run", posix.lstat("/run"), S_IFDIR)
     try:
         posix.mkdir(DB_DIR, 0o755)
     except FileExistsError:
         pass
-    _check_owned_by_root(DB_DIR, posix.lstat(DB_DIR), _S_IFDIR)
+    _check_owned_by_root(DB_DIR, posix.lstat(DB_DIR), S_IFDIR)
 
 
 class _LockTimeout(Exception):
@@ -64,7 +64,7 @@ class Locked:
             self.fd = posix.open(LOCK_PATH, posix.O_RDWR | posix.O_CREAT | _OPEN, 0o600)
         except OSError as err:
             raise _untrusted(LOCK_PATH, err) from None
-        _check_owned_by_root(LOCK_PATH, posix.fstat(self.fd), _S_IFREG)
+        _check_owned_by_root(LOCK_PATH, posix.fstat(self.fd), S_IFREG)
         # A blocking wait, cut off by a timer: waiters sleep until the lock is free.
         previous = _signal.signal(_signal.SIGALRM, _give_up)
         _signal.setitimer(_signal.ITIMER_REAL, LOCK_WAIT_SECONDS)
@@ -82,16 +82,17 @@ class Locked:
         files.close_quietly(self.fd)  # closing the last fd releases the flock
 
 
-def read() -> bytes:
-    """The database's content (empty if it does not exist yet). Call with the lock held."""
+def read(path: str = DB_PATH) -> bytes:
+    """The content of the database, or of another file of its directory (the private bridges'
+    record): empty if it does not exist yet. Call with the lock held."""
     try:
-        fd = posix.open(DB_PATH, posix.O_RDONLY | posix.O_NONBLOCK | _OPEN)
+        fd = posix.open(path, posix.O_RDONLY | posix.O_NONBLOCK | _OPEN)
     except FileNotFoundError:
         return b""
     except OSError as err:
-        raise _untrusted(DB_PATH, err) from None
+        raise _untrusted(path, err) from None
     try:
-        _check_owned_by_root(DB_PATH, posix.fstat(fd), _S_IFREG)
+        _check_owned_by_root(path, posix.fstat(fd), S_IFREG)
         parts: list[bytes] = []
         while True:
             part = posix.read(fd, 1 << 20)
