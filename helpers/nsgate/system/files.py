@@ -1,7 +1,8 @@
 """Opening the system files nsgate trusts: no symlinks, regular files, root-owned, not writable
 by group or others (security-cases C11, the rule `integrity.root_only`). Content is handed to the
-policy modules as bytes."""
+policy modules as bytes. Also: waiting a bounded time for a lock on such a file."""
 
+import _signal
 import posix
 
 from nsgate.errors import Refusal
@@ -9,7 +10,7 @@ from nsgate.system.integrity import S_IFDIR, S_IFMT, S_IFREG, root_only
 
 TYPE_CHECKING = False  # typing costs import time on every helper run
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 CHUNK = 1 << 20
 _OPEN_FLAGS = (posix.O_RDONLY | posix.O_NOCTTY | posix.O_NONBLOCK | posix.O_NOFOLLOW
@@ -110,3 +111,28 @@ def write_all(fd: int, content: bytes) -> None:
         if written <= 0:
             raise OSError(28, "short write")
         view = view[written:]
+
+
+class _TimeUp(Exception):
+    pass
+
+
+def _time_up(signum: int, frame: object) -> None:
+    raise _TimeUp
+
+
+def wait_for_lock(take: "Callable[[], object]", seconds: float) -> bool:
+    """Run `take`, a blocking lock call (fcntl.flock, fcntl.lockf), for at most `seconds`:
+    the waiter sleeps in the kernel until the lock is free, and a timer cuts the wait off.
+    False when the time ran out: the caller then closes the fd, which also drops the lock
+    should it have been granted just then."""
+    previous = _signal.signal(_signal.SIGALRM, _time_up)
+    _signal.setitimer(_signal.ITIMER_REAL, seconds)
+    try:
+        take()
+    except _TimeUp:
+        return False
+    finally:
+        _signal.setitimer(_signal.ITIMER_REAL, 0)
+        _signal.signal(_signal.SIGALRM, previous)
+    return True

@@ -11,7 +11,6 @@ items 1, 8, 12).
   RLIMIT_FSIZE can only make the update fail, never cut the database short.
 """
 
-import _signal
 import fcntl
 import posix
 
@@ -47,14 +46,6 @@ def ensure_dir() -> None:
     _check_owned_by_root(DB_DIR, posix.lstat(DB_DIR), S_IFDIR)
 
 
-class _LockTimeout(Exception):
-    pass
-
-
-def _give_up(signum: int, frame: object) -> None:
-    raise _LockTimeout
-
-
 class Locked:
     """The database lock, held from construction until `release()`."""
 
@@ -65,18 +56,11 @@ class Locked:
         except OSError as err:
             raise _untrusted(LOCK_PATH, err) from None
         _check_owned_by_root(LOCK_PATH, posix.fstat(self.fd), S_IFREG)
-        # A blocking wait, cut off by a timer: waiters sleep until the lock is free.
-        previous = _signal.signal(_signal.SIGALRM, _give_up)
-        _signal.setitimer(_signal.ITIMER_REAL, LOCK_WAIT_SECONDS)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-        except _LockTimeout:
+        if not files.wait_for_lock(lambda: fcntl.flock(self.fd, fcntl.LOCK_EX),
+                                   LOCK_WAIT_SECONDS):
             posix.close(self.fd)  # also releases the lock, should it have just been granted
             raise Refusal(f"{DB_PATH} is busy: another lxc-user-nic has held its lock for over "
-                          f"{LOCK_WAIT_SECONDS:.0f} s; try again") from None
-        finally:
-            _signal.setitimer(_signal.ITIMER_REAL, 0)
-            _signal.signal(_signal.SIGALRM, previous)
+                          f"{LOCK_WAIT_SECONDS:.0f} s; try again")
 
     def release(self) -> None:
         files.close_quietly(self.fd)  # closing the last fd releases the flock

@@ -12,7 +12,6 @@ theirs (shadow lib/commonio.c `commonio_lock`, glibc `lckpwdf`):
 Release is the reverse: `FILE.lock` removed, then the fcntl lock dropped with its fd.
 """
 
-import _signal
 import fcntl
 import posix
 import time
@@ -26,14 +25,6 @@ _POLL_SECONDS = 0.02
 _CREATE = posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW | posix.O_CLOEXEC
 
 
-class _Timeout(Exception):
-    pass
-
-
-def _give_up(signum: int, frame: object) -> None:
-    raise _Timeout
-
-
 def _lckpwdf() -> int:
     try:
         fd = posix.open(PWD_LOCK, posix.O_WRONLY | posix.O_CREAT | posix.O_NOFOLLOW
@@ -42,18 +33,11 @@ def _lckpwdf() -> int:
         raise Refusal(f"cannot open {PWD_LOCK}: {err.strerror}",
                       "it is the lock of every tool that edits the account files; it must be a "
                       "regular file of root's") from None
-    previous = _signal.signal(_signal.SIGALRM, _give_up)
-    _signal.setitimer(_signal.ITIMER_REAL, LOCK_WAIT_SECONDS)
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX)
-    except _Timeout:
+    if not files.wait_for_lock(lambda: fcntl.lockf(fd, fcntl.LOCK_EX), LOCK_WAIT_SECONDS):
         posix.close(fd)
         raise Refusal(f"{PWD_LOCK} is busy: another tool (useradd, usermod, vipw ...) has held "
                       f"it for over {LOCK_WAIT_SECONDS:.0f} s", "try again when it is done; "
-                      "nothing was changed") from None
-    finally:
-        _signal.setitimer(_signal.ITIMER_REAL, 0)
-        _signal.signal(_signal.SIGALRM, previous)
+                      "nothing was changed")
     return fd
 
 
