@@ -66,20 +66,28 @@ def chunks(fd: int) -> "Iterator[bytearray]":
         yield buf if size == len(buf) else buf[:size]
 
 
+def read_all(fd: int, limit: int | None = None) -> bytes:
+    """The content of the file `fd` is open on; with a `limit`, read no further than the
+    first chunk that passes it."""
+    parts = []
+    size = 0
+    for part in chunks(fd):
+        parts.append(bytes(part))  # a full chunk's buffer is reused for the next
+        size += len(part)
+        if limit is not None and size > limit:
+            break
+    return b"".join(parts)
+
+
 def read_small(path: str, limit: int = 1 << 20) -> bytes | None:
     """The whole of a small trusted file (login.defs, nsswitch.conf), or None if absent."""
     fd = open_trusted(path)
     if fd is None:
         return None
-    parts = []
     try:
-        for part in chunks(fd):
-            parts.append(part)
-            if sum(map(len, parts)) > limit:
-                break
+        data = read_all(fd, limit)
     finally:
         posix.close(fd)
-    data = b"".join(parts)
     if len(data) > limit:
         raise Refusal(f"{path} is larger than {limit} bytes: refusing to read it")
     return data

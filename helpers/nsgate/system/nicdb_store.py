@@ -77,12 +77,7 @@ def read(path: str = DB_PATH) -> bytes:
         raise _untrusted(path, err) from None
     try:
         _check_owned_by_root(path, posix.fstat(fd), S_IFREG)
-        parts: list[bytes] = []
-        while True:
-            part = posix.read(fd, 1 << 20)
-            if not part:
-                return b"".join(parts)
-            parts.append(part)
+        return files.read_all(fd)
     finally:
         posix.close(fd)
 

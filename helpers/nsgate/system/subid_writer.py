@@ -41,7 +41,7 @@ def _read_current(path: str) -> _Current:
         return _Current(b"", None)
     try:
         st = posix.fstat(fd)
-        return _Current(b"".join(bytes(chunk) for chunk in files.chunks(fd)), st)
+        return _Current(files.read_all(fd), st)
     finally:
         posix.close(fd)
 
