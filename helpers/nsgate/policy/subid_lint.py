@@ -8,8 +8,6 @@ from nsgate.policy.findings import Finding, text
 from nsgate.policy.nicdb import split_lines
 from nsgate.policy.numbers import is_canonical
 
-NAMES = {"uid": "subuid", "gid": "subgid"}
-
 
 def is_blank_or_comment(raw: bytes) -> bool:
     return not raw.strip() or raw.startswith(b"#")

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 CHUNK = 1 << 20
 _OPEN_FLAGS = (posix.O_RDONLY | posix.O_NOCTTY | posix.O_NONBLOCK | posix.O_NOFOLLOW
                | posix.O_CLOEXEC)
+_CREATE = (posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW | posix.O_NOCTTY
+           | posix.O_CLOEXEC)
 
 
 def open_trusted(path: str) -> int | None:
@@ -102,6 +104,13 @@ def close_quietly(fd: int) -> None:
         pass
 
 
+def remove_if_present(path: str) -> None:
+    try:
+        posix.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def remove_quietly(path: str) -> None:
     """Remove a temporary file a failed step leaves; if that fails too, the next writer
     removes it before it writes its own."""
@@ -119,6 +128,27 @@ def write_all(fd: int, content: bytes) -> None:
         if written <= 0:
             raise OSError(28, "short write")
         view = view[written:]
+
+
+def write_new(path: str, content: bytes, uid: int = 0, gid: int = 0,
+              mode: int | None = None) -> None:
+    """A new file `path` holding `content`, owned by `uid`:`gid`, with `mode` (else the 0600
+    it is created with), fsync'ed: the half of an atomic update before its rename. A file of
+    that name left by a writer killed mid-update is removed first; the new one is removed
+    again if anything fails."""
+    remove_if_present(path)
+    fd = posix.open(path, _CREATE, 0o600)
+    try:
+        posix.fchown(fd, uid, gid)
+        if mode is not None:
+            posix.fchmod(fd, mode)
+        write_all(fd, content)
+        posix.fsync(fd)
+    except BaseException:
+        posix.close(fd)
+        remove_quietly(path)
+        raise
+    posix.close(fd)
 
 
 class _TimeUp(Exception):

@@ -86,20 +86,9 @@ def replace(content: bytes) -> None:
     """Atomically replace the database with `content`. Call with the lock held."""
     temp = f"{DB_DIR}/.nics.{posix.getpid()}"
     try:
-        posix.unlink(temp)  # left by a helper killed mid-update whose pid was reused
-    except FileNotFoundError:
-        pass
-    fd = posix.open(temp, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | _OPEN, 0o600)
-    try:
-        posix.fchown(fd, 0, 0)
-        files.write_all(fd, content)
-        posix.fsync(fd)
-        posix.close(fd)
-        fd = -1
+        files.write_new(temp, content)
         posix.rename(temp, DB_PATH)
     except OSError as err:
-        if fd >= 0:
-            posix.close(fd)
-        posix.unlink(temp)
+        files.remove_quietly(temp)
         raise Refusal(f"cannot write {DB_PATH}: {err.strerror}",
                       "nothing was changed: the database keeps its previous content") from None

@@ -41,13 +41,6 @@ def _lckpwdf() -> int:
     return fd
 
 
-def _unlink(path: str) -> None:
-    try:
-        posix.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
 def _lock_holder(lock: str) -> int | None:
     """The pid in an existing lock file; None if it has vanished meanwhile."""
     try:
@@ -99,7 +92,7 @@ class ShadowLock:
         if self._linked:
             self._linked = False
             try:
-                _unlink(self.lock)
+                files.remove_if_present(self.lock)
             except OSError as err:
                 notes.append(f"cannot remove the lock {self.lock} ({err.strerror}): it names "
                              "this process, so the next writer takes it over as stale")
@@ -124,7 +117,7 @@ class ShadowLock:
     def _try_once(self) -> int | None:
         """None once the lock is ours, else the pid holding it."""
         mine = f"{self.path}.{posix.getpid()}"
-        _unlink(mine)  # left by a killed writer whose pid we now have
+        files.remove_if_present(mine)  # left by a killed writer whose pid we now have
         try:
             fd = posix.open(mine, _CREATE, 0o600)
         except OSError as err:
@@ -142,10 +135,10 @@ class ShadowLock:
                 return 0  # released meanwhile: try again
             if _running(holder):
                 return holder
-            _unlink(self.lock)  # stale: its writer is gone
+            files.remove_if_present(self.lock)  # stale: its writer is gone
             return None if self._link(mine) else 0
         finally:
-            _unlink(mine)
+            files.remove_if_present(mine)
 
     def _link(self, mine: str) -> bool:
         try:
