@@ -10,6 +10,8 @@ from pathlib import Path
 
 from nsgate.system import files
 
+from tests.usernic_support import wait_until
+
 # /proc/PID/environ of a root process: a regular file of root's, mode 0400, size 0, read in
 # full pages; distinct numbers so that any chunk read in place of another shows
 PADDING = "".join(f"{i:06d}," for i in range(3000))
@@ -18,8 +20,12 @@ PADDING = "".join(f"{i:06d}," for i in range(3000))
 def test_a_file_longer_than_its_reported_size_is_read_exactly():
     sleeper = subprocess.Popen(["sleep", "600"], env={"PAD": PADDING})
     try:
+        # Popen returns at the exec's close-on-exec, before the new environment is in place:
+        # wait until the kernel shows it asleep
+        wait_until(lambda: Path(f"/proc/{sleeper.pid}/wchan").read_text()
+                   in ("hrtimer_nanosleep", "do_nanosleep"), what="sleep to be asleep")
         path = f"/proc/{sleeper.pid}/environ"
-        expected = Path(path).read_bytes()  # Popen returns once the exec is done
+        expected = Path(path).read_bytes()
         assert expected == f"PAD={PADDING}\0".encode()
         assert files.read_small(path) == expected
         fd = files.open_trusted(path)
