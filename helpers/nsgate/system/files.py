@@ -1,6 +1,7 @@
 """Opening the system files nsgate trusts: no symlinks, regular files, root-owned, not writable
 by group or others (security-cases C11, the rule `integrity.root_only`). Content is handed to the
-policy modules as bytes. Also: waiting a bounded time for a lock on such a file."""
+policy modules as bytes. Also the other file steps every writer shares: reading a file whole,
+writing the new file of an atomic update, and waiting a bounded time for a lock."""
 
 import _signal
 import posix
