@@ -270,8 +270,10 @@ def owner_after(policy: bytes, user: bytes, groups: list[bytes], nic_type: bytes
     """The pipeline the helper runs under its lock (cli/usernic.py _create_locked)."""
     grants = usernet.applicable(usernet.parse(policy), usernet.tokens_of(user, groups),
                                 nic_type, bridge)
-    kept, _stale = nicdb.prune(nicdb.parse(db), live)
-    return usernet.decide(grants, nicdb.nics_by_owner(kept, nic_type, bridge))
+    raw_lines = nicdb.split_lines(db)
+    _kept, stale = nicdb.prune(raw_lines, nicdb.numbered(raw_lines), live)
+    alive = [nicdb.NicLine(raw) for position, raw in enumerate(raw_lines) if position not in stale]
+    return usernet.decide(grants, nicdb.nics_by_owner(alive, nic_type, bridge))
 
 
 def oracle_used(db: bytes, nic_type: bytes, bridge: bytes, live: set[bytes]) -> dict[bytes, int]:
@@ -590,13 +592,21 @@ def test_db_parse_never_crashes_and_keeps_every_non_empty_line(data: bytes) -> N
 @given(lines=db_files, live=st.sets(st.sampled_from([b"veth1000_wl7j", b"veth3NMhB6", b"br0",
                                                       b"none", b"u", b"veth", b"ovsbr"])))
 def test_db_prune_drops_exactly_the_dead_valid_lines(lines, live):
-    parsed = nicdb.parse(b"".join(line + b"\n" for line in lines))
-    kept, stale = nicdb.prune(parsed, live)
-    dead = [oracle_db_line(line.raw) is not None and oracle_db_line(line.raw)[3] not in live
-            for line in parsed]
-    assert kept == [line for line, d in zip(parsed, dead, strict=True) if not d]
-    assert stale == [line for line, d in zip(parsed, dead, strict=True) if d]
-    assert all(not line.valid for line in kept if oracle_db_line(line.raw) is None)
+    raw_lines = nicdb.split_lines(b"".join(line + b"\n" for line in lines))
+    kept, stale = nicdb.prune(raw_lines, nicdb.numbered(raw_lines), live)
+    dead = [oracle_db_line(raw) is not None and oracle_db_line(raw)[3] not in live
+            for raw in raw_lines]
+    assert kept == [raw for raw, d in zip(raw_lines, dead, strict=True) if not d]
+    assert [(position, line.raw) for position, line in stale.items()] == [
+        (position, raw) for position, (raw, d) in enumerate(zip(raw_lines, dead, strict=True))
+        if d]
+    # only the candidates can be stale: the lines of one owner leave the others' alone
+    mine = nicdb.lines_of(raw_lines, {b"u"}, b"veth", b"br0")
+    kept_mine, stale_mine = nicdb.prune(raw_lines, mine, live)
+    assert stale_mine == {position: line for position, line in mine.items()
+                          if line.dev not in live}
+    assert kept_mine == [raw for position, raw in enumerate(raw_lines)
+                         if position not in stale_mine]
 
 
 @fast(200)
@@ -701,9 +711,12 @@ def test_every_recorded_nic_is_counted_again(name, as_group, nic_type, bridge, u
     assert usernet.decide(grants, {}).owner == token
     host = nicnames.host_veth_name(uid, rnd)
     db = nicdb.serialize([nicdb.entry(token, nic_type, bridge, host)])
-    kept, _stale = nicdb.prune(nicdb.parse(db), {host})
-    assert nicdb.nics_by_owner(kept, nic_type, bridge) == {token: [host]}
-    assert usernet.decide(grants, nicdb.nics_by_owner(kept, nic_type, bridge)).owner is None
+    raw_lines = nicdb.split_lines(db)
+    kept, stale = nicdb.prune(raw_lines, nicdb.numbered(raw_lines), {host})
+    assert kept == raw_lines and stale == {}
+    alive = nicdb.parse(nicdb.join_lines(kept))
+    assert nicdb.nics_by_owner(alive, nic_type, bridge) == {token: [host]}
+    assert usernet.decide(grants, nicdb.nics_by_owner(alive, nic_type, bridge)).owner is None
 
 
 # --------------------------------------------------------------------------------------------

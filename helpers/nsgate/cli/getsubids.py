@@ -25,8 +25,7 @@ def main(argv: list[str]) -> tuple[int, str, str]:
                                       _id_of_name(kind, owner),
                                       files.read_small("/etc/nsswitch.conf"))
     except Refusal as refusal:
-        text = "".join(f"getsubids: {line}\n" for line in (refusal.first, *refusal.details))
-        return 1, "", text
+        return 1, "", refusal.text("getsubids")
     if not ranges:
         return 1, "", "Error fetching ranges\n"
     listing = "".join(f"{i}: {owner} {start} {count}\n" for i, (start, count) in enumerate(ranges))

@@ -49,17 +49,9 @@ def main(prog: str, argv: list[str]) -> tuple[int, str]:
     except Refusal as refusal:
         credentials.drop_all(caller)
         audit.record(prog, False, f"{what}: {refusal.first}")
-        return 1, render(prog, refusal, USAGE[kind])
+        return 1, refusal.text(prog, USAGE[kind] if refusal.usage else "")
     credentials.drop_all(caller)
     return 0, ""
-
-
-def render(prog: str, refusal: Refusal, usage: str) -> str:
-    lines = [f"{prog}: {refusal.first}\n"]
-    lines.extend(f"{prog}: {detail}\n" for detail in refusal.details)
-    if refusal.usage:
-        lines.append(usage)
-    return audit.printable_lines("".join(lines))
 
 
 def _map(prog: str, kind: str, caller: credentials.Caller, request: MapRequest,

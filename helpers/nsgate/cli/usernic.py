@@ -86,8 +86,7 @@ def main(argv: list[str]) -> tuple[int, str, str]:
         audit.record("lxc-user-nic", False, f"{what}: {refusal.first}")
         if refusal.usage:
             return 1, "", USAGE  # exactly the reference's text
-        text = "".join(f"lxc-user-nic: {x}\n" for x in (refusal.first, *refusal.details))
-        return 1, "", audit.printable_lines(text)
+        return 1, "", refusal.text("lxc-user-nic")
     audit.record("lxc-user-nic", True, f"{what}: {line.strip() or 'deleted'}")
     credentials.drop_all(ids)
     return 0, line, ""
@@ -215,10 +214,11 @@ def _create_locked(caller: Caller, request: NicRequest, net: rtnl.Rtnl, inside: 
     raw_lines = nicdb.split_lines(nicdb_store.read())
     owners = {g.token for g in grants}
     mine = nicdb.lines_of(raw_lines, owners, request.nic_type, request.bridge)
-    stale = {position for position, line in mine.items()
-             if net.link(line.dev.decode("utf-8", "surrogateescape")) is None}
-    live = [line for position, line in mine.items() if position not in stale]
-    decision = usernet.decide(grants, nicdb.nics_by_owner(live, request.nic_type,
+    live = {line.dev for line in mine.values()
+            if net.link(line.dev.decode("utf-8", "surrogateescape")) is not None}
+    kept, _stale = nicdb.prune(raw_lines, mine, live)
+    alive = [line for line in mine.values() if line.dev in live]
+    decision = usernet.decide(grants, nicdb.nics_by_owner(alive, request.nic_type,
                                                           request.bridge))
     if decision.owner is None:
         counted = [dev.decode() for devs in decision.used.values() for dev in devs]
@@ -229,7 +229,6 @@ def _create_locked(caller: Caller, request: NicRequest, net: rtnl.Rtnl, inside: 
     if attach is None:
         attach = private_bridge.ensure(net, caller.ids.uid)
     host = _free_host_name(net, caller.ids.uid)
-    kept = [raw for position, raw in enumerate(raw_lines) if position not in stale]
     new = nicdb.entry(decision.owner, request.nic_type, request.bridge, host).raw
     # Recorded before it is created: if the helper dies in between, the line is merely stale
     # (pruned on the next create); a live interface is never without its line.

@@ -14,7 +14,6 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 ULONG_END = 1 << 64  # shadow parses start and count as 64-bit unsigned longs (getulong)
-NAMES = {"uid": "subuid", "gid": "subgid"}
 
 
 def is_blank_or_comment(raw: bytes) -> bool:

@@ -54,13 +54,6 @@ def resolved(path: str) -> Stat:
         posix.close(fd)
 
 
-def lexical_target(link: str) -> str:
-    """Where `link` points by its text alone, with no other link followed."""
-    import posixpath
-
-    return posixpath.normpath(posixpath.join(posixpath.dirname(link), posix.readlink(link)))
-
-
 def names_in(directory: str) -> list[str]:
     try:
         return posix.listdir(directory)

@@ -9,6 +9,8 @@ helper is done with it.
 
 import posix
 
+from nsgate.system.integrity import root_only
+
 TYPE_CHECKING = False  # typing costs import time on every helper run
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -25,7 +27,7 @@ def _vsctl() -> str | None:
             st = posix.stat(path)
         except OSError:
             continue
-        if st.st_uid == 0 and not st.st_mode & 0o022:
+        if root_only(st):
             return path
     return None
 

@@ -93,7 +93,7 @@ def _lenient_readers(kind: str) -> list[str]:
 
 def _install_findings(libdir: str, libexecdir: str) -> list[Finding]:
     from nsgate.policy import install_lint
-    from nsgate.system import file_facts
+    from nsgate.system import file_facts, integrity
 
     findings = []
     for name in install_lint.HELPERS:
@@ -119,7 +119,7 @@ def _install_findings(libdir: str, libexecdir: str) -> list[Finding]:
             elif target.mode & 0o170000 != 0o100000:
                 findings.append(Finding(st.path, None, "install", f"the library path {st.path} "
                                         f"links to {target.path}, which is not a regular file"))
-            elif target.path != file_facts.lexical_target(st.path):
+            elif target.path != integrity.lexical_target(st.path):
                 findings.append(Finding(st.path, None, "install", f"the library path {st.path} "
                                         f"reaches {target.path} through another symbolic link, "
                                         "which its owner could point elsewhere: link straight "
