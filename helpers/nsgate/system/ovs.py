@@ -46,10 +46,6 @@ def run(*args: str) -> bool:
     return posix.WIFEXITED(status) and posix.WEXITSTATUS(status) == 0
 
 
-def bridge_exists(name: str) -> bool:
-    return run("br-exists", name)
-
-
 _DONE, _FAILED, _REFUSED = b"1", b"0", b"!"
 
 
