@@ -154,10 +154,13 @@ class Bridge:
     """A bridge on the userspace datapath, with ports that are veths of the host (each `name`
     with its peer `name` + "p"), removed with them afterwards."""
 
-    def __init__(self, ovs: OpenVSwitch, name: str, ports: tuple[str, ...] = ()) -> None:
+    def __init__(self, ovs: OpenVSwitch, name: str, ports: tuple[str, ...] = (),
+                 mtu: int | None = None) -> None:
         self.ovs = ovs
         self.name = name
         ovs.add_bridge(name)
+        if mtu is not None:  # of the bridge's internal port, its netdev
+            ovs.vsctl("set", "Interface", name, f"mtu_request={mtu}")
         for port in ports:
             subprocess.run(["ip", "link", "add", port, "type", "veth", "peer", "name", port + "p"],
                            check=True)
@@ -188,13 +191,13 @@ def ovsbr(openvswitch) -> Iterator[Bridge]:
         bridge.remove()
 
 
-_EXECVE = re.compile(r'^(?:\[pid +)?(\d+)?\]? ?execve\("([^"]*)", (\[.*?\]), (\[.*?\])\) = 0',
-                     re.MULTILINE)
+_EXECVE = re.compile(r'^(?:\[pid +)?(\d+)?\]? ?execve\("([^"]*)", (\[.*?\]), (\[.*?\])'
+                     r'(?:\) = 0| <unfinished \.\.\.>)$', re.MULTILINE)
 
 
 def vsctl_execs(trace: str) -> list[tuple[int | None, list[str], list[str]]]:
-    """(pid, argv, environment) of every successful exec of ovs-vsctl in an `strace -f -v -s 4096
-    -e trace=execve` output."""
+    """(pid, argv, environment) of every exec of ovs-vsctl in an `strace -f -v -s 4096 -e
+    trace=execve` output, in order (a failed one shows `= -1`: not counted)."""
     found = []
     for match in _EXECVE.finditer(trace):
         if match[2].endswith("/ovs-vsctl"):
