@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.admin_support import nsgate_json
 from tests.ovs_support import Bridge, OpenVSwitch, vsctl_execs
 from tests.support import ALICE, BOB, User, write_etc
 from tests.usernic_support import (
@@ -205,6 +206,17 @@ def test_a_link_open_vswitch_does_not_know_is_refused(ovs):
     assert set(ip_links()) == links and sorted(ctr.links()) == ["lo"]
     assert db_lines() is None and not LOCK.exists()
     assert ovs.calls() == [] and ovs.ovs.bridges() == ["ovsbr"]
+
+
+def test_nsgate_check_asks_open_vswitch_too(ovs):
+    """`nsgate check` takes a link Open vSwitch confirms as a bridge, whatever its kind, as the
+    helper does; a tap Open vSwitch does not know is still no bridge."""
+    subprocess.run(["ip", "tuntap", "add", "dev", "nsgttap", "mode", "tap"], check=True)
+    grant("nsgt-alice veth ovsbr 1", "nsgt-alice veth nsgttap 1")
+    _, report = nsgate_json("check")
+    usernet = [(f["line"], f["severity"], f["code"], f["message"][:30])
+               for f in report["findings"] if f["file"] == "/etc/lxc/lxc-usernet"]
+    assert usernet == [(2, "error", "not-a-bridge", "nsgttap is a tun link, not a L")]
 
 
 # --- when, and as whom, Open vSwitch is asked -----------------------------------------------

@@ -46,6 +46,34 @@ def run(*args: str) -> bool:
     return posix.WIFEXITED(status) and posix.WEXITSTATUS(status) == 0
 
 
+def bridges() -> set[str]:
+    """The bridges Open vSwitch has (`ovs-vsctl list-br`); none when it is not installed or
+    does not answer. For the admin command: the helper asks `br-exists` through its runner."""
+    path = _vsctl()
+    if path is None:
+        return set()
+    out_r, out_w = posix.pipe2(posix.O_CLOEXEC)
+    null = posix.open("/dev/null", posix.O_RDWR | posix.O_CLOEXEC)
+    try:
+        pid = posix.posix_spawn(path, [path, "--timeout=5", "list-br"], ENVIRONMENT,
+                                file_actions=[(posix.POSIX_SPAWN_DUP2, null, 0),
+                                              (posix.POSIX_SPAWN_DUP2, out_w, 1),
+                                              (posix.POSIX_SPAWN_DUP2, null, 2)])
+    finally:
+        posix.close(null)
+        posix.close(out_w)
+    chunks = []
+    try:
+        while chunk := posix.read(out_r, 65536):
+            chunks.append(chunk)
+    finally:
+        posix.close(out_r)
+        _, status = posix.waitpid(pid, 0)
+    if not (posix.WIFEXITED(status) and posix.WEXITSTATUS(status) == 0):
+        return set()
+    return set(b"".join(chunks).decode("utf-8", "surrogateescape").split())
+
+
 _DONE, _FAILED, _REFUSED = b"1", b"0", b"!"
 
 
