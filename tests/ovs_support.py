@@ -191,7 +191,7 @@ def ovsbr(openvswitch) -> Iterator[Bridge]:
         bridge.remove()
 
 
-_EXECVE = re.compile(r'^(?:\[pid +)?(\d+)?\]? ?execve\("([^"]*)", (\[.*?\]), (\[.*?\])'
+_EXECVE = re.compile(r'^(?:\[pid +)?(\d+)?\]? *execve\("([^"]*)", (\[.*?\]), (\[.*?\])'
                      r'(?:\) = 0| <unfinished \.\.\.>)$', re.MULTILINE)
 
 

@@ -230,7 +230,7 @@ def _trace_create(pid: int, bridge: str) -> tuple[subprocess.CompletedProcess[by
                              "-e", "trace=seccomp,flock,execve", "-u", ALICE.name, NSGATE_NIC,
                              "create", "x", "x", str(pid), "veth", bridge],
                             capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
-    return result, trace.read_text()
+    return result, re.sub(r"^(\d+) +", r"\1 ", trace.read_text(), flags=re.MULTILINE)
 
 
 def test_open_vswitch_is_asked_after_the_proof_by_the_runner(ovs):
