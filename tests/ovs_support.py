@@ -156,7 +156,7 @@ class Bridge:
 
     def __init__(self, ovs: OpenVSwitch, name: str, ports: tuple[str, ...] = (),
                  mtu: int | None = None) -> None:
-        self.ovs = ovs
+        self.switch = ovs
         self.name = name
         ovs.add_bridge(name)
         if mtu is not None:  # of the bridge's internal port, its netdev
@@ -169,14 +169,14 @@ class Bridge:
         self._since = len(ovs.commands())
 
     def ports(self) -> list[str]:
-        return self.ovs.ports(self.name)
+        return self.switch.ports(self.name)
 
     def calls(self) -> list[str]:
         """The ovs-vsctl commands that changed Open vSwitch since the bridge was set up."""
-        return self.ovs.commands()[self._since:]
+        return self.switch.commands()[self._since:]
 
     def remove(self) -> None:
-        self.ovs.delete_bridge(self.name)
+        self.switch.delete_bridge(self.name)
         for port in self.made:
             subprocess.run(["ip", "link", "del", port], stderr=subprocess.DEVNULL)
 

@@ -985,7 +985,7 @@ def test_ovs_runner_runs_only_the_commands_it_was_given(ovsbr):
     assert not seen["more-arguments"] and not seen["huge"]
     assert seen["given"] and seen["reaped"]
     assert ovsbr.calls() == ["--timeout=5 del-port ovsbr vethX"]
-    assert "evil" not in ovsbr.ovs.bridges()
+    assert "evil" not in ovsbr.switch.bridges()
     assert seen["create"] == [expected for _, expected in create_cases]
 
 

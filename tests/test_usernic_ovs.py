@@ -45,7 +45,7 @@ MTU = 1400  # of the bridge's internal port, set through Open vSwitch
 
 
 @pytest.fixture
-def ovs(openvswitch: OpenVSwitch) -> Iterator[Bridge]:
+def bridge(openvswitch: OpenVSwitch) -> Iterator[Bridge]:
     """Each test: an empty /run/lxc and lxc-usernet, and Open vSwitch bridge `ovsbr` (userspace
     datapath, MTU 1400). Afterwards the containers are stopped, the bridge removed, and the
     host's links are what they were."""
@@ -53,14 +53,14 @@ def ovs(openvswitch: OpenVSwitch) -> Iterator[Bridge]:
     write_etc("lxc/lxc-usernet", "")
     WORK.mkdir(mode=0o755, exist_ok=True)
     before = set(ip_links())
-    bridge = Bridge(openvswitch, "ovsbr", mtu=MTU)
+    made = Bridge(openvswitch, "ovsbr", mtu=MTU)
     try:
         netdev = ip_links()["ovsbr"]
         assert (link_kind(netdev), netdev["mtu"]) == ("tun", MTU)  # a tap, not kind openvswitch
-        yield bridge
+        yield made
     finally:
         Proc.stop_all()
-        bridge.remove()
+        made.remove()
         for name in set(ip_links()) - before:
             subprocess.run(["ip", "link", "del", name], stderr=subprocess.DEVNULL)
         assert set(ip_links()) == before
@@ -109,7 +109,7 @@ def our_veths(user: User) -> set[str]:
 # --- create and delete ---------------------------------------------------------------------
 
 
-def test_create_and_delete_on_an_open_vswitch_bridge(ovs):
+def test_create_and_delete_on_an_open_vswitch_bridge(bridge):
     """The userspace datapath's bridge is a tap: Open vSwitch, not the link's kind, says it is
     a bridge. The host end becomes its port, the peer is in the container, the db has the line;
     delete removes the port (and, as in the reference, leaves the line to a later prune)."""
@@ -117,8 +117,8 @@ def test_create_and_delete_on_an_open_vswitch_bridge(ovs):
     ctr = Proc.container(ALICE)
     host = assert_created(create(ALICE, ctr.pid, "ovsbr"), ctr)
     assert host_veth_pattern(ALICE).fullmatch(host)
-    assert ovs.ports() == [host]
-    assert ovs.calls() == [f"--timeout=5 add-port ovsbr {host}"]
+    assert bridge.ports() == [host]
+    assert bridge.calls() == [f"--timeout=5 add-port ovsbr {host}"]
     hosts, inside = ip_links(), ctr.links()
     assert is_up(hosts[host]) and hosts[host]["address"].startswith("fe:")
     assert link_kind(hosts[host]) == link_kind(inside["eth0"]) == "veth"
@@ -128,12 +128,12 @@ def test_create_and_delete_on_an_open_vswitch_bridge(ovs):
 
     result = delete(ALICE, ctr.netns, "ovsbr", host)
     assert (result.returncode, result.stdout, result.stderr) == (0, b"", b""), result
-    assert ovs.ports() == []
-    assert ovs.calls()[1:] == [f"--timeout=5 del-port ovsbr {host}"]
+    assert bridge.ports() == []
+    assert bridge.calls()[1:] == [f"--timeout=5 del-port ovsbr {host}"]
     assert db_lines() == [f"nsgt-alice veth ovsbr {host}"]
 
 
-def _observe(impl: str, ovs: Bridge) -> dict:
+def _observe(impl: str, bridge: Bridge) -> dict:
     """A create and a delete by `impl`, with the names abstracted."""
     clean_db()
     ctr = Proc.container(ALICE)
@@ -145,58 +145,58 @@ def _observe(impl: str, ovs: Bridge) -> dict:
         "host": (is_up(hosts[host]), hosts[host]["mtu"], hosts[host]["address"][:3],
                  link_kind(hosts[host])),
         "container": (sorted(inside), is_up(inside["eth0"]), inside["eth0"]["mtu"]),
-        "ports": [port.replace(host, "<host>") for port in ovs.ports()],
+        "ports": [port.replace(host, "<host>") for port in bridge.ports()],
         "db": [line.replace(host, "<host>") for line in db_lines() or []],
     }
     result = delete(ALICE, ctr.netns, "ovsbr", host, impl=impl)
     seen["delete"] = (result.returncode, result.stdout, result.stderr)
-    seen["ports after delete"] = ovs.ports()
+    seen["ports after delete"] = bridge.ports()
     ctr.stop()
     return seen
 
 
-def test_side_by_side_with_the_reference(ovs, netns_sysfs):
+def test_side_by_side_with_the_reference(bridge, netns_sysfs):
     grant("nsgt-alice veth ovsbr 1")
-    nsgate, reference = _observe("nsgate", ovs), _observe("reference", ovs)
+    nsgate, reference = _observe("nsgate", bridge), _observe("reference", bridge)
     assert nsgate == reference
     assert nsgate["stdout"] == b"<line>" and nsgate["ports"] == ["<host>"]
     assert nsgate["delete"] == (0, b"", b"") and nsgate["ports after delete"] == []
 
 
-def test_delete_of_a_port_not_recorded_for_the_caller(ovs, netns_sysfs):
+def test_delete_of_a_port_not_recorded_for_the_caller(bridge, netns_sysfs):
     """CVE-2026-39402: bob's port stays, whoever asks, in both implementations."""
     grant("nsgt-alice veth ovsbr 1", "nsgt-bob veth ovsbr 1")
     bob_ctr, alice_ctr = Proc.container(BOB), Proc.container(ALICE)
     bob_host = assert_created(create(BOB, bob_ctr.pid, "ovsbr"), bob_ctr)
-    calls = ovs.calls()
+    calls = bridge.calls()
     for impl in ("nsgate", "reference"):
         result = delete(ALICE, alice_ctr.netns, "ovsbr", bob_host, impl=impl)
         assert (result.returncode, result.stdout) == (1, b""), (impl, result)
         assert f'Caller is not allowed to delete network device "{bob_host}"'.encode() \
             in result.stderr, (impl, result)
-        assert ovs.ports() == [bob_host]
+        assert bridge.ports() == [bob_host]
     assert_refused(delete(ALICE, alice_ctr.netns, "ovsbr", bob_host),
                    f'Caller is not allowed to delete network device "{bob_host}"'.encode())
-    assert ovs.calls() == calls
+    assert bridge.calls() == calls
     assert db_lines() == [f"nsgt-bob veth ovsbr {bob_host}"]
 
 
-def test_quota_on_an_open_vswitch_bridge(ovs):
+def test_quota_on_an_open_vswitch_bridge(bridge):
     """Only live nics count: a port whose container is gone (its veth went with the container's
     netns; the OVS port stays until liblxc's delete) frees the quota."""
     grant("nsgt-alice veth ovsbr 1")
     first, second = Proc.container(ALICE), Proc.container(ALICE)
     host = assert_created(create(ALICE, first.pid, "ovsbr"), first)
     assert_refused(create(ALICE, second.pid, "ovsbr"), f"quota 1 on ovsbr used by {host}".encode())
-    assert ovs.ports() == [host] and our_veths(ALICE) == {host}
+    assert bridge.ports() == [host] and our_veths(ALICE) == {host}
     first.stop()
     wait_until(lambda: host not in ip_links(), what=f"{host} gone with its container")
     again = assert_created(create(ALICE, second.pid, "ovsbr"), second)
     assert db_lines() == [f"nsgt-alice veth ovsbr {again}"]
-    assert sorted(ovs.ports()) == sorted([host, again])
+    assert sorted(bridge.ports()) == sorted([host, again])
 
 
-def test_a_link_open_vswitch_does_not_know_is_refused(ovs):
+def test_a_link_open_vswitch_does_not_know_is_refused(bridge):
     """A tap that is not Open vSwitch's (nor any link it does not confirm) is no bridge: refused
     before the lock, nothing created anywhere."""
     subprocess.run(["ip", "tuntap", "add", "dev", "nsgttap", "mode", "tap"], check=True)
@@ -207,10 +207,10 @@ def test_a_link_open_vswitch_does_not_know_is_refused(ovs):
                    b"nsgttap is not a bridge (it is a tun link)")
     assert set(ip_links()) == links and sorted(ctr.links()) == ["lo"]
     assert db_lines() is None and not LOCK.exists()
-    assert ovs.calls() == [] and ovs.ovs.bridges() == ["ovsbr"]
+    assert bridge.calls() == [] and bridge.switch.bridges() == ["ovsbr"]
 
 
-def test_nsgate_check_asks_open_vswitch_too(ovs):
+def test_nsgate_check_asks_open_vswitch_too(bridge):
     """`nsgate check` takes a link Open vSwitch confirms as a bridge, whatever its kind, as the
     helper does; a tap Open vSwitch does not know is still no bridge."""
     subprocess.run(["ip", "tuntap", "add", "dev", "nsgttap", "mode", "tap"], check=True)
@@ -233,7 +233,7 @@ def _trace_create(pid: int, bridge: str) -> tuple[subprocess.CompletedProcess[by
     return result, re.sub(r"^(\d+) +", r"\1 ", trace.read_text(), flags=re.MULTILINE)
 
 
-def test_open_vswitch_is_asked_after_the_proof_by_the_runner(ovs):
+def test_open_vswitch_is_asked_after_the_proof_by_the_runner(bridge):
     """A caller without CAP_NET_ADMIN over the target makes no ovs-vsctl run. A caller with it:
     `br-exists` is exec'd after the helper has confined itself and before it locks the
     database, by the runner it forked (not by the helper itself), like `add-port`."""
@@ -280,7 +280,7 @@ def _status(pid: int, field: str) -> list[str]:
     raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
-def test_a_hung_open_vswitch_fails_closed_and_blocks_nobody(ovs):
+def test_a_hung_open_vswitch_fails_closed_and_blocks_nobody(bridge):
     """ovsdb-server hangs while alice's create asks it about the bridge: the ovs-vsctl that asks
     runs with every id root (alice cannot stop or kill it), from the confined helper's runner,
     without the database lock, so bob's create on a Linux bridge goes through meanwhile;
@@ -289,7 +289,7 @@ def test_a_hung_open_vswitch_fails_closed_and_blocks_nobody(ovs):
     grant("nsgt-alice veth ovsbr 1", "nsgt-bob veth br0 1")
     alice_ctr, bob_ctr = Proc.container(ALICE), Proc.container(BOB)
     asking = ["/usr/bin/ovs-vsctl", "--timeout=5", "br-exists", "ovsbr"]
-    with ovs.ovs.stopped("server"):
+    with bridge.switch.stopped("server"):
         proc = create_popen(ALICE, alice_ctr.pid, "ovsbr")
         try:
             wait_until(lambda: _grandchild_running(proc.pid, asking) is not None, timeout=30,
@@ -318,23 +318,23 @@ def test_a_hung_open_vswitch_fails_closed_and_blocks_nobody(ovs):
                    b"ovsbr is not a bridge (it is a tun link)")
     assert our_veths(ALICE) == set() and sorted(alice_ctr.links()) == ["lo"]
     assert [line.split()[0] for line in db_lines() or []] == ["nsgt-bob"]
-    assert ovs.ports() == [] and ovs.calls() == []
+    assert bridge.ports() == [] and bridge.calls() == []
 
 
-def test_a_hung_vswitchd_rolls_the_create_back(ovs):
+def test_a_hung_vswitchd_rolls_the_create_back(bridge):
     """ovs-vswitchd hangs: `add-port` is committed but never applied and ovs-vsctl times out.
     The create is refused and rolled back: the port is taken out of Open vSwitch again, the
     pair and the db line are gone."""
     grant("nsgt-alice veth ovsbr 1")
     ctr = Proc.container(ALICE)
     links = set(ip_links())
-    with ovs.ovs.stopped("vswitchd"):
+    with bridge.switch.stopped("vswitchd"):
         result = create(ALICE, ctr.pid, "ovsbr", timeout=60)
     assert_refused(result, b"Error attaching veth23001_")
     host = result.stderr.split()[3].decode()
-    assert ovs.calls() == [f"--timeout=5 add-port ovsbr {host}",
+    assert bridge.calls() == [f"--timeout=5 add-port ovsbr {host}",
                            f"--timeout=5 --if-exists del-port ovsbr {host}"]
-    assert ovs.ports() == []
+    assert bridge.ports() == []
     assert set(ip_links()) == links and sorted(ctr.links()) == ["lo"]
     assert db_lines() == []
 
@@ -356,7 +356,7 @@ def check_consistent() -> None:
 
 
 @pytest.mark.parametrize("fault", ["signal=KILL", "error=EIO"])
-def test_every_system_call_of_an_open_vswitch_create_is_a_safe_place_to_fail(ovs, fault):
+def test_every_system_call_of_an_open_vswitch_create_is_a_safe_place_to_fail(bridge, fault):
     """test_fault_injection.py's kill or EIO at every system call from the lock on, on an Open
     vSwitch bridge, bob creating on it all along: the db and the nics stay consistent, a failed
     create leaves neither a nic nor a port of its own, and the next create works."""
@@ -375,7 +375,7 @@ def test_every_system_call_of_an_open_vswitch_create_is_a_safe_place_to_fail(ovs
     try:
         for name, when in points:
             before = {n for n in ip_links() if n.startswith("veth23001_")}
-            ports_before = {n for n in ovs.ports() if n.startswith("veth23001_")}
+            ports_before = {n for n in bridge.ports() if n.startswith("veth23001_")}
             result = traced_create(Proc.container(ALICE), "ovsbr", f"{name}:{fault}:when={when}")
             assert "Traceback" not in result.stderr
             if result.returncode == 0:
@@ -390,7 +390,7 @@ def test_every_system_call_of_an_open_vswitch_create_is_a_safe_place_to_fail(ovs
                     new = {n for n in ip_links() if n.startswith("veth23001_")} - before
                     assert not new, (name, when, new, result.stderr)
                     if name not in ("write", "read"):  # the runner's pipe: its del-port lost
-                        ports = {n for n in ovs.ports() if n.startswith("veth23001_")}
+                        ports = {n for n in bridge.ports() if n.startswith("veth23001_")}
                         assert ports <= ports_before, (name, when, result.stderr)
             check_consistent()
     finally:
@@ -401,7 +401,7 @@ def test_every_system_call_of_an_open_vswitch_create_is_a_safe_place_to_fail(ovs
     assert outcomes["done"] <= (2 if fault == "signal=KILL" else len(points) // 3), outcomes
     assert bob_results and all(code == 0 for code in bob_results), bob_results
     host = assert_created(create(ALICE, Proc.container(ALICE).pid, "ovsbr"), Proc.started[-1])
-    assert host in ovs.ports()
+    assert host in bridge.ports()
     check_consistent()
 
 
@@ -420,7 +420,7 @@ def _pings(ctr: Proc, address: str) -> bool:
                            "0.2", address], capture_output=True, timeout=30).returncode == 0
 
 
-def test_containers_on_an_open_vswitch_bridge_reach_each_other_and_the_host(ovs):
+def test_containers_on_an_open_vswitch_bridge_reach_each_other_and_the_host(bridge):
     subprocess.run(["ip", "addr", "add", "10.81.0.1/24", "dev", "ovsbr"], check=True)
     subprocess.run(["ip", "link", "set", "ovsbr", "up"], check=True)
     grant("nsgt-alice veth ovsbr 2")
