@@ -1,8 +1,9 @@
 """lxc-user-nic on real Open vSwitch (tests/ovs_support.py: ovsdb-server and ovs-vswitchd in the
 session's network namespace, bridges on the userspace datapath, whose netdevs are taps): create
 and delete end to end through the installed helper, side by side with Debian's lxc-user-nic,
-the refusals, traffic between containers on the bridge, and where and as whom Open vSwitch is
-asked whether a link is its bridge (issue 9, section 2; lxc-user-nic.md §8 and amendments)."""
+the refusals, where and as whom Open vSwitch is asked whether a link is its bridge, a hung
+Open vSwitch, faults at every system call, and traffic between containers on the bridge
+(issue 9, section 2; lxc-user-nic.md §8 and amendments)."""
 
 from __future__ import annotations
 
@@ -333,7 +334,7 @@ def test_a_hung_vswitchd_rolls_the_create_back(bridge):
     assert_refused(result, b"Error attaching veth23001_")
     host = result.stderr.split()[3].decode()
     assert bridge.calls() == [f"--timeout=5 add-port ovsbr {host}",
-                           f"--timeout=5 --if-exists del-port ovsbr {host}"]
+                              f"--timeout=5 --if-exists del-port ovsbr {host}"]
     assert bridge.ports() == []
     assert set(ip_links()) == links and sorted(ctr.links()) == ["lo"]
     assert db_lines() == []
