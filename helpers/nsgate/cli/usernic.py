@@ -3,12 +3,13 @@ quota (lxc-user-nic.md). Drop-in for LXC's helper.
 
 create, in order, each step before any change:
   parse and validate every name; identify the caller; find the applicable grants; check the
-  bridge (a Linux bridge, an OVS bridge, or `none`); open the target's netns once, as the caller;
-  prove the caller holds CAP_NET_ADMIN over that very netns, as the caller. Then, with every id
-  root so the caller can no longer stop or kill the helper: lock the database, prune stale lines,
-  check the quota, create the pair with the peer born in the netns by fd, set it up, attach it,
-  record it, unlock. Any failure rolls all of it back. The result line is written after all
-  privilege is dropped, in one write.
+  bridge (a Linux bridge, `none`, or another link that Open vSwitch must confirm); open the
+  target's netns once, as the caller; prove the caller holds CAP_NET_ADMIN over that very netns,
+  as the caller. Then, with every id root so the caller can no longer stop or kill the helper:
+  confine, have Open vSwitch confirm its bridge, lock the database, prune stale lines, check the
+  quota, create the pair with the peer born in the netns by fd, set it up, attach it, record it,
+  unlock. Any failure rolls all of it back. The result line is written after all privilege is
+  dropped, in one write.
 """
 
 import posix
@@ -121,10 +122,21 @@ def _check_bridge(net: rtnl.Rtnl, bridge: bytes) -> tuple[ports.Attachment | Non
         raise Refusal(f"bridge {name} does not exist")
     if link.kind == "bridge":
         return ports.Attachment(name, link.index, vlan_filtering=link.vlan_filtering), link.mtu
-    if link.kind == "openvswitch" and ovs.bridge_exists(name):
-        return ports.Attachment(name, link.index, is_ovs=True), link.mtu
-    raise Refusal(f"{name} is not a bridge (it is a {link.kind or 'plain'} link)",
-                  "nics can be attached only to a Linux bridge or an Open vSwitch bridge")
+    # Any other link may be an Open vSwitch bridge (kind openvswitch with the kernel datapath, a
+    # tap with the userspace one): Open vSwitch says, once the caller's privilege is proven.
+    return ports.Attachment(name, link.index, is_ovs=True), link.mtu
+
+
+def _confirm_ovs_bridge(net: rtnl.Rtnl, attach: ports.Attachment) -> None:
+    """Refuse a link Open vSwitch does not know as its bridge (`ovs-vsctl br-exists`, by the
+    runner forked after the proof: no root process its caller can signal asks it)."""
+    if attach.ovs is not None and attach.ovs.run("br-exists", attach.name):
+        return
+    link = net.link(attach.name)
+    kind = (link.kind if link is not None else None) or "plain"
+    raise Refusal(f"{attach.name} is not a bridge (it is a {kind} link)",
+                  "nics can be attached only to a Linux bridge or an Open vSwitch bridge "
+                  f"(ovs-vsctl br-exists {attach.name} does not confirm it)")
 
 
 def _prove_net_admin(caller: Caller, target_fd: int, host_fd: int) -> rtnl.Rtnl:
@@ -166,6 +178,8 @@ def _create(caller: Caller, request: NicRequest) -> str:
             try:
                 confine.confine([kernel.CAP_NET_ADMIN, kernel.CAP_SETUID, kernel.CAP_SETGID],
                                 confine.NIC_MAKER)
+                if attach is not None and attach.is_ovs:
+                    _confirm_ovs_bridge(net, attach)
                 lock = nicdb_store.Locked()
                 try:
                     host, host_index, peer_index = _create_locked(
@@ -179,9 +193,11 @@ def _create(caller: Caller, request: NicRequest) -> str:
 
 
 def _host_port_commands(bridge: str, uid: int) -> "Callable[[tuple[str, ...]], bool]":
-    """What the OVS runner of a create may do: add or remove, on this bridge, a port named
-    as this caller's host ends are."""
+    """What the OVS runner of a create may do: ask whether this bridge is Open vSwitch's, and
+    add or remove, on it, a port named as this caller's host ends are."""
     def allowed(args: tuple[str, ...]) -> bool:
+        if args == ("br-exists", bridge):
+            return True
         return (args[:-2] in (("add-port",), ("--if-exists", "del-port")) and len(args) >= 3
                 and args[-2] == bridge
                 and nicnames.is_host_veth_name(uid, args[-1].encode("utf-8", "surrogateescape")))
