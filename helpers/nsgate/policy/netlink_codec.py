@@ -101,7 +101,7 @@ class Link:
                  "port", "slave_kind", "vlan_filtering")
 
     def __init__(self, index: int, name: str, kind: str | None, mtu: int, master: int,
-                 address: bytes, flags: int, *, vlan_filtering: bool = False, link: int = 0,
+                 address: bytes, flags: int, *, vlan_filtering: bool = False, link: int = -1,
                  family: int = AF_UNSPEC, slave_kind: str | None = None,
                  port: "dict[int, int] | None" = None) -> None:
         self.index = index
@@ -112,7 +112,9 @@ class Link:
         self.address = address
         self.flags = flags  # ifi_flags: IFF_UP...
         self.vlan_filtering = vlan_filtering  # a bridge's IFLA_BR_VLAN_FILTERING
-        self.link = link  # IFLA_LINK: a veth's peer's ifindex (in the peer's netns), 0 if none
+        # IFLA_LINK, the kernel's iflink: a veth's peer's ifindex (in the peer's netns); the
+        # kernel leaves the attribute out when it equals the link's own index
+        self.link = index if link < 0 else link
         self.family = family  # AF_BRIDGE in a bridge's own dump of its ports
         self.slave_kind = slave_kind  # IFLA_INFO_SLAVE_KIND: "bridge" for a bridge port
         self.port = port  # bridge-port flags (IFLA_PROTINFO or IFLA_INFO_SLAVE_DATA), if any
@@ -265,7 +267,7 @@ def parse_link(payload: bytes) -> Link:
 
     return Link(index, name, kind, number(IFLA_MTU, "mtu"), number(IFLA_MASTER, "master"),
                 attrs.get(IFLA_ADDRESS, b""), flags, vlan_filtering=vlan_filtering,
-                link=number(IFLA_LINK, "link"), family=family, slave_kind=slave_kind, port=port)
+                link=number(IFLA_LINK, "link") if IFLA_LINK in attrs else index, family=family, slave_kind=slave_kind, port=port)
 
 
 class Outcome:
