@@ -24,13 +24,14 @@ def _in_container(ctr: Proc, *args: str) -> None:
     subprocess.run(["nsenter", f"--net={ctr.netns}", "ip", *args], check=True, timeout=10)
 
 
+@pytest.mark.usefixtures("netns_sysfs")
 @pytest.mark.parametrize("impl", ["nsgate", "reference"])
 @pytest.mark.parametrize(("template", "taken", "chosen"), [
     ("net%d", [], "net0"),
     ("net%d", ["net0", "net1"], "net2"),
     ("%dx", ["0x"], "1x"),
 ])
-def test_a_name_template_is_expanded_by_the_kernel(netns_sysfs, impl, template, taken, chosen):
+def test_a_name_template_is_expanded_by_the_kernel(impl, template, taken, chosen):
     grant("nsgt-alice veth br0 1")
     ctr = Proc.container(ALICE)
     for name in taken:

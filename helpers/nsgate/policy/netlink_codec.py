@@ -199,27 +199,35 @@ def split_messages(data: bytes) -> list[Message]:
     return found
 
 
-def parse_attrs(data: bytes, offset: int = 0) -> dict[int, bytes]:
-    """The attributes in data[offset:], by type (flag bits masked off); the first one of a type
-    counts. The last attribute's padding may be cut off; nothing else may be left over."""
-    attrs: dict[int, bytes] = {}
+def iter_attrs(data: bytes, offset: int = 0) -> list[tuple[int, bytes]]:
+    """The attributes in data[offset:] in order: (type with its flag bits, payload). The last
+    attribute's padding may be cut off; nothing else may be left over."""
+    found = []
     while offset < len(data):
         if len(data) - offset < RTATTR.size:
             raise CodecError(f"{len(data) - offset} stray bytes after the last attribute")
         length, kind = RTATTR.unpack_from(data, offset)
         if length < RTATTR.size or length > len(data) - offset:
             raise CodecError(f"attribute length {length} at offset {offset} of {len(data)}")
-        attrs.setdefault(kind & NLA_TYPE_MASK, bytes(data[offset + RTATTR.size:offset + length]))
+        found.append((kind, bytes(data[offset + RTATTR.size:offset + length])))
         offset = min(offset + align(length), len(data))
+    return found
+
+
+def parse_attrs(data: bytes, offset: int = 0) -> dict[int, bytes]:
+    """The attributes in data[offset:] by type (flag bits masked off); the first of a type
+    counts."""
+    attrs: dict[int, bytes] = {}
+    for kind, payload in iter_attrs(data, offset):
+        attrs.setdefault(kind & NLA_TYPE_MASK, payload)
     return attrs
 
 
 def text(payload: bytes) -> str:
-    """A NUL-terminated string attribute (the kernel always writes the NUL)."""
-    end = payload.find(b"\0")
-    if end < 0:
-        raise CodecError(f"string attribute without its NUL: {payload[:32]!r}")
-    return payload[:end].decode("utf-8", "surrogateescape")
+    """A string attribute: the text and one NUL, its last byte (nla_put_string writes no other)."""
+    if not payload.endswith(b"\0") or b"\0" in payload[:-1]:
+        raise CodecError(f"string attribute not ended by its one NUL: {payload[:32]!r}")
+    return payload[:-1].decode("utf-8", "surrogateescape")
 
 
 def _uint(payload: bytes, size: int, what: str) -> int:
@@ -267,7 +275,8 @@ def parse_link(payload: bytes) -> Link:
 
     return Link(index, name, kind, number(IFLA_MTU, "mtu"), number(IFLA_MASTER, "master"),
                 attrs.get(IFLA_ADDRESS, b""), flags, vlan_filtering=vlan_filtering,
-                link=number(IFLA_LINK, "link") if IFLA_LINK in attrs else index, family=family, slave_kind=slave_kind, port=port)
+                link=number(IFLA_LINK, "link") if IFLA_LINK in attrs else index, family=family,
+                slave_kind=slave_kind, port=port)
 
 
 class Outcome:
