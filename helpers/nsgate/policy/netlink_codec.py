@@ -248,6 +248,8 @@ def parse_link(payload: bytes) -> Link:
     if len(payload) < IFINFOMSG.size:
         raise CodecError(f"link message of {len(payload)} bytes, shorter than its ifinfomsg")
     family, _, index, flags, _ = IFINFOMSG.unpack_from(payload)
+    if index <= 0:
+        raise CodecError(f"link message with ifindex {index}")
     attrs = parse_attrs(payload, IFINFOMSG.size)
     if IFLA_IFNAME not in attrs:
         raise CodecError(f"link {index} without a name")
