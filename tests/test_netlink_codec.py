@@ -6,6 +6,7 @@ with `struct`, from <linux/netlink.h> and <linux/rtnetlink.h>, not with the code
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import pytest
 from nsgate.policy import netlink_codec as codec
@@ -225,3 +226,15 @@ def test_requests_are_built_as_the_kernel_reads_them() -> None:
     assert codec.ndmsg(7, 5, 0x40, 4) == struct.pack("=BxxxiHBB", 7, 5, 0x40, 4, 0)
     with pytest.raises(CodecError):
         codec.attr(1, bytes(0x10000))
+
+
+def test_the_codec_is_pure() -> None:
+    """Bytes in, values out: the codec imports nothing but `_struct` (no socket, no posix), so
+    the fuzzer and the pyroute2 comparison exercise exactly what the helpers run."""
+    import ast
+
+    tree = ast.parse(Path(codec.__file__).read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported == {"_struct"}
