@@ -127,6 +127,9 @@ def oracle_db_line(raw: bytes) -> tuple[bytes, bytes, bytes, bytes] | None:
 
 _CANONICAL = re.compile(rb"[1-9][0-9]*")
 _TYPE = re.compile(rb"[\x21-\x7e]{1,99}")
+# a kernel name template: one %d among the bytes a name may hold (issue 9 §3)
+_TEMPLATE = re.compile(rb"[\x21-\x24\x26-\x2e\x30-\x39\x3b-\x7e]*%d"
+                       rb"[\x21-\x24\x26-\x2e\x30-\x39\x3b-\x7e]*")
 
 
 def oracle_request(args: list[bytes]) -> tuple:
@@ -140,7 +143,8 @@ def oracle_request(args: list[bytes]) -> tuple:
         return ("refuse",)
     if bridge != b"none" and not oracle_ifname(bridge):
         return ("refuse",)
-    if nicname is not None and not oracle_ifname(nicname):
+    if nicname is not None and not oracle_ifname(nicname) and not (
+            verb == b"create" and _TEMPLATE.fullmatch(nicname) and len(nicname) <= 15):
         return ("refuse",)
     if verb == b"delete":
         if nicname is None:
@@ -921,8 +925,18 @@ def test_request_create_name_of_one_byte_is_accepted_as_the_issue_says():
     assert request.nicname == b"a"
 
 
-def test_request_name_templates_are_refused():
-    """`%` would make the kernel choose the name (a%d -> a0): refused before anything."""
-    for name in (b"a%d", b"eth%d", b"%"):
+def test_request_name_templates():
+    """Issue 9 §3: a create may ask for a kernel template (`net%d`: the kernel picks net0, net1...
+    as the reference lets it); only one `%d`, as the kernel's dev_alloc_name allows, and never
+    for delete, whose name is a host end's."""
+    for name in (b"a%d", b"eth%d", b"%d", b"net%dx", b"abcdefghijklm%d"):
+        request = nic_request.parse([b"create", b"x", b"x", b"1234", b"veth", b"br0", name])
+        assert request.nicname == name
+    for name in (b"%", b"a%", b"a%s", b"a%d%d", b"%%d", b"a%dx%", b"abcdefghijklmn%d", b"a/%d",
+                 b"a %d", b"a:%d", b"a%D"):
         with pytest.raises(Refusal):
             nic_request.parse([b"create", b"x", b"x", b"1234", b"veth", b"br0", name])
+    with pytest.raises(Refusal):
+        nic_request.parse([b"delete", b"x", b"x", b"/proc/1/ns/net", b"veth", b"br0", b"a%d"])
+
+

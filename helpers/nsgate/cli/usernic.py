@@ -182,7 +182,7 @@ def _create(caller: Caller, request: NicRequest) -> str:
                     _confirm_ovs_bridge(net, attach)
                 lock = nicdb_store.Locked()
                 try:
-                    host, host_index, peer_index = _create_locked(
+                    host, host_index, peer, peer_index = _create_locked(
                         caller, request, net, inside, grants, target_fd, peer, mtu, attach)
                 finally:
                     lock.release()
@@ -205,7 +205,10 @@ def _host_port_commands(bridge: str, uid: int) -> "Callable[[tuple[str, ...]], b
 
 
 def _container_name(inside: rtnl.Rtnl, requested: bytes | None) -> bytes:
-    """The requested name if free in the container, else the first free eth%d."""
+    """The requested name if free in the container (a template such as net%d as it is: the
+    kernel picks the number), else the first free eth%d."""
+    if requested is not None and nicnames.valid_ifname_template(requested):
+        return requested
     taken = inside.link_names()
     if requested is not None:
         if requested.decode() in taken:
@@ -221,8 +224,10 @@ def _container_name(inside: rtnl.Rtnl, requested: bytes | None) -> bytes:
 
 def _create_locked(caller: Caller, request: NicRequest, net: rtnl.Rtnl, inside: rtnl.Rtnl,
                    grants: list[usernet.Grant], target_fd: int, peer: bytes, mtu: int,
-                   attach: ports.Attachment | None) -> tuple[bytes, int, int]:
-    """(host name, host ifindex, container ifindex) of the new pair, recorded.
+                   attach: ports.Attachment | None) -> tuple[bytes, int, bytes, int]:
+    """(host name, host ifindex, container name, container ifindex) of the new pair, recorded;
+    the container end is found by its ifindex (the host end's IFLA_LINK), so a name template
+    reports the name the kernel chose.
 
     Only the lines of the grants' owners on this type and bridge are read closely: they are
     the ones the quota counts, and the ones whose staleness is checked and pruned (other users'
@@ -252,7 +257,7 @@ def _create_locked(caller: Caller, request: NicRequest, net: rtnl.Rtnl, inside: 
     try:
         net.create_veth(host.decode(), peer.decode(), target_fd, mtu)
         link = net.link(host.decode())
-        peer_link = inside.link(peer.decode())
+        peer_link = inside.link_by_index(link.link) if link is not None else None
         if link is None or peer_link is None:
             raise Refusal("the new veth vanished while it was set up")
         ports.set_up_host_end(net, link, attach, peer_link.address)
@@ -260,7 +265,7 @@ def _create_locked(caller: Caller, request: NicRequest, net: rtnl.Rtnl, inside: 
         _roll_back(net, host, attach)
         nicdb_store.replace(nicdb.join_lines(kept))
         raise
-    return host, link.index, peer_link.index
+    return host, link.index, peer_link.name.encode("utf-8", "surrogateescape"), peer_link.index
 
 
 def _roll_back(net: rtnl.Rtnl, host: bytes, attach: ports.Attachment) -> None:

@@ -12,6 +12,13 @@ def valid_ifname(name: bytes) -> bool:
             and not name.translate(None, _ALLOWED))
 
 
+def valid_ifname_template(name: bytes) -> bool:
+    """A kernel name template (`net%d`): one `%d` and no other `%`, and a valid name once the
+    kernel puts a number there (dev_valid_name, dev_alloc_name)."""
+    return (len(name) < IFNAMSIZ and name.count(b"%") == 1 and b"%d" in name
+            and valid_ifname(name.replace(b"%d", b"0")))
+
+
 def host_veth_name(uid: int, random: bytes) -> bytes:
     """`veth<uid>_XXXX` for 0 < uid <= 65536, else `vethXXXXXX` (the reference's scheme); the
     X are drawn from `random` (at least 6 bytes)."""
