@@ -61,6 +61,7 @@ _IFLA_PROTINFO = 12
 _IFLA_LINKINFO = 18
 _IFLA_NET_NS_FD = 28
 _IFLA_EXT_MASK = 29
+_IFLA_GROUP = 27
 _RTEXT_FILTER_SKIP_STATS = 1 << 3  # replies without the (large) statistics blocks
 _IFLA_INFO_KIND = 1
 _IFLA_INFO_DATA = 2
@@ -359,9 +360,10 @@ class Rtnl:
         return link.index
 
     def set_link(self, index: int, *, master: int | None = None, up: bool | None = None,
-                 address: bytes | None = None, mtu: int | None = None) -> None:
+                 address: bytes | None = None, mtu: int | None = None,
+                 group: int | None = None) -> None:
         """Change what is given of link `index`; `master=0` detaches it from its master."""
-        attrs = b""
+        attrs = b"" if group is None else _u32(_IFLA_GROUP, group)
         if address is not None:
             attrs += _attr(_IFLA_ADDRESS, address)
         if mtu is not None:
