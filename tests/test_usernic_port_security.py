@@ -182,8 +182,7 @@ def test_a_restarted_container_gets_its_mac_back_at_once(network):  # noqa: F811
     first.stop()
     wait_until(lambda: host not in sh("ip", "-o", "link"), what=f"{host} to vanish")
     again = network(ALICE)
-    new_host = again.attach("br0", "10.77.0.2/24")
-    assert claims_of(new_host) == []
+    again.attach("br0", "10.77.0.2/24")
     assert not any(mac == "00:16:3e:aa:bb:cc" for _, mac in
                    (e["concat"] for e in elements("port_mac")))  # the gone port's claim
     change_mac(again, "00:16:3e:aa:bb:cc")
