@@ -241,11 +241,16 @@ class _Installer:
 
     def install(self) -> str:
         """The first line nft wrote on failure; "" on success."""
-        posix.write(self._request, b"1")
         answer = b""
-        while chunk := posix.read(self._answer, 4096):
-            answer += chunk
-        return answer.decode("utf-8", "backslashreplace") if answer != b"0" else ""
+        try:
+            posix.write(self._request, b"1")
+            while chunk := posix.read(self._answer, 4096):
+                answer += chunk
+        except OSError as err:
+            return f"the process that runs nft is gone ({err.strerror})"
+        if answer == b"0":
+            return ""
+        return answer.decode("utf-8", "backslashreplace") or "the process that runs nft died"
 
     def close(self) -> None:
         if self._pid:
@@ -283,10 +288,18 @@ class Guard:
     needed and cleaned of vanished ports' claims later, under the database lock (`ready`)."""
 
     def __init__(self) -> None:
-        self._nfnl = _Nfnl()
+        try:
+            self._nfnl = _Nfnl()
+        except OSError as err:
+            raise _no_nf_tables(err) from None
+        try:
+            version = self._nfnl.table_version()
+        except OSError as err:
+            self._nfnl.close()
+            raise _no_nf_tables(err) from None
         self._installer: _Installer | None = None
         try:
-            if self._nfnl.table_version() != VERSION.encode():
+            if version != VERSION.encode():
                 nft = _nft()
                 if nft is None:
                     raise Refusal("nftables is needed to attach a nic to a Linux bridge",
@@ -299,19 +312,22 @@ class Guard:
 
     def ready(self, net: "rtnl.Rtnl") -> None:
         """The current table is in place and holds no claim of a port that is gone."""
-        if self._nfnl.table_version() != VERSION.encode():
-            failure = self._installer.install() if self._installer else "it vanished"
-            if failure or self._nfnl.table_version() != VERSION.encode():
-                raise Refusal(f"could not set up nftables table bridge {TABLE} (port security)",
-                              failure or "nft exited 0 but the table is not there",
-                              "the kernel needs nf_tables with the bridge family")
-        for attempt in range(3):
-            try:
-                self._forget_vanished_ports(net)
-                return
-            except NetlinkError as err:  # an element timed out meanwhile: look again
-                if err.errno != errno.ENOENT or attempt == 2:
-                    raise
+        try:
+            if self._nfnl.table_version() != VERSION.encode():
+                failure = self._installer.install() if self._installer else "it vanished"
+                if failure or self._nfnl.table_version() != VERSION.encode():
+                    raise Refusal(f"could not set up nftables table bridge {TABLE} (port "
+                                  "security)", failure or "nft exited 0 but no table is there",
+                                  "the kernel needs nf_tables with the bridge family")
+            for attempt in range(3):
+                try:
+                    self._forget_vanished_ports(net)
+                    return
+                except NetlinkError as err:  # ENOENT: an element timed out meanwhile
+                    if err.errno != errno.ENOENT or attempt == 2:
+                        raise
+        except NetlinkError as err:
+            raise _no_nf_tables(err) from None
 
     def _forget_vanished_ports(self, net: "rtnl.Rtnl") -> None:
         claims = self._nfnl.keys("port_mac")
@@ -328,6 +344,13 @@ class Guard:
         if self._installer is not None:
             self._installer.close()
         self._nfnl.close()
+
+
+def _no_nf_tables(err: OSError) -> Refusal:
+    return Refusal(f"could not use nftables table bridge {TABLE} (port security)",
+                   f"the kernel's nf_tables answered: {err}",
+                   "a nic is attached to a Linux bridge only with nsgate's port security: the "
+                   "kernel needs nf_tables with the bridge family")
 
 
 def _vanished(net: "rtnl.Rtnl", indexes: "Iterable[int]") -> set[int]:
