@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ALICE, BOB, helper, run_as
+from tests.support import ALICE, BOB, helper, run_as, write_etc
 from tests.test_usernic_isolation import Container, network  # noqa: F401 - the fixture
 from tests.usernic_support import WORK, wait_until
 
@@ -222,3 +222,60 @@ def test_without_nftables_a_bridge_nic_is_refused(network):  # noqa: F811
     finally:
         sh("umount", "/usr/sbin/nft")
     assert Path("/usr/sbin/nft").stat().st_uid == 0
+
+
+def _table_is_whole_or_absent() -> bool:
+    listing = subprocess.run(["nft", "list", "table", "bridge", "nsgate"], capture_output=True,
+                             text=True)
+    if listing.returncode != 0:
+        return True
+    return (table_comment() == VERSION and all(f"set {name} " in listing.stdout for name in (
+        "host_mac", "port_mac", "mac_in_use", "new_mac_budget"))
+        and "chain ports_in " in listing.stdout and "chain host_out " in listing.stdout)
+
+
+@pytest.mark.parametrize("fault", ["signal=KILL", "error=EIO"])
+def test_a_create_that_fails_while_installing_the_table_leaves_it_whole_or_absent(
+        network, fault):  # noqa: F811
+    """Killed or failing at every system call from the fork of the installer on: the table is
+    never half there, a failed create leaves no nic, and the next create installs it."""
+    write_etc("lxc/lxc-usernet", "nsgt-alice veth br0 1000\n")
+    container = network(ALICE)
+    argv = [helper("lxc-user-nic"), "create", "x", "x", str(container.pid), "veth", "br0"]
+    WORK.mkdir(parents=True, exist_ok=True)
+    log = WORK / "install-trace"
+    traced = subprocess.run(["strace", "-qq", "-o", str(log), "-u", ALICE.name, *argv],
+                            capture_output=True, text=True, timeout=60)
+    assert traced.returncode == 0, traced.stderr
+    calls = [line.split("(", 1)[0] for line in log.read_text().splitlines()
+             if "(" in line and line[0].isalpha()]
+    forked = next(i for i, name in enumerate(calls) if name in ("clone", "clone3", "fork"))
+    seen: dict[str, int] = {}
+    points = []
+    memory = ("brk", "mmap", "munmap", "mremap", "madvise", "mprotect")  # the interpreter's
+    for position, name in enumerate(calls):
+        seen[name] = seen.get(name, 0) + 1
+        if position >= forked and not (fault == "error=EIO" and name in memory):
+            points.append((name, seen[name]))
+    done = 0
+    for name, when in points:
+        subprocess.run(["nft", "delete", "table", "bridge", "nsgate"], capture_output=True)
+        before = set(sh("ip", "-o", "link").split())
+        result = subprocess.run(["strace", "-qq", "-o", "/dev/null", "-u", ALICE.name, "-e",
+                                 f"inject={name}:{fault}:when={when}", *argv],
+                                capture_output=True, text=True, timeout=60)
+        assert "Traceback" not in result.stderr
+        assert _table_is_whole_or_absent(), (name, when)
+        if result.returncode == 0:
+            done += 1
+        elif fault == "error=EIO":
+            assert result.returncode == 1 and result.stderr.startswith("lxc-user-nic: "), \
+                (name, when, result.stderr)
+            if name not in ("capset", "setresuid", "setresgid"):  # see test_fault_injection
+                new = {n for n in set(sh("ip", "-o", "link").split()) - before
+                       if n.startswith("veth23001_")}
+                assert not new, (name, when, new, result.stderr)
+    assert done <= (2 if fault == "signal=KILL" else len(points) // 4), (done, len(points))
+    subprocess.run(["nft", "delete", "table", "bridge", "nsgate"], capture_output=True)
+    assert run_as(ALICE, argv).returncode == 0
+    assert table_comment() == VERSION

@@ -26,7 +26,7 @@ import errno
 import posix
 
 from nsgate.errors import Refusal
-from nsgate.system import ovs, rtnl
+from nsgate.system import files, ovs, rtnl
 from nsgate.system.rtnl import NetlinkError
 
 TYPE_CHECKING = False  # typing costs import time on every helper run
@@ -254,9 +254,12 @@ class _Installer:
 
     def close(self) -> None:
         if self._pid:
-            posix.close(self._request)
-            posix.close(self._answer)
-            posix.waitpid(self._pid, 0)
+            files.close_quietly(self._request)
+            files.close_quietly(self._answer)
+            try:
+                posix.waitpid(self._pid, 0)
+            except OSError:
+                pass  # not reaped: it ends with the pipe, and init reaps it after we exit
             self._pid = 0
 
 
