@@ -26,6 +26,7 @@ from nsgate.system import (
     netns,
     nicdb_store,
     ovs,
+    port_security,
     ports,
     private_bridge,
     rtnl,
@@ -175,7 +176,10 @@ def _create(caller: Caller, request: NicRequest) -> str:
             credentials.become_unsignalable(caller.ids)
             if attach is not None and attach.is_ovs:
                 attach.ovs = ovs.Runner(_host_port_commands(attach.name, caller.ids.uid))
+            guard = None
             try:
+                if attach is None or (attach.index and not attach.is_ovs):
+                    guard = port_security.Guard()  # a Linux bridge: nsgate's nftables table
                 confine.confine([kernel.CAP_NET_ADMIN, kernel.CAP_SETUID, kernel.CAP_SETGID],
                                 confine.NIC_MAKER)
                 if attach is not None and attach.is_ovs:
@@ -183,10 +187,13 @@ def _create(caller: Caller, request: NicRequest) -> str:
                 lock = nicdb_store.Locked()
                 try:
                     host, host_index, peer, peer_index = _create_locked(
-                        caller, request, net, inside, grants, target_fd, peer, mtu, attach)
+                        caller, request, net, inside, grants, target_fd, peer, mtu, attach,
+                        guard)
                 finally:
                     lock.release()
             finally:
+                if guard is not None:
+                    guard.close()
                 if attach is not None and attach.ovs is not None:
                     attach.ovs.close()
     return f"{peer.decode()}:{peer_index}:{host.decode()}:{host_index}\n"
@@ -224,7 +231,8 @@ def _container_name(inside: rtnl.Rtnl, requested: bytes | None) -> bytes:
 
 def _create_locked(caller: Caller, request: NicRequest, net: rtnl.Rtnl, inside: rtnl.Rtnl,
                    grants: list[usernet.Grant], target_fd: int, peer: bytes, mtu: int,
-                   attach: ports.Attachment | None) -> tuple[bytes, int, bytes, int]:
+                   attach: ports.Attachment | None,
+                   guard: port_security.Guard | None) -> tuple[bytes, int, bytes, int]:
     """(host name, host ifindex, container name, container ifindex) of the new pair, recorded;
     the container end is found by its ifindex (the host end's IFLA_LINK), so a name template
     reports the name the kernel chose.
@@ -249,6 +257,8 @@ def _create_locked(caller: Caller, request: NicRequest, net: rtnl.Rtnl, inside: 
                       f"in {USERNET}")
     if attach is None:
         attach = private_bridge.ensure(net, caller.ids.uid)
+    if guard is not None:
+        guard.ready(net)
     host = _free_host_name(net, caller.ids.uid)
     new = nicdb.entry(decision.owner, request.nic_type, request.bridge, host).raw
     # Recorded before it is created: if the helper dies in between, the line is merely stale
@@ -260,7 +270,7 @@ def _create_locked(caller: Caller, request: NicRequest, net: rtnl.Rtnl, inside: 
         peer_link = inside.link_by_index(link.link) if link is not None else None
         if link is None or peer_link is None:
             raise Refusal("the new veth vanished while it was set up")
-        ports.set_up_host_end(net, link, attach, peer_link.address)
+        ports.set_up_host_end(net, link, attach)
     except BaseException:
         _roll_back(net, host, attach)
         nicdb_store.replace(nicdb.join_lines(kept))

@@ -42,6 +42,7 @@ IFLA_LINK = 5
 IFLA_MASTER = 10
 IFLA_PROTINFO = 12
 IFLA_LINKINFO = 18
+IFLA_GROUP = 27
 IFLA_NET_NS_FD = 28
 IFLA_EXT_MASK = 29
 RTEXT_FILTER_SKIP_STATS = 1 << 3  # replies without the (large) statistics blocks

@@ -106,3 +106,29 @@ class NetlinkSocket:
         if answer.interrupted:  # what was dumped changed while the dump was running
             raise NetlinkError(errno.EINTR, f"{what}: dump interrupted")
         return answer.payloads
+
+    def batch(self, parts: "list[tuple[int, int, bytes]]", what: str) -> None:
+        """Send messages (type, flags, body) in one datagram under one sequence number, as an
+        nfnetlink batch is sent; every part that asks for NLM_F_ACK must be acknowledged, and
+        the first refusal raises NetlinkError."""
+        self._seq = seq = (self._seq + 1) & 0xFFFFFFFF
+        data = b"".join(codec.request(kind, flags, seq, body) for kind, flags, body in parts)
+        if self._sock.send(data) != len(data):
+            raise NetlinkError(errno.EMSGSIZE, f"{what}: short send")
+        expected = sum(1 for _, flags, _ in parts if flags & codec.NLM_F_ACK)
+        try:
+            while expected:
+                for msg in codec.split_messages(self._receive(what)):
+                    if msg.port != self.port:
+                        raise codec.CodecError(f"a message to port {msg.port}, not ours")
+                    if msg.seq != seq:
+                        continue
+                    if msg.kind != codec.NLMSG_ERROR or not expected:
+                        raise codec.CodecError(f"unexpected message type {msg.kind}")
+                    outcome = codec.parse_outcome(msg)
+                    if outcome.code:
+                        raise NetlinkError(outcome.code,
+                                           f"{what}: {posix.strerror(outcome.code)}")
+                    expected -= 1
+        except codec.CodecError as err:
+            raise NetlinkError(errno.EBADMSG, f"{what}: malformed netlink answer: {err}") from None

@@ -9,28 +9,17 @@ helper is done with it.
 
 import posix
 
-from nsgate.system import files
-from nsgate.system.integrity import root_only
+from nsgate.system import files, programs
 
 TYPE_CHECKING = False  # typing costs import time on every helper run
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-SEARCH_PATH = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
-ENVIRONMENT = {"PATH": ":".join(SEARCH_PATH)}
 _MAX_REQUEST = 4096
 
 
 def _vsctl() -> str | None:
-    for directory in SEARCH_PATH:
-        path = directory + "/ovs-vsctl"
-        try:
-            st = posix.stat(path)
-        except OSError:
-            continue
-        if root_only(st):
-            return path
-    return None
+    return programs.find("ovs-vsctl")
 
 
 def run(*args: str) -> bool:
@@ -40,7 +29,8 @@ def run(*args: str) -> bool:
         return False
     null = posix.open("/dev/null", posix.O_RDWR | posix.O_CLOEXEC)
     try:
-        pid = posix.posix_spawn(path, [path, "--timeout=5", *args], ENVIRONMENT, file_actions=[
+        pid = posix.posix_spawn(path, [path, "--timeout=5", *args], programs.ENVIRONMENT,
+                                file_actions=[
             (posix.POSIX_SPAWN_DUP2, null, 0), (posix.POSIX_SPAWN_DUP2, null, 1),
             (posix.POSIX_SPAWN_DUP2, null, 2)])
     finally:
@@ -58,7 +48,7 @@ def bridges() -> set[str]:
     out_r, out_w = posix.pipe2(posix.O_CLOEXEC)
     null = posix.open("/dev/null", posix.O_RDWR | posix.O_CLOEXEC)
     try:
-        pid = posix.posix_spawn(path, [path, "--timeout=5", "list-br"], ENVIRONMENT,
+        pid = posix.posix_spawn(path, [path, "--timeout=5", "list-br"], programs.ENVIRONMENT,
                                 file_actions=[(posix.POSIX_SPAWN_DUP2, null, 0),
                                               (posix.POSIX_SPAWN_DUP2, out_w, 1),
                                               (posix.POSIX_SPAWN_DUP2, null, 2)])
@@ -95,7 +85,7 @@ class Runner:
         if pid == 0:
             status = 1
             try:
-                _keep_only_fds(requests_out, answers_in)
+                programs.keep_only_fds(requests_out, answers_in)
                 _serve(requests_out, answers_in, allowed)
                 status = 0
             finally:
@@ -141,15 +131,6 @@ class Runner:
 
     def __exit__(self, *_: object) -> None:
         self.close()
-
-
-def _keep_only_fds(*keep: int) -> None:
-    """The child holds none of the helper's sockets, namespaces or files."""
-    low = 3
-    for fd in sorted(keep):
-        posix.closerange(low, fd)
-        low = fd + 1
-    posix.closerange(low, 1 << 20)
 
 
 def _serve(requests: int, answers: int, allowed: "Callable[[tuple[str, ...]], bool]") -> None:

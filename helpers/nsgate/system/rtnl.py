@@ -149,9 +149,10 @@ class Rtnl:
         return link.index
 
     def set_link(self, index: int, *, master: int | None = None, up: bool | None = None,
-                 address: bytes | None = None, mtu: int | None = None) -> None:
+                 address: bytes | None = None, mtu: int | None = None,
+                 group: int | None = None) -> None:
         """Change what is given of link `index`; `master=0` detaches it from its master."""
-        attrs = b""
+        attrs = b"" if group is None else codec.u32(codec.IFLA_GROUP, group)
         if address is not None:
             attrs += codec.attr(codec.IFLA_ADDRESS, address)
         if mtu is not None:
