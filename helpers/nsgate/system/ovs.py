@@ -30,9 +30,9 @@ def run(*args: str) -> bool:
     null = posix.open("/dev/null", posix.O_RDWR | posix.O_CLOEXEC)
     try:
         pid = posix.posix_spawn(path, [path, "--timeout=5", *args], programs.ENVIRONMENT,
-                                file_actions=[
-            (posix.POSIX_SPAWN_DUP2, null, 0), (posix.POSIX_SPAWN_DUP2, null, 1),
-            (posix.POSIX_SPAWN_DUP2, null, 2)])
+                                file_actions=[(posix.POSIX_SPAWN_DUP2, null, 0),
+                                              (posix.POSIX_SPAWN_DUP2, null, 1),
+                                              (posix.POSIX_SPAWN_DUP2, null, 2)])
     finally:
         posix.close(null)
     _, status = posix.waitpid(pid, 0)
