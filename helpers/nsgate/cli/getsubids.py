@@ -1,11 +1,13 @@
 """getsubids [-g] USER: list the subordinate ranges the map helpers would honour for USER, in
-shadow's format `<index>: <user as given> <start> <count>` (newuidmap.md §9). Unprivileged."""
+shadow's format `<index>: <user as given> <start> <count>` (newuidmap.md §9). Unprivileged.
+Every answer goes to syslog (authpriv), as the map helpers' decisions do."""
 
+import posix
 import pwd
 
 from nsgate.errors import Refusal
 from nsgate.policy.numbers import UINT32_MAX, parse_decimal
-from nsgate.system import confine, files, subid_db
+from nsgate.system import audit, confine, files, subid_db
 
 USAGE = ("Usage: getsubids [-g] user\n"
          "    list subuid ranges for user\n"
@@ -14,6 +16,16 @@ USAGE = ("Usage: getsubids [-g] user\n"
 
 def main(argv: list[str]) -> tuple[int, str, str]:
     """The exit status, the text for stdout and the text for stderr."""
+    what = f"caller uid {posix.getuid()}, getsubids " + " ".join(
+        repr(arg.encode("utf-8", "surrogateescape")[:40])[2:-1] for arg in argv[:3])
+    status, out, err = _answer(argv)
+    audit.record("getsubids", status == 0,
+                 f"{what}: " + (f"ranges listed: {out.count(chr(10))}" if status == 0
+                                else err.split("\n", 1)[0].removeprefix("getsubids: ")))
+    return status, out, err
+
+
+def _answer(argv: list[str]) -> tuple[int, str, str]:
     if not argv or (len(argv) == 1 and argv[0] == "-h"):
         return 1, "", USAGE
     confine.confine([], confine.READER)  # unprivileged, and it stays within reading

@@ -88,8 +88,8 @@ def main(argv: list[str]) -> tuple[int, str, str]:
             return 1, "", USAGE  # exactly the reference's text
         text = "".join(f"lxc-user-nic: {x}\n" for x in (refusal.first, *refusal.details))
         return 1, "", audit.printable_lines(text)
-    audit.record("lxc-user-nic", True, f"{what}: {line.strip() or 'deleted'}")
     credentials.drop_all(ids)
+    audit.record("lxc-user-nic", True, f"{what}: {line.strip() or 'deleted'}")
     return 0, line, ""
 
 
