@@ -143,8 +143,11 @@ def wchan(pid: int) -> str:
 
 
 def _locks_on(path: Path) -> list[tuple[bool, int]]:
-    """(blocked, pid) of every entry of /proc/locks on the inode at `path`."""
-    st = os.stat(path)
+    """(blocked, pid) of every entry of /proc/locks on the inode at `path` (none if no file)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return []
     dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     found = []
     for line in Path("/proc/locks").read_text().splitlines():
