@@ -143,21 +143,27 @@ def wchan(pid: int) -> str:
 
 
 def _locks_on(path: Path) -> list[tuple[bool, int]]:
-    """(blocked, pid) of every entry of /proc/locks on the inode at `path` (none if no file)."""
+    """(blocked, pid) of every entry of /proc/locks on the inode at `path` (none if no file).
+    /proc/locks names the inode as MAJOR:MINOR:INODE of the file system that holds the lock;
+    on overlayfs (the tests' /etc) that device is not the one stat() reports, so where no
+    entry matches both, the inode number alone decides."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
         return []
-    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    found = []
+    exact = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    entries = []
     for line in Path("/proc/locks").read_text().splitlines():
         fields = line.split()
         blocked = fields[1] == "->"
         if blocked:
             fields = fields[:1] + fields[2:]
-        if fields[5] == dev:
-            found.append((blocked, int(fields[4])))
-    return found
+        entries.append((fields[5], blocked, int(fields[4])))
+    found = [(blocked, pid) for key, blocked, pid in entries if key == exact]
+    if found:
+        return found
+    return [(blocked, pid) for key, blocked, pid in entries
+            if key.rsplit(":", 1)[1] == str(st.st_ino)]
 
 
 def lock_waiters(path: Path) -> set[int]:

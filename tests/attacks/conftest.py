@@ -32,7 +32,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ALICE, SANDBOX, Target, User, as_user, helper, proc_state, wchan
+from tests.support import (
+    ALICE,
+    PATIENCE,
+    SANDBOX,
+    Target,
+    User,
+    as_user,
+    helper,
+    proc_state,
+    wchan,
+)
 from tests.usernic_support import (
     DB,
     DB_DIR,
@@ -756,7 +766,7 @@ def with_private_run(setup: str, argv: list[str], *, umask: int | None = None
 # --- small helpers shared by several modules -----------------------------------------------------
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 10, what: str = "") -> None:
+def wait_for(predicate: Callable[[], bool], timeout: float = PATIENCE, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
