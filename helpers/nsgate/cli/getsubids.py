@@ -1,13 +1,15 @@
 """getsubids [-g] USER: list USER's subordinate ranges as shadow 4.13's getsubids selects them
 (lines keyed by USER as given, and by the decimal id of the user, with -g the group, of that
 name), of the lines the map helpers honour, in shadow's format `<index>: <user as given> <start>
-<count>` (newuidmap.md §9). Unprivileged."""
+<count>` (newuidmap.md §9). Unprivileged. Every answer goes to syslog (authpriv), as the map
+helpers' decisions do."""
 
 import grp
+import posix
 import pwd
 
 from nsgate.errors import Refusal
-from nsgate.system import confine, files, subid_db
+from nsgate.system import audit, confine, files, subid_db
 
 USAGE = ("Usage: getsubids [-g] user\n"
          "    list subuid ranges for user\n"
@@ -16,6 +18,16 @@ USAGE = ("Usage: getsubids [-g] user\n"
 
 def main(argv: list[str]) -> tuple[int, str, str]:
     """The exit status, the text for stdout and the text for stderr."""
+    what = f"caller uid {posix.getuid()}, getsubids " + " ".join(
+        repr(arg.encode("utf-8", "surrogateescape")[:40])[2:-1] for arg in argv[:3])
+    status, out, err = _answer(argv)
+    audit.record("getsubids", status == 0,
+                 f"{what}: " + (f"ranges listed: {out.count(chr(10))}" if status == 0
+                                else err.split("\n", 1)[0].removeprefix("getsubids: ")))
+    return status, out, err
+
+
+def _answer(argv: list[str]) -> tuple[int, str, str]:
     if not argv or (len(argv) == 1 and argv[0] == "-h"):
         return 1, "", USAGE
     confine.confine([], confine.READER)  # unprivileged, and it stays within reading

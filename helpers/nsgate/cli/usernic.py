@@ -89,8 +89,8 @@ def main(argv: list[str]) -> tuple[int, str, str]:
         if refusal.usage:
             return 1, "", USAGE  # exactly the reference's text
         return 1, "", refusal.text("lxc-user-nic")
-    audit.record("lxc-user-nic", True, f"{what}: {line.strip() or 'deleted'}")
     credentials.drop_all(ids)
+    audit.record("lxc-user-nic", True, f"{what}: {line.strip() or 'deleted'}")
     return 0, line, ""
 
 
