@@ -3,6 +3,8 @@
 Run as root:  /usr/bin/python3 -I bench/bench.py [--prefix /usr/local] [--rounds N]
               [--big-rounds N] [--nic-rounds N] [--concurrent-rounds N] [--f-links N]
               [--json FILE]
+Exit status: 0 when every README performance target is met; 1 when one is missed (each missed
+target named on stderr, so a regression fails `make bench`) or the benchmark failed.
 
 Cases, all measured in one run and interleaved (each round runs every contestant once, in an
 order rotated by one place per round, so drift and warm-up affect every contestant alike):
@@ -798,6 +800,14 @@ def verdicts(stats: dict[tuple[str, str], Stats],
     ]
 
 
+def exit_status(checks: list[Verdict]) -> tuple[int, list[str]]:
+    """1 when any README target is missed (a regression shows in `make bench`'s status), with
+    one line per missed target; 0 and nothing when all are met."""
+    missed = [f"bench: target missed: {check.name}: {check.measured}, goal {check.target}"
+              for check in checks if not check.passed]
+    return (1 if missed else 0), missed
+
+
 def quota_summary(rounds: list[QuotaRound]) -> str:
     """(g): what a tool let through, over all rounds."""
     def spread(values: list[int]) -> str:
@@ -964,7 +974,10 @@ def bench(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(
             json.dumps(to_json(stats, checks, quota, info), indent=2) + "\n")
-    return 0
+    status, missed = exit_status(checks)
+    for line in missed:
+        print(line, file=sys.stderr)
+    return status
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:

@@ -3,13 +3,15 @@
 with the files and the passwd database replaced by ones made from the input, read through
 reused buffers as files.chunks hands them over. Only the pure part runs: no file is opened.
 
-Input: `header SEP passwd SEP subid-file SEP argv`; passwd lines `name:uid`; argv NUL-separated.
+Input: `header SEP passwd SEP subid-file SEP argv`; passwd lines `name:uid`, group lines
+`@name:gid`; argv NUL-separated.
 Header byte 0: bit 0 no /etc/subuid, bit 1 no /etc/subgid, bits 2-4 the nsswitch.conf; bytes
 1- chunk sizes.
-Properties: no exception; `getsubids [-g] USER` lists, in file order and shadow's format, exactly
-the ranges of valid lines whose owner is USER as given or denotes the same uid (a decimal uid or
-a name), status 0 iff there is one; usage for no argument or `-h`; a clear error and nothing
-listed for an invalid subid source; every file it opens is closed.
+Properties: no exception; `getsubids [-g] USER` lists, in file order and shadow's format, the
+ranges of valid lines selected as shadow 4.13 selects them: once for an owner field equal to USER
+as given, once more for one equal to the decimal id of the user (-g: group) named USER (a user
+named by its own uid gets its lines twice), status 0 iff there is one; usage for no argument or
+`-h`; a clear error and nothing listed for an invalid subid source; every file it opens is closed.
 """
 
 from __future__ import annotations
@@ -30,19 +32,23 @@ NSSWITCH = [None, b"", b"subid: files\n", b"passwd: files\nsubid:\n", b"#subid: 
             b"subid: ../evil\n", b"SUBID:\tfiles extra\n", b"subid: lib/x\n"]
 
 
-def _users(passwd: bytes) -> dict[bytes, int]:
-    users = {}
+def _accounts(passwd: bytes) -> tuple[dict[bytes, int], dict[bytes, int]]:
+    """(users, groups): name -> id, the first line of a name winning, as getpwnam finds it."""
+    users: dict[bytes, int] = {}
+    groups: dict[bytes, int] = {}
     for line in passwd.split(b"\n"):
-        name, _, uid = line.partition(b":")
+        table = groups if line.startswith(b"@") else users
+        name, _, uid = line.removeprefix(b"@").partition(b":")
         value = oracles.canonical(uid, UINT32_MAX)
         if name and value is not None and b"\0" not in name:
-            users.setdefault(name, value)
-    return users
+            table.setdefault(name, value)
+    return users, groups
 
 
 @contextmanager
 def _fake_system(etc: dict[str, bytes | None], users: dict[bytes, int],
-                 sizes: bytes) -> Iterator[tuple[dict[int, str], list[int]]]:
+                 groups: dict[bytes, int], sizes: bytes
+                 ) -> Iterator[tuple[dict[int, str], list[int]]]:
     opened: dict[int, str] = {}
     closed: list[int] = []
 
@@ -68,11 +74,20 @@ def _fake_system(etc: dict[str, bytes | None], users: dict[bytes, int],
             raise KeyError(name)
         return types.SimpleNamespace(pw_uid=uid)
 
+    def getgrnam(name: str) -> types.SimpleNamespace:
+        if "\0" in name:
+            raise ValueError("embedded null character")
+        gid = groups.get(name.encode("utf-8", "surrogateescape"))
+        if gid is None:
+            raise KeyError(name)
+        return types.SimpleNamespace(gr_gid=gid)
+
     fakes = [(files, "open_trusted", open_trusted), (files, "chunks", chunks),
              (files, "read_small", read_small),
              (subid_db, "posix", types.SimpleNamespace(close=closed.append)),
              (subid_db, "pwd", types.SimpleNamespace(getpwnam=getpwnam)),
-             (getsubids, "pwd", types.SimpleNamespace(getpwnam=getpwnam))]
+             (getsubids, "pwd", types.SimpleNamespace(getpwnam=getpwnam)),
+             (getsubids, "grp", types.SimpleNamespace(getgrnam=getgrnam))]
     if hasattr(getsubids, "confine"):  # self-confinement (seccomp) must not hit this process
         fakes.append((getsubids, "confine", types.SimpleNamespace(
             confine=lambda caps, calls: None, READER=())))
@@ -88,29 +103,23 @@ def _fake_system(etc: dict[str, bytes | None], users: dict[bytes, int],
         subid_db._owner_uids.clear()
 
 
-def _expected(argv: list[str], etc: dict[str, bytes | None],
-              users: dict[bytes, int]) -> tuple[int, str, str] | None:
+def _expected(argv: list[str], etc: dict[str, bytes | None], users: dict[bytes, int],
+              groups: dict[bytes, int]) -> tuple[int, str, str] | None:
     """(status, out, err), or None where only "status 1, an error, nothing listed" is known."""
     if not argv or argv == ["-h"]:
         return 1, "", getsubids.USAGE
     kind, owner = ("gid", argv[1]) if len(argv) == 2 and argv[0] == "-g" else ("uid", argv[0])
     name = owner.encode("utf-8", "surrogateescape")
-
-    def uid_of(text: bytes) -> int | None:
-        value = oracles.canonical(text, UINT32_MAX)
-        return value if value is not None else users.get(text)
-
-    uid = uid_of(name)
-    if uid is None:  # no such user: nothing to look up
-        return 1, "", "Error fetching ranges\n"
     nsswitch = etc["/etc/nsswitch.conf"] or b""
     if b"../evil" in nsswitch or b"lib/x" in nsswitch:
         return None
+    found = (groups if kind == "gid" else users).get(name)  # shadow's get_owner_id
+    id_key = None if found is None else str(found).encode()
     content = etc[f"/etc/sub{kind}"]
     ranges = [] if content is None else [
         (start, count) for owner_field, start, count in
         filter(None, map(oracles.subid_line, oracles.file_lines(content)))
-        if owner_field == name or uid_of(owner_field) == uid]
+        for _ in range((owner_field == name) + (owner_field == id_key))]
     if not ranges:
         return 1, "", "Error fetching ranges\n"
     return 0, "".join(f"{i}: {owner} {s} {c}\n" for i, (s, c) in enumerate(ranges)), ""
@@ -120,14 +129,14 @@ def check(data: bytes) -> None:
     header_bytes, passwd, subids, args_part = common.parts(data, 4)
     header = common.Header(header_bytes)
     argv = [arg.decode("utf-8", "surrogateescape") for arg in common.argv(args_part)]
-    users = _users(passwd)
+    users, groups = _accounts(passwd)
     etc = {"/etc/subuid": None if header.flag(0, 0) else subids,
            "/etc/subgid": None if header.flag(0, 1) else subids,
            "/etc/nsswitch.conf": NSSWITCH[header.byte(0) >> 2 & 7]}
-    with _fake_system(etc, users, header_bytes[1:] or b"\x07") as (opened, closed):
+    with _fake_system(etc, users, groups, header_bytes[1:] or b"\x07") as (opened, closed):
         status, out, err = getsubids.main(argv)
     assert sorted(opened) == sorted(closed), ("fd leak", opened, closed)
-    expected = _expected(argv, etc, users)
+    expected = _expected(argv, etc, users, groups)
     if expected is None:
         assert (status, out) == (1, "") and err.startswith("getsubids: invalid subid source")
         return

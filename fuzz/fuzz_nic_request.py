@@ -5,7 +5,8 @@ Input: the argv after the program name, NUL-separated, as the kernel passes it.
 Properties: no exception but Refusal; accepted exactly when the documented grammar
 (lxc-user-nic.md §2, §3) accepts, with the same fields: a canonical pid >= 1 for create, a type of
 1 to 99 printable bytes, a bridge that is `none` or an interface name, an interface name where a
-nic name is given, and delete only with the host nic's name.
+nic name is given (for create also a kernel template with one `%d`), and delete only with the
+host nic's name.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def _oracle(args: list[bytes]) -> tuple | None:
         return None
     if bridge != b"none" and not oracles.ifname(bridge):
         return None
-    if nicname is not None and not oracles.ifname(nicname):
+    if nicname is not None and not oracles.ifname(nicname) and not (
+            verb == b"create" and oracles.ifname_template(nicname)):
         return None
     if verb == b"delete":
         return None if nicname is None else ("delete", 0, target, nic_type, bridge, nicname)

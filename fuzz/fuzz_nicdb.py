@@ -8,7 +8,8 @@ Properties: no exception; every non-empty line kept verbatim and read as the ora
 (lxc-user-nic.md §6); serialize(parse(x)) == x for a well-formed file (non-empty lines, each
 ending in a newline) and is idempotent for any; lines_of and find return only lines the file
 records for these owners, type, bridge (and dev), and all of them; prune drops exactly the valid
-lines of dead interfaces; an entry nsgate writes reads back as the same valid line.
+lines of dead interfaces among its candidates (every line, or lines_of's), by position, and keeps
+every other line; an entry nsgate writes reads back as the same valid line.
 """
 
 from __future__ import annotations
@@ -60,10 +61,13 @@ def check(data: bytes) -> None:
     found = nicdb.find(list(mine.values()), tokens, nic_type, bridge, dev)  # the delete path
     assert (found and found.raw) == (first and first.raw)
 
-    kept, stale = nicdb.prune(lines, live)
-    assert stale == [line for line, (_, rec) in zip(lines, expected, strict=True)
-                     if rec is not None and rec[3] not in live]
-    assert kept == [line for line in lines if line not in stale]
+    kept, stale = nicdb.prune(raw_lines, nicdb.numbered(raw_lines), live)
+    dead = {i for i, rec in enumerate(records) if rec is not None and rec[3] not in live}
+    assert set(stale) == dead and all(stale[i].raw == raw_lines[i] for i in dead), ("prune", stale)
+    assert kept == [raw for i, raw in enumerate(raw_lines) if i not in dead]
+    kept_mine, stale_mine = nicdb.prune(raw_lines, mine, live)  # the create path
+    assert set(stale_mine) == {i for i in dead if i in mine}
+    assert kept_mine == [raw for i, raw in enumerate(raw_lines) if i not in stale_mine]
 
     by_owner: dict[bytes, list[bytes]] = {}
     for _, rec in expected:

@@ -75,6 +75,13 @@ def ifname(name: bytes) -> bool:
             and all(c in _IFNAME_BYTES for c in name))
 
 
+def ifname_template(name: bytes) -> bool:
+    """A kernel name template (`net%d`, lxc-user-nic.md amendments): at most 15 bytes, one `%d`
+    and otherwise what an interface name may hold."""
+    return len(name) <= 15 and re.fullmatch(rb"([^%]*)%d([^%]*)", name, re.DOTALL) is not None \
+        and all(c in _IFNAME_BYTES for c in name.replace(b"%d", b""))
+
+
 def nic_line(raw: bytes) -> tuple[bytes, bytes, bytes, bytes] | None:
     """A nics-database line (lxc-user-nic.md §6): four words separated by runs of blanks, not a
     `#` comment, the last an interface name, the bridge one or `none`."""

@@ -29,7 +29,7 @@ FUZZ = Path(__file__).resolve().parent
 ROOT = FUZZ.parent
 CORPUS = FUZZ / "corpus"
 CRASHES = FUZZ / "crashes"
-MAX_LEN = {"getsubids": 8192, "idmap": 8192}
+MAX_LEN = {"getsubids": 8192, "idmap": 8192, "netlink": 16384}
 DEFAULT_MAX_LEN = 4096
 
 

@@ -26,6 +26,8 @@ from tests.support import (
     Target,
 )
 
+pytest_plugins = ("tests.ovs_support",)  # real Open vSwitch: fixtures openvswitch, ovsbr
+
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
 

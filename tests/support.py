@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,3 +108,69 @@ def write_etc(name: str, text: str | bytes, mode: int = 0o644) -> None:
     path.unlink(missing_ok=True)
     path.write_bytes(text.encode() if isinstance(text, str) else text)
     os.chmod(path, mode)
+
+
+# --- what the kernel reports about a process: wait on that, never on the wall clock -----------
+# A loaded 2-CPU CI makes any "within N seconds" flaky; these wait for a state the kernel shows
+# (/proc/PID/stat, /proc/PID/wchan, /proc/locks), with a generous deadline that only stops a
+# hung test.
+
+PATIENCE = 120.0  # seconds: only a hang takes this long
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = PATIENCE) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.005)
+
+
+def proc_state(pid: int) -> str:
+    """The state letter of /proc/PID/stat (R, S, D, T, t, Z, ...), or "gone"."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return "gone"
+
+
+def wchan(pid: int) -> str:
+    """The kernel function a sleeping process waits in ("0" when running), or "gone"."""
+    try:
+        return Path(f"/proc/{pid}/wchan").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return "gone"
+
+
+def _locks_on(path: Path) -> list[tuple[bool, int]]:
+    """(blocked, pid) of every entry of /proc/locks on the inode at `path` (none if no file).
+    /proc/locks names the inode as MAJOR:MINOR:INODE of the file system that holds the lock;
+    on overlayfs (the tests' /etc) that device is not the one stat() reports, so where no
+    entry matches both, the inode number alone decides."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return []
+    exact = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    entries = []
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        blocked = fields[1] == "->"
+        if blocked:
+            fields = fields[:1] + fields[2:]
+        entries.append((fields[5], blocked, int(fields[4])))
+    found = [(blocked, pid) for key, blocked, pid in entries if key == exact]
+    if found:
+        return found
+    return [(blocked, pid) for key, blocked, pid in entries
+            if key.rsplit(":", 1)[1] == str(st.st_ino)]
+
+
+def lock_waiters(path: Path) -> set[int]:
+    """The pids /proc/locks shows blocked (`->`) waiting for a lock on the file at `path`."""
+    return {pid for blocked, pid in _locks_on(path) if blocked}
+
+
+def lock_holders(path: Path) -> set[int]:
+    """The pids /proc/locks shows holding a lock on the file at `path`."""
+    return {pid for blocked, pid in _locks_on(path) if not blocked}

@@ -116,7 +116,7 @@ def test_syntax_in_the_nic_database():
 
 @pytest.mark.parametrize("name, line_text, why", [
     ("subuid", "nsgt-bob:300000:0", "count 0"),
-    ("subuid", "nsgt-bob:4294967000:65536", "past the last id"),
+    ("subuid", "nsgt-bob:4294967296:65536", "past the last id"),  # shadow: nothing either
     ("subuid", "nsgt-nosuchuser:300000:65536", "no user 'nsgt-nosuchuser'"),
     ("subgid", "nsgt-nosuchuser:300000:65536", "no user 'nsgt-nosuchuser'"),
 ])

@@ -7,7 +7,6 @@ import fcntl
 import os
 import stat
 import subprocess
-import time
 
 import pytest
 
@@ -21,7 +20,8 @@ from tests.admin_support import (
     nsgate_json,
     write_nics,
 )
-from tests.support import ALICE
+from tests.support import ALICE, lock_waiters, wait_for
+from tests.usernic_support import LOCK
 
 LIVE = ["nsgt-alice veth nsgtbr0 nsgtv0", "nsgt-bob veth none nsgtv1"]
 STALE = ["nsgt-alice veth nsgtbr0 veth23001_dead", "@nsgt-aux veth nsgtbr0 veth23002_gone"]
@@ -118,8 +118,9 @@ def test_gc_waits_for_the_lock_lxc_user_nic_holds():
     fcntl.flock(fd, fcntl.LOCK_EX)
     proc = subprocess.Popen([str(NSGATE_BIN), "nics", "gc"], stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.5)
-        assert proc.poll() is None  # still waiting
+        wait_for(lambda: proc.pid in lock_waiters(LOCK) or proc.poll() is not None,
+                 "gc to block on the lock")
+        assert proc.poll() is None  # still waiting, blocked on the lock
         assert NICS.read_text() == f"{LIVE[0]}\n{STALE[0]}\n"
     finally:
         os.close(fd)  # releases the lock

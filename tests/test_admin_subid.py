@@ -16,7 +16,7 @@ import pytest
 from nsgate.policy import subid
 
 from tests.admin_support import NSGATE_BIN, nsgate
-from tests.support import ALICE, BOB, write_etc
+from tests.support import ALICE, BOB, lock_holders, lock_waiters, wait_for, wchan, write_etc
 
 SUBUID = Path("/etc/subuid")
 SUBGID = Path("/etc/subgid")
@@ -172,6 +172,9 @@ def test_a_lock_without_a_pid_is_left_alone_and_named():
         Path("/etc/subuid.lock").unlink()
 
 
+PWD_LOCK = Path("/etc/.pwd.lock")
+
+
 @pytest.mark.parametrize("held", ["lckpwdf", "link"])
 def test_waits_while_another_writer_holds_the_lock(held):
     if held == "lckpwdf":
@@ -183,9 +186,14 @@ def test_waits_while_another_writer_holds_the_lock(held):
         release = Path("/etc/subuid.lock").unlink
     proc = subprocess.Popen([str(NSGATE_BIN), "subid", "add", "nsgt-carol", "400000", "10"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        time.sleep(0.5)
-        assert proc.poll() is None
+    try:  # seen waiting by the kernel: blocked on lckpwdf, or holding it and polling the link
+        if held == "lckpwdf":
+            waiting = lambda: proc.pid in lock_waiters(PWD_LOCK)  # noqa: E731
+        else:
+            waiting = lambda: (proc.pid in lock_holders(PWD_LOCK)  # noqa: E731
+                               and "nanosleep" in wchan(proc.pid))
+        wait_for(lambda: waiting() or proc.poll() is not None, "the writer to wait for the lock")
+        assert proc.poll() is None, proc.communicate()
         assert "nsgt-carol" not in SUBUID.read_text()
     finally:
         release()

@@ -37,6 +37,9 @@ def world():
     write_etc("lxc/lxc-usernet", f"nsgt-alice veth brf {QUOTA}\nnsgt-bob veth brf {QUOTA}\n"
                                  f"nsgt-alice veth nsgate-private {QUOTA}\n")
     subprocess.run(["ip", "link", "add", "brf", "type", "bridge"], check=True)
+    # nsgate's nftables table in place, as after any first create on a Linux bridge, so every
+    # create makes the same system calls (installing it: test_usernic_port_security.py)
+    assert create(BOB, Proc.container(BOB).pid, bridge="brf").returncode == 0
     yield
     Proc.stop_all()
     for name in links():

@@ -1,4 +1,5 @@
-"""getsubids: the reference's output format, and exactly the ranges the map helpers honour."""
+"""getsubids: the reference's output format, and of the lines the map helpers honour, those shadow
+selects (test_getsubids_compat.py runs the selection side by side with shadow's)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ MIXED = (
     "nsgt-alicex:700000:10\n"                  # prefix-named user
     "nosuchuser:800000:10\n"
 )
-ALICE_RANGES = [(200000, 65536), (500000, 10), (600000, 10)]
 
 
 def getsubids(*args: str, user=ALICE, impl: str = "nsgate"):
@@ -38,12 +38,16 @@ def test_gid_listing():
     assert result.stdout == b"0: nsgt-alice 100 5\n1: nsgt-alice 7000 3\n"
 
 
-@pytest.mark.parametrize("arg", ["nsgt-alice", "23001", "nsgt-alias"])
-def test_lists_exactly_what_the_map_helpers_honour(arg):
+@pytest.mark.parametrize("arg, ranges", [
+    ("nsgt-alice", [(200000, 65536), (500000, 10)]),  # its name's lines and its uid's
+    ("23001", [(500000, 10)]),                         # a number is matched as text only
+    ("nsgt-alias", [(500000, 10), (600000, 10)]),      # not the lines of alice's other name
+])
+def test_lists_the_honoured_lines_shadow_selects(arg, ranges):
     write_etc("subuid", MIXED)
     result = getsubids(arg)
     assert result.returncode == 0, result.stderr
-    expected = "".join(f"{i}: {arg} {s} {c}\n" for i, (s, c) in enumerate(ALICE_RANGES))
+    expected = "".join(f"{i}: {arg} {s} {c}\n" for i, (s, c) in enumerate(ranges))
     assert result.stdout.decode() == expected
 
 

@@ -171,7 +171,7 @@ def test_deb_metadata_names_distribution_dependencies(deb: Path):
                             capture_output=True, text=True, check=True).stdout
     assert "Package: nsgate" in fields
     for dependency in ("python3-cffi-backend", "python3-cffi-backend-api-min",
-                       "python3 (>= 3.", "python3 (<< 3.", "libseccomp2"):
+                       "python3 (>= 3.", "python3 (<< 3.", "libseccomp2", "nftables"):
         assert dependency in fields, fields
     listing = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True,
                              check=True).stdout
@@ -406,6 +406,7 @@ def test_rpm_layout_modes_and_capabilities(rpms: dict[str, Path], variant: str):
     assert len(backend) == 1 and stat.S_ISLNK(files[backend[0]][0])
     requires = rpm_query(package, "--requires")
     assert "python3-cffi" in requires and "python(abi) = 3." in requires
+    assert "nftables" in requires.split()  # port security on Linux bridges (port_security.py)
 
 
 # --- the man pages ----------------------------------------------------------------------------
@@ -491,9 +492,9 @@ def test_nsgate_page_documents_every_command_option_and_finding_code():
     for command in ("check", "explain", "subid add", "subid remove", "subid allocate",
                     "nics list", "nics gc", "help", "--version"):
         assert f"nsgate {command}" in text, command
-    for code in ("syntax", "grants-nothing", "overlap", "contains-real-id", "unsafe-file",
-                 "no-bridge", "not-a-bridge", "stale-nic", "foreign-nic", "private-bridge",
-                 "install"):
+    for code in ("syntax", "grants-nothing", "shadow-grants", "overlap", "contains-real-id",
+                 "unsafe-file", "no-bridge", "not-a-bridge", "stale-nic", "foreign-nic",
+                 "private-bridge", "lock-leftover", "install"):
         assert f"{code} (" in text, code
     for status in ("0 Success", "1 Errors were found", "2 Usage error"):
         assert status in text, status

@@ -110,7 +110,7 @@ def test_link_lookup_and_netns_fd() -> None:
             out["missing"] = view(rtnl.link("nsg-missing0"))
             out["by_index"] = view(rtnl.link_by_index(lo.index))
             out["missing_index"] = view(rtnl.link_by_index(4242))
-            out["cloexec"] = not os.get_inheritable(rtnl._sock.fileno())
+            out["cloexec"] = not os.get_inheritable(rtnl.fileno())
         out["ip_lo"] = ip("link", "show", "lo")[0]
         fd = netns_of_self()
         out["fd_is_own_netns"] = os.fstat(fd).st_ino == os.stat("/proc/thread-self/ns/net").st_ino
@@ -307,7 +307,7 @@ def test_link_names_multipart_dump_and_small_buffer() -> None:
         with Rtnl(buffer_size=64) as tiny:  # every datagram is larger: the buffer must grow
             out["tiny_names"] = sorted(tiny.link_names())
             out["tiny_link"] = view(tiny.link("nsg299"))
-            out["tiny_buffer"] = len(tiny._buffer)
+            out["tiny_buffer"] = len(tiny._socket._buffer)
     """)
     assert len(out["names"]) == 301
     assert out["names"] == out["ip_names"] == out["tiny_names"]

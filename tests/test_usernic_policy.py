@@ -127,6 +127,9 @@ def oracle_db_line(raw: bytes) -> tuple[bytes, bytes, bytes, bytes] | None:
 
 _CANONICAL = re.compile(rb"[1-9][0-9]*")
 _TYPE = re.compile(rb"[\x21-\x7e]{1,99}")
+# a kernel name template: one %d among the bytes a name may hold (issue 9 §3)
+_TEMPLATE = re.compile(rb"[\x21-\x24\x26-\x2e\x30-\x39\x3b-\x7e]*%d"
+                       rb"[\x21-\x24\x26-\x2e\x30-\x39\x3b-\x7e]*")
 
 
 def oracle_request(args: list[bytes]) -> tuple:
@@ -140,7 +143,8 @@ def oracle_request(args: list[bytes]) -> tuple:
         return ("refuse",)
     if bridge != b"none" and not oracle_ifname(bridge):
         return ("refuse",)
-    if nicname is not None and not oracle_ifname(nicname):
+    if nicname is not None and not oracle_ifname(nicname) and not (
+            verb == b"create" and _TEMPLATE.fullmatch(nicname) and len(nicname) <= 15):
         return ("refuse",)
     if verb == b"delete":
         if nicname is None:
@@ -270,8 +274,10 @@ def owner_after(policy: bytes, user: bytes, groups: list[bytes], nic_type: bytes
     """The pipeline the helper runs under its lock (cli/usernic.py _create_locked)."""
     grants = usernet.applicable(usernet.parse(policy), usernet.tokens_of(user, groups),
                                 nic_type, bridge)
-    kept, _stale = nicdb.prune(nicdb.parse(db), live)
-    return usernet.decide(grants, nicdb.nics_by_owner(kept, nic_type, bridge))
+    raw_lines = nicdb.split_lines(db)
+    _kept, stale = nicdb.prune(raw_lines, nicdb.numbered(raw_lines), live)
+    alive = [nicdb.NicLine(raw) for position, raw in enumerate(raw_lines) if position not in stale]
+    return usernet.decide(grants, nicdb.nics_by_owner(alive, nic_type, bridge))
 
 
 def oracle_used(db: bytes, nic_type: bytes, bridge: bytes, live: set[bytes]) -> dict[bytes, int]:
@@ -590,13 +596,21 @@ def test_db_parse_never_crashes_and_keeps_every_non_empty_line(data: bytes) -> N
 @given(lines=db_files, live=st.sets(st.sampled_from([b"veth1000_wl7j", b"veth3NMhB6", b"br0",
                                                       b"none", b"u", b"veth", b"ovsbr"])))
 def test_db_prune_drops_exactly_the_dead_valid_lines(lines, live):
-    parsed = nicdb.parse(b"".join(line + b"\n" for line in lines))
-    kept, stale = nicdb.prune(parsed, live)
-    dead = [oracle_db_line(line.raw) is not None and oracle_db_line(line.raw)[3] not in live
-            for line in parsed]
-    assert kept == [line for line, d in zip(parsed, dead, strict=True) if not d]
-    assert stale == [line for line, d in zip(parsed, dead, strict=True) if d]
-    assert all(not line.valid for line in kept if oracle_db_line(line.raw) is None)
+    raw_lines = nicdb.split_lines(b"".join(line + b"\n" for line in lines))
+    kept, stale = nicdb.prune(raw_lines, nicdb.numbered(raw_lines), live)
+    dead = [oracle_db_line(raw) is not None and oracle_db_line(raw)[3] not in live
+            for raw in raw_lines]
+    assert kept == [raw for raw, d in zip(raw_lines, dead, strict=True) if not d]
+    assert [(position, line.raw) for position, line in stale.items()] == [
+        (position, raw) for position, (raw, d) in enumerate(zip(raw_lines, dead, strict=True))
+        if d]
+    # only the candidates can be stale: the lines of one owner leave the others' alone
+    mine = nicdb.lines_of(raw_lines, {b"u"}, b"veth", b"br0")
+    kept_mine, stale_mine = nicdb.prune(raw_lines, mine, live)
+    assert stale_mine == {position: line for position, line in mine.items()
+                          if line.dev not in live}
+    assert kept_mine == [raw for position, raw in enumerate(raw_lines)
+                         if position not in stale_mine]
 
 
 @fast(200)
@@ -701,9 +715,12 @@ def test_every_recorded_nic_is_counted_again(name, as_group, nic_type, bridge, u
     assert usernet.decide(grants, {}).owner == token
     host = nicnames.host_veth_name(uid, rnd)
     db = nicdb.serialize([nicdb.entry(token, nic_type, bridge, host)])
-    kept, _stale = nicdb.prune(nicdb.parse(db), {host})
-    assert nicdb.nics_by_owner(kept, nic_type, bridge) == {token: [host]}
-    assert usernet.decide(grants, nicdb.nics_by_owner(kept, nic_type, bridge)).owner is None
+    raw_lines = nicdb.split_lines(db)
+    kept, stale = nicdb.prune(raw_lines, nicdb.numbered(raw_lines), {host})
+    assert kept == raw_lines and stale == {}
+    alive = nicdb.parse(nicdb.join_lines(kept))
+    assert nicdb.nics_by_owner(alive, nic_type, bridge) == {token: [host]}
+    assert usernet.decide(grants, nicdb.nics_by_owner(alive, nic_type, bridge)).owner is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -908,8 +925,18 @@ def test_request_create_name_of_one_byte_is_accepted_as_the_issue_says():
     assert request.nicname == b"a"
 
 
-def test_request_name_templates_are_refused():
-    """`%` would make the kernel choose the name (a%d -> a0): refused before anything."""
-    for name in (b"a%d", b"eth%d", b"%"):
+def test_request_name_templates():
+    """Issue 9 §3: a create may ask for a kernel template (`net%d`: the kernel picks net0, net1...
+    as the reference lets it); only one `%d`, as the kernel's dev_alloc_name allows, and never
+    for delete, whose name is a host end's."""
+    for name in (b"a%d", b"eth%d", b"%d", b"net%dx", b"abcdefghijklm%d"):
+        request = nic_request.parse([b"create", b"x", b"x", b"1234", b"veth", b"br0", name])
+        assert request.nicname == name
+    for name in (b"%", b"a%", b"a%s", b"a%d%d", b"%%d", b"a%dx%", b"abcdefghijklmn%d", b"a/%d",
+                 b"a %d", b"a:%d", b"a%D"):
         with pytest.raises(Refusal):
             nic_request.parse([b"create", b"x", b"x", b"1234", b"veth", b"br0", name])
+    with pytest.raises(Refusal):
+        nic_request.parse([b"delete", b"x", b"x", b"/proc/1/ns/net", b"veth", b"br0", b"a%d"])
+
+

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from tests.support import SANDBOX, User, helper
+from tests.support import PATIENCE, SANDBOX, User, helper
 
 NSGATE_NIC = helper("lxc-user-nic")
 REFERENCE_NIC = "/usr/libexec/lxc/lxc-user-nic"
@@ -140,7 +140,7 @@ def add_veth(name: str) -> None:
     ip("link", "add", name, "type", "veth", "peer", "name", name + "p")
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 10, what: str = "") -> None:
+def wait_until(predicate: Callable[[], bool], timeout: float = PATIENCE, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:

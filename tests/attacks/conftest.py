@@ -22,7 +22,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -30,7 +32,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ALICE, SANDBOX, Target, User, as_user, helper
+from tests.support import (
+    ALICE,
+    PATIENCE,
+    SANDBOX,
+    Target,
+    User,
+    as_user,
+    helper,
+    proc_state,
+    wchan,
+)
 from tests.usernic_support import (
     DB,
     DB_DIR,
@@ -187,24 +199,62 @@ class Result:
     out: bytes | None
     err: bytes | None
     elapsed: float = 0.0
+    cpu: float = 0.0  # user + system seconds of the run (the kernel's count, not the clock)
+    blocked: str | None = None  # with watch=True: the FIFO wait the kernel showed it in
 
     def __str__(self) -> str:
         return f"exit {self.rc}, stdout {self.out!r}, stderr {self.err!r}"
 
 
+# Where /proc/PID/wchan shows a process waiting on a FIFO: for a partner to open it, for data.
+FIFO_WAITS = ("wait_for_partner", "pipe_read", "anon_pipe_read", "fifo_pipe_read")
+
+
+def _watch_for_fifo_waits(proc: subprocess.Popen[bytes], seen: list[str]) -> None:
+    """Until `proc` ends: if the kernel shows it waiting on a FIFO (where nothing would ever
+    wake it), note where and kill it."""
+    while proc_state(proc.pid) not in ("Z", "gone"):
+        where = wchan(proc.pid)
+        if where in FIFO_WAITS:
+            seen.append(where)
+            proc.kill()
+            return
+        time.sleep(0.002)
+
+
 def attack(argv: Sequence[str | bytes], *, user: User = ALICE, extra: Sequence[str] = (),
-           env: dict[str, str] | None = None, timeout: float = 20, probe: bool = True,
-           **kwargs) -> Result:
-    """Run argv as `user` (setpriv --reuid … --init-groups) and count it as a probe."""
+           env: dict[str, str] | None = None, timeout: float = 60, probe: bool = True,
+           watch: bool = False, **kwargs) -> Result:
+    """Run argv as `user` (setpriv --reuid … --init-groups) and count it as a probe. `watch`:
+    also watch the kernel's wchan of the run for a wait on a FIFO (Result.blocked)."""
     kwargs.setdefault("stdin", subprocess.DEVNULL)
     kwargs.setdefault("stdout", subprocess.PIPE)
     kwargs.setdefault("stderr", subprocess.PIPE)
+    data = kwargs.pop("input", None)
+    if data is not None:
+        kwargs["stdin"] = subprocess.PIPE
     started = time.monotonic()
-    proc = subprocess.run(as_user(user, list(argv), extra=tuple(extra)),
-                          env=USER_ENV if env is None else env, timeout=timeout, **kwargs)
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    seen: list[str] = []
+    with subprocess.Popen(as_user(user, list(argv), extra=tuple(extra)),
+                          env=USER_ENV if env is None else env, **kwargs) as proc:
+        watcher = threading.Thread(target=_watch_for_fifo_waits, args=(proc, seen))
+        if watch:
+            watcher.start()
+        try:
+            out, err = proc.communicate(data, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        finally:
+            if watch:
+                watcher.join()
+    now = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime
     if probe:
         count_probe()
-    return Result(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
+    return Result(proc.returncode, out, err, time.monotonic() - started, cpu,
+                  seen[0] if seen else None)
 
 
 def user_env(env: dict[str, str]) -> list[str]:
@@ -573,7 +623,7 @@ def tree_listing(path: Path) -> list[tuple[str, int, int]]:
 # --- signals from a process of the user's ------------------------------------------------------
 
 SIGNALLER = r"""
-import json, os, subprocess, sys, time
+import json, os, signal, subprocess, sys, time
 def stat(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -618,7 +668,12 @@ for line in sys.stdin:
             sent.append("eperm")
         except ProcessLookupError:
             sent.append("gone")
-        time.sleep(0.002)
+        if sig == signal.SIGSTOP and sent[-1] == "sent":  # it lands: wait for the kernel to
+            deadline = time.monotonic() + 60  # show it, however loaded the machine is
+            while state(proc.pid) not in ("T", "Z", "gone") and time.monotonic() < deadline:
+                time.sleep(0.001)
+        else:
+            time.sleep(0.002)
         states.append(state(proc.pid))
     out, err = proc.communicate(timeout=30)
     print(json.dumps({"rc": proc.returncode, "out": None if out is None else out.hex(),
@@ -711,7 +766,7 @@ def with_private_run(setup: str, argv: list[str], *, umask: int | None = None
 # --- small helpers shared by several modules -----------------------------------------------------
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 10, what: str = "") -> None:
+def wait_for(predicate: Callable[[], bool], timeout: float = PATIENCE, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:

@@ -63,7 +63,7 @@ def test_mangled_arguments(helper, scenario, variant):
     args = mangle(request)
     result = attack([request.argv[0], *args])
     state = verify(request, result)
-    assert result.elapsed < 10, f"{result.elapsed:.1f} s"
+    assert result.cpu < 5, f"{result.cpu:.1f} s of CPU"  # not the clock: a loaded CI stretches that
     if expected != "any":
         assert state == ("done" if expected == "done" else "untouched"), result
     if result.err:

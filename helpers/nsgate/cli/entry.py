@@ -31,7 +31,7 @@ def _dispatch(prog: str, argv: list[str]) -> tuple[int, str, str]:
         integrity.verify_startup(__file__.rsplit("/", 3)[0])
     except Refusal as refusal:
         _drop_privilege()
-        return 1, "", "".join(f"{prog}: {line}\n" for line in (refusal.first, *refusal.details))
+        return 1, "", refusal.text(prog)
     if prog in ("newuidmap", "newgidmap"):
         from nsgate.cli import newidmap
 

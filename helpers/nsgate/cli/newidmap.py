@@ -44,25 +44,18 @@ def main(prog: str, argv: list[str]) -> tuple[int, str]:
         credentials.harden_process()
         request = parse(args, kind)
         credentials.require_capability(SET_ID_CAP[kind])
-        _map(prog, kind, caller, request, what)
+        done = _map(kind, caller, request)
     except Refusal as refusal:
         credentials.drop_all(caller)
         audit.record(prog, False, f"{what}: {refusal.first}")
-        return 1, render(prog, refusal, USAGE[kind])
+        return 1, refusal.text(prog, USAGE[kind] if refusal.usage else "")
     credentials.drop_all(caller)
+    audit.record(prog, True, f"{what}: {done}")
     return 0, ""
 
 
-def render(prog: str, refusal: Refusal, usage: str) -> str:
-    lines = [f"{prog}: {refusal.first}\n"]
-    lines.extend(f"{prog}: {detail}\n" for detail in refusal.details)
-    if refusal.usage:
-        lines.append(usage)
-    return audit.printable_lines("".join(lines))
-
-
-def _map(prog: str, kind: str, caller: credentials.CallerIds, request: MapRequest,
-         what: str) -> None:
+def _map(kind: str, caller: credentials.CallerIds, request: MapRequest) -> str:
+    """Write the map; what was done, for the log."""
     map_file = f"{kind}_map"
     self_id = caller.uid if kind == "uid" else caller.gid
     _refuse_overlap(request.triples, kind, self_id)
@@ -99,14 +92,13 @@ def _map(prog: str, kind: str, caller: credentials.CallerIds, request: MapReques
         caps.append(kernel.CAP_SETFCAP)
     confine.confine(caps, confine.MAP_WRITER)
 
-    audit.record(prog, True, f"{what}: target {request.target} owned by "
-                             f"{entry.pw_name} ({caller.uid})")
     if kind == "gid" and not decision.allow_setgroups:
         credentials.act_as_caller(caller)
         procfs.deny_setgroups(dirfd)
     credentials.become_map_writer(caller, caps)
     procfs.write_map(dirfd, map_file, request.map_text())
     posix.close(dirfd)
+    return f"target {request.target} owned by {entry.pw_name} ({caller.uid})"
 
 
 def _refuse_overlap(triples: list[Triple], kind: str, self_id: int) -> None:

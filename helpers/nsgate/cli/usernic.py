@@ -3,14 +3,14 @@ quota (lxc-user-nic.md). Drop-in for LXC's helper.
 
 create, in order, each step before any change:
   parse and validate every name; identify the caller; find the applicable grants; check the
-  bridge (a Linux bridge, an OVS bridge, or `none`); open the target's netns once, as the caller;
-  prove the caller holds CAP_NET_ADMIN over that very netns, as the caller. Then, with every id
-  root so the caller can no longer stop or kill the helper, out of the caller's cgroups and
-  scheduling so it cannot freeze or starve it (system/detach.py), with only the capabilities the
-  action needs (confine): lock the database, prune stale lines,
-  check the quota, create the pair with the peer born in the netns by fd, set it up, attach it,
-  record it, unlock. Any failure rolls all of it back. The result line is written after all
-  privilege is dropped, in one write.
+  bridge (a Linux bridge, `none`, or another link that Open vSwitch must confirm); open the
+  target's netns once, as the caller; prove the caller holds CAP_NET_ADMIN over that very netns,
+  as the caller. Then, with every id root so the caller can no longer stop or kill the helper,
+  out of the caller's cgroups and scheduling so it cannot freeze or starve it (system/detach.py),
+  with only the capabilities the action needs (confine): have Open vSwitch confirm its bridge,
+  lock the database, prune stale lines, check the quota, create the pair with the peer born in
+  the netns by fd, set it up, attach it, record it, unlock. Any failure rolls all of it back.
+  The result line is written after all privilege is dropped, in one write.
 """
 
 import posix
@@ -28,6 +28,7 @@ from nsgate.system import (
     netns,
     nicdb_store,
     ovs,
+    port_security,
     ports,
     private_bridge,
     rtnl,
@@ -96,10 +97,9 @@ def main(argv: list[str]) -> tuple[int, str, str]:
         audit.record("lxc-user-nic", False, f"{what}: {refusal.first}")
         if refusal.usage:
             return 1, "", USAGE  # exactly the reference's text
-        text = "".join(f"lxc-user-nic: {x}\n" for x in (refusal.first, *refusal.details))
-        return 1, "", audit.printable_lines(text)
-    audit.record("lxc-user-nic", True, f"{what}: {line.strip() or 'deleted'}")
+        return 1, "", refusal.text("lxc-user-nic")
     credentials.drop_all(ids)
+    audit.record("lxc-user-nic", True, f"{what}: {line.strip() or 'deleted'}")
     return 0, line, ""
 
 
@@ -140,10 +140,21 @@ def _check_bridge(net: rtnl.Rtnl, bridge: bytes) -> tuple[ports.Attachment | Non
         raise Refusal(f"bridge {name} does not exist")
     if link.kind == "bridge":
         return ports.Attachment(name, link.index, vlan_filtering=link.vlan_filtering), link.mtu
-    if link.kind == "openvswitch" and ovs.bridge_exists(name):
-        return ports.Attachment(name, link.index, is_ovs=True), link.mtu
-    raise Refusal(f"{name} is not a bridge (it is a {link.kind or 'plain'} link)",
-                  "nics can be attached only to a Linux bridge or an Open vSwitch bridge")
+    # Any other link may be an Open vSwitch bridge (kind openvswitch with the kernel datapath, a
+    # tap with the userspace one): Open vSwitch says, once the caller's privilege is proven.
+    return ports.Attachment(name, link.index, is_ovs=True), link.mtu
+
+
+def _confirm_ovs_bridge(net: rtnl.Rtnl, attach: ports.Attachment) -> None:
+    """Refuse a link Open vSwitch does not know as its bridge (`ovs-vsctl br-exists`, by the
+    runner forked after the proof: no root process its caller can signal asks it)."""
+    if attach.ovs is not None and attach.ovs.run("br-exists", attach.name):
+        return
+    link = net.link(attach.name)
+    kind = (link.kind if link is not None else None) or "plain"
+    raise Refusal(f"{attach.name} is not a bridge (it is a {kind} link)",
+                  "nics can be attached only to a Linux bridge or an Open vSwitch bridge "
+                  f"(ovs-vsctl br-exists {attach.name} does not confirm it)")
 
 
 def _prove_net_admin(caller: Caller, target_fd: int, host_fd: int) -> rtnl.Rtnl:
@@ -183,25 +194,35 @@ def _create(caller: Caller, request: NicRequest) -> str:
             detach.from_caller()
             if attach is not None and attach.is_ovs:
                 attach.ovs = ovs.Runner(_host_port_commands(attach.name, caller.ids.uid))
+            guard = None
             try:
+                if attach is None or (attach.index and not attach.is_ovs):
+                    guard = port_security.Guard()  # a Linux bridge: nsgate's nftables table
                 confine.confine([kernel.CAP_NET_ADMIN, kernel.CAP_SETUID, kernel.CAP_SETGID],
                                 confine.NIC_MAKER)
+                if attach is not None and attach.is_ovs:
+                    _confirm_ovs_bridge(net, attach)
                 lock = nicdb_store.Locked()
                 try:
-                    host, host_index, peer_index = _create_locked(
-                        caller, request, net, inside, grants, target_fd, peer, mtu, attach)
+                    host, host_index, peer, peer_index = _create_locked(
+                        caller, request, net, inside, grants, target_fd, peer, mtu, attach,
+                        guard)
                 finally:
                     lock.release()
             finally:
+                if guard is not None:
+                    guard.close()
                 if attach is not None and attach.ovs is not None:
                     attach.ovs.close()
     return f"{peer.decode()}:{peer_index}:{host.decode()}:{host_index}\n"
 
 
 def _host_port_commands(bridge: str, uid: int) -> "Callable[[tuple[str, ...]], bool]":
-    """What the OVS runner of a create may do: add or remove, on this bridge, a port named
-    as this caller's host ends are."""
+    """What the OVS runner of a create may do: ask whether this bridge is Open vSwitch's, and
+    add or remove, on it, a port named as this caller's host ends are."""
     def allowed(args: tuple[str, ...]) -> bool:
+        if args == ("br-exists", bridge):
+            return True
         return (args[:-2] in (("add-port",), ("--if-exists", "del-port")) and len(args) >= 3
                 and args[-2] == bridge
                 and nicnames.is_host_veth_name(uid, args[-1].encode("utf-8", "surrogateescape")))
@@ -209,7 +230,10 @@ def _host_port_commands(bridge: str, uid: int) -> "Callable[[tuple[str, ...]], b
 
 
 def _container_name(inside: rtnl.Rtnl, requested: bytes | None) -> bytes:
-    """The requested name if free in the container, else the first free eth%d."""
+    """The requested name if free in the container (a template such as net%d as it is: the
+    kernel picks the number), else the first free eth%d."""
+    if requested is not None and nicnames.valid_ifname_template(requested):
+        return requested
     taken = inside.link_names()
     if requested is not None:
         if requested.decode() in taken:
@@ -225,8 +249,11 @@ def _container_name(inside: rtnl.Rtnl, requested: bytes | None) -> bytes:
 
 def _create_locked(caller: Caller, request: NicRequest, net: rtnl.Rtnl, inside: rtnl.Rtnl,
                    grants: list[usernet.Grant], target_fd: int, peer: bytes, mtu: int,
-                   attach: ports.Attachment | None) -> tuple[bytes, int, int]:
-    """(host name, host ifindex, container ifindex) of the new pair, recorded.
+                   attach: ports.Attachment | None,
+                   guard: port_security.Guard | None) -> tuple[bytes, int, bytes, int]:
+    """(host name, host ifindex, container name, container ifindex) of the new pair, recorded;
+    the container end is found by its ifindex (the host end's IFLA_LINK), so a name template
+    reports the name the kernel chose.
 
     Only the lines of the grants' owners on this type and bridge are read closely: they are
     the ones the quota counts, and the ones whose staleness is checked and pruned (other users'
@@ -234,10 +261,11 @@ def _create_locked(caller: Caller, request: NicRequest, net: rtnl.Rtnl, inside: 
     raw_lines = nicdb.split_lines(nicdb_store.read())
     owners = {g.token for g in grants}
     mine = nicdb.lines_of(raw_lines, owners, request.nic_type, request.bridge)
-    stale = {position for position, line in mine.items()
-             if net.link(line.dev.decode("utf-8", "surrogateescape")) is None}
-    live = [line for position, line in mine.items() if position not in stale]
-    decision = usernet.decide(grants, nicdb.nics_by_owner(live, request.nic_type,
+    live = {line.dev for line in mine.values()
+            if net.link(line.dev.decode("utf-8", "surrogateescape")) is not None}
+    kept, _stale = nicdb.prune(raw_lines, mine, live)
+    alive = [line for line in mine.values() if line.dev in live]
+    decision = usernet.decide(grants, nicdb.nics_by_owner(alive, request.nic_type,
                                                           request.bridge))
     if decision.owner is None:
         counted = [dev.decode() for devs in decision.used.values() for dev in devs]
@@ -247,8 +275,9 @@ def _create_locked(caller: Caller, request: NicRequest, net: rtnl.Rtnl, inside: 
                       f"in {USERNET}")
     if attach is None:
         attach = private_bridge.ensure(net, caller.ids.uid)
+    if guard is not None:
+        guard.ready(net)
     host = _free_host_name(net, caller.ids.uid)
-    kept = [raw for position, raw in enumerate(raw_lines) if position not in stale]
     new = nicdb.entry(decision.owner, request.nic_type, request.bridge, host).raw
     # Recorded before it is created: if the helper dies in between, the line is merely stale
     # (pruned on the next create); a live interface is never without its line.
@@ -256,15 +285,15 @@ def _create_locked(caller: Caller, request: NicRequest, net: rtnl.Rtnl, inside: 
     try:
         net.create_veth(host.decode(), peer.decode(), target_fd, mtu)
         link = net.link(host.decode())
-        peer_link = inside.link(peer.decode())
+        peer_link = inside.link_by_index(link.link) if link is not None else None
         if link is None or peer_link is None:
             raise Refusal("the new veth vanished while it was set up")
-        ports.set_up_host_end(net, link, attach, peer_link.address)
+        ports.set_up_host_end(net, link, attach)
     except BaseException:
         _roll_back(net, host, attach)
         nicdb_store.replace(nicdb.join_lines(kept))
         raise
-    return host, link.index, peer_link.index
+    return host, link.index, peer_link.name.encode("utf-8", "surrogateescape"), peer_link.index
 
 
 def _roll_back(net: rtnl.Rtnl, host: bytes, attach: ports.Attachment) -> None:

@@ -11,6 +11,7 @@ WARNING = "warning"
 CODES = {
     "syntax": ERROR,
     "grants-nothing": WARNING,
+    "shadow-grants": ERROR,
     "overlap": ERROR,
     "contains-real-id": ERROR,
     "unsafe-file": ERROR,
@@ -20,6 +21,7 @@ CODES = {
     "foreign-nic": ERROR,
     "private-bridge": ERROR,
     "install": ERROR,
+    "lock-leftover": WARNING,
 }
 
 

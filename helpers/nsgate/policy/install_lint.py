@@ -15,6 +15,8 @@ _VFS_CAP_SIZES = {0x01000000: 12, 0x02000000: 20, 0x03000000: 24}  # revision ->
 HELPERS: dict[str, int | str | None] = {"newuidmap": CAP_SETUID, "newgidmap": CAP_SETGID,
                                         "getsubids": "", "lxc-user-nic": None}
 CAP_NAMES = {CAP_SETUID: "cap_setuid", CAP_SETGID: "cap_setgid"}
+# The code every nsgate launcher embeds and hands the interpreter (csrc/launcher.c), for `name`.
+LAUNCHER_CODE = "from nsgate.cli.entry import run;run('{}')"
 
 
 class Stat:
@@ -144,3 +146,21 @@ def lint_code_path(st: Stat, what: str) -> list[Finding]:
                     f"{what} {st.path} is {' and '.join(problems)}: the helpers refuse to run "
                     f"code anyone but root could change; chown -R root:root and chmod -R go-w "
                     f"it, or reinstall")]
+
+
+def lenient_reader(shown: str, st: Stat, capabilities: int, kind: str, nsgates: bool
+                   ) -> str | None:
+    """A program that reads /etc/sub{kind}: `shown` as `nsgate check` names it, if it is a map
+    helper other than nsgate's (shadow's, as the system's newuidmap or kept as a diverted
+    original) privileged enough to write other ids' maps; else None. `st` is the file the path
+    resolves to, `nsgates` whether that file is an nsgate launcher."""
+    if nsgates or st.mode is None or st.mode & S_IFMT != S_IFREG:
+        return None
+    cap = CAP_SETUID if kind == "uid" else CAP_SETGID
+    if st.mode & S_ISUID and st.uid == 0:
+        how = "setuid root"
+    elif capabilities & (1 << cap):
+        how = f"with {CAP_NAMES[cap]}"
+    else:
+        return None
+    return f"{shown} ({how}, not nsgate's)"

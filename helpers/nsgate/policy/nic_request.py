@@ -8,7 +8,7 @@ anything is opened or created.
 """
 
 from nsgate.errors import Refusal
-from nsgate.policy.nicnames import valid_ifname
+from nsgate.policy.nicnames import valid_ifname, valid_ifname_template
 from nsgate.policy.numbers import parse_decimal
 
 USAGE = ("Description:\n"
@@ -53,9 +53,12 @@ def parse(args: list[bytes]) -> NicRequest:
     if bridge != NO_BRIDGE and not valid_ifname(bridge):
         raise Refusal(f"invalid bridge name {_show(bridge)}: an interface name is 1 to 15 "
                       "printable characters without '/', ':' or white space")
-    if nicname is not None and not valid_ifname(nicname):
+    if nicname is not None and not valid_ifname(nicname) and not (
+            verb == "create" and valid_ifname_template(nicname)):
         raise Refusal(f"invalid interface name {_show(nicname)}: an interface name is 1 to 15 "
-                      "printable characters without '/', ':' or white space")
+                      "printable characters without '/', ':' or white space"
+                      + (" (or, in the container, a kernel template with one '%d')"
+                         if verb == "create" else ""))
     if verb == "delete":
         if nicname is None:
             raise Refusal("delete needs the host interface name as its last argument")

@@ -63,12 +63,19 @@ def entry(owner: bytes, nic_type: bytes, bridge: bytes, dev: bytes) -> NicLine:
     return NicLine(b" ".join((owner, nic_type, bridge, dev)))
 
 
-def prune(lines: list[NicLine], live: set[bytes]) -> tuple[list[NicLine], list[NicLine]]:
-    """(kept, stale): valid lines whose interface no longer exists are stale."""
-    kept: list[NicLine] = []
-    stale: list[NicLine] = []
-    for line in lines:
-        (stale if line.valid and line.dev not in live else kept).append(line)
+def numbered(raw_lines: list[bytes]) -> dict[int, NicLine]:
+    """Every line of the file, parsed, by position."""
+    return {position: NicLine(raw) for position, raw in enumerate(raw_lines)}
+
+
+def prune(raw_lines: list[bytes], candidates: dict[int, NicLine],
+          live: set[bytes]) -> tuple[list[bytes], dict[int, NicLine]]:
+    """(kept, stale): the file's lines without the stale ones, and those by position. Stale is a
+    candidate (a line of `raw_lines`, by position: `numbered` or `lines_of`) that is valid and
+    whose interface is not `live`; every other line is kept as it is."""
+    stale = {position: line for position, line in candidates.items()
+             if line.valid and line.dev not in live}
+    kept = [raw for position, raw in enumerate(raw_lines) if position not in stale]
     return kept, stale
 
 

@@ -29,6 +29,13 @@ def private_bridge_uid(name: bytes) -> int | None:
     return uid if private_bridge_name(uid) == name else None
 
 
+def valid_ifname_template(name: bytes) -> bool:
+    """A kernel name template (`net%d`): one `%d` and no other `%`, and a valid name once the
+    kernel puts a number there (dev_valid_name, dev_alloc_name)."""
+    return (len(name) < IFNAMSIZ and name.count(b"%") == 1 and b"%d" in name
+            and valid_ifname(name.replace(b"%d", b"0")))
+
+
 def host_veth_name(uid: int, random: bytes) -> bytes:
     """`veth<uid>_XXXX` for 0 < uid <= 65536, else `vethXXXXXX` (the reference's scheme); the
     X are drawn from `random` (at least 6 bytes)."""

@@ -130,6 +130,19 @@ def scan_owners(chunks: "Iterable[bytes | bytearray]", owners: "Iterable[bytes]"
     return result
 
 
+def listed_ranges(chunks: "Iterable[bytes | bytearray]", owner: bytes, id_key: bytes | None
+                  ) -> list[tuple[int, int]]:
+    """What getsubids lists, selected as shadow 4.13's list_owner_ranges selects: in file order,
+    every valid line keyed by `owner` exactly as given, and every one keyed by `id_key` (the
+    decimal id of the user, or group, named `owner`). No other name of the same id, and a
+    decimal `owner` is matched as text only. A line keyed by both (a user named by its own
+    uid) is listed twice, as shadow lists it."""
+    keys = (owner,) if id_key is None else (owner, id_key)
+    times = 2 if id_key == owner else 1
+    return [(line.start, line.count)
+            for line in scan_owners(chunks, keys, numbered=False).lines for _ in range(times)]
+
+
 def _numbered_regions(chunks: "Iterable[bytes | bytearray]"
                       ) -> "Iterator[tuple[bytes, int, int, int]]":
     for region, lineno in _complete_regions(chunks):

@@ -1,6 +1,7 @@
 """`nsgate check` for /etc/subuid and /etc/subgid: lines that do not parse, lines that grant
-nothing, ranges of different owners that overlap, ranges that swallow real ids. Bytes in,
-findings out; the parsing is policy.subid's, the very one the helpers use."""
+nothing (an error while another privileged reader still grants something with them), ranges of
+different owners that overlap, ranges that swallow real ids. Bytes in, findings out; the parsing
+is policy.subid's, the very one the helpers use."""
 
 from nsgate.policy import subid
 from nsgate.policy.accounts import Accounts
@@ -8,7 +9,11 @@ from nsgate.policy.findings import Finding, text
 from nsgate.policy.nicdb import split_lines
 from nsgate.policy.numbers import is_canonical
 
-NAMES = {"uid": "subuid", "gid": "subgid"}
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+ULONG_END = 1 << 64  # shadow parses start and count as 64-bit unsigned longs (getulong)
 
 
 def is_blank_or_comment(raw: bytes) -> bool:
@@ -30,20 +35,60 @@ def valid_lines(data: bytes) -> list[subid.SubidLine]:
     return found
 
 
-def _grants_nothing_reason(raw: bytes) -> str | None:
-    """Why a well-formed line still grants nothing (count 0, past the id space), else None."""
+def _ignored_numbers(raw: bytes) -> tuple[int, int] | None:
+    """(start, count) of a well-formed line that still grants nothing in nsgate (count 0, or a
+    range past the id space), else None."""
     fields = raw.split(b":")
     if len(fields) != 3 or not fields[0] or not all(is_canonical(f) for f in fields[1:]):
         return None
     start, count = int(fields[1]), int(fields[2])
-    if count == 0:
-        return "count 0 grants nothing (shadow before 4.19 let such a line map host root)"
-    if start + count > subid.ID_SPACE_END:
-        return f"the range {start}-{start + count - 1} goes past the last id 4294967295"
+    if count == 0 or start + count > subid.ID_SPACE_END:
+        return start, count
     return None
 
 
-def lint(path: str, data: bytes, kind: str, accounts: Accounts) -> list[Finding]:
+def _grants_nothing_reason(start: int, count: int) -> str:
+    if count == 0:
+        return ("count 0 grants nothing (shadow before 4.20 reads such a line starting at 0 as "
+                "every id, host root included)")
+    return f"the range {start}-{start + count - 1} goes past the last id 4294967295"
+
+
+def lenient_grant(start: int, count: int) -> tuple[int, int] | None:
+    """The host ids (first, last) shadow's newuidmap and newgidmap before 4.20 honour for a line
+    nsgate ignores for its count or its end: shadow covers start..start+count-1 computed in 64
+    bits (modulo 2^64), so `u:0:0` covers every id, host root included, and a range past the id
+    space covers its ids up to 4294967295. None if it covers none there either."""
+    if start >= ULONG_END or count >= ULONG_END:
+        return None  # shadow's getulong refuses the number (ERANGE): the line is ignored
+    last = (start + count - 1) % ULONG_END
+    if last < start or start >= subid.ID_SPACE_END:
+        return None
+    return start, min(last, subid.ID_SPACE_END - 1)
+
+
+def _honoured_elsewhere(raw: bytes, start: int, count: int, kind: str,
+                        lenient_readers: "Sequence[str]") -> str | None:
+    """Why an ignored line is an error: a privileged reader other than nsgate grants ids with
+    it. None if no such reader, or if it grants nothing there either."""
+    granted = lenient_grant(start, count)
+    if not lenient_readers or granted is None:
+        return None
+    first, last = granted
+    root = ", host root included" if first == 0 else ""
+    why = "count 0" if count == 0 else "it goes past the last id 4294967295"
+    readers = " and ".join(lenient_readers)
+    verb = "honours" if len(lenient_readers) == 1 else "honour"
+    owner = text(raw.split(b":", 1)[0])
+    return (f"{text(raw)} grants nothing to nsgate ({why}), but {readers} {verb} it as {kind}s "
+            f"{first}-{last}{root}, as shadow before 4.20 does: {owner} can map those host "
+            f"{kind}s by running it; remove the line or fix its numbers")
+
+
+def lint(path: str, data: bytes, kind: str, accounts: Accounts,
+         lenient_readers: "Sequence[str]" = ()) -> list[Finding]:
+    """The findings of one subid file. `lenient_readers`: the privileged programs other than
+    nsgate that read it (shadow's newuidmap or newgidmap, install_lint.lenient_reader)."""
     findings = []
     lines = []
     example = "alice:100000:65536"
@@ -52,10 +97,15 @@ def lint(path: str, data: bytes, kind: str, accounts: Accounts) -> list[Finding]
             continue
         parsed = subid.parse_line(raw, lineno)
         if isinstance(parsed, subid.IgnoredLine):
-            reason = _grants_nothing_reason(raw)
-            if reason is not None:
-                findings.append(Finding(path, lineno, "grants-nothing",
-                                        f"{reason}: remove the line or fix its numbers"))
+            numbers = _ignored_numbers(raw)
+            if numbers is not None:
+                honoured = _honoured_elsewhere(raw, *numbers, kind, lenient_readers)
+                if honoured is not None:
+                    findings.append(Finding(path, lineno, "shadow-grants", honoured))
+                else:
+                    findings.append(Finding(path, lineno, "grants-nothing",
+                                            f"{_grants_nothing_reason(*numbers)}: remove the "
+                                            "line or fix its numbers"))
             else:
                 findings.append(Finding(
                     path, lineno, "syntax",

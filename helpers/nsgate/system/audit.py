@@ -2,12 +2,7 @@
 
 import syslog
 
-
-def printable(text: str) -> str:
-    """`text` with control and non-printable characters escaped as \\xNN."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else f"\\x{ord(c) & 0xFF:02x}" for c in text)
+from nsgate.errors import printable
 
 
 def record(prog: str, allowed: bool, text: str) -> None:
@@ -16,7 +11,3 @@ def record(prog: str, allowed: bool, text: str) -> None:
                   ("allowed: " if allowed else "refused: ") + printable(text))
     syslog.closelog()
 
-
-def printable_lines(text: str) -> str:
-    """`printable` for each line of a multi-line text; the newlines stay."""
-    return "\n".join(printable(line) for line in text.split("\n"))

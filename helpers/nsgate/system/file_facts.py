@@ -54,11 +54,64 @@ def resolved(path: str) -> Stat:
         posix.close(fd)
 
 
-def lexical_target(link: str) -> str:
-    """Where `link` points by its text alone, with no other link followed."""
-    import posixpath
+def names_in(directory: str) -> list[str]:
+    try:
+        return posix.listdir(directory)
+    except OSError:
+        return []
 
-    return posixpath.normpath(posixpath.join(posixpath.dirname(link), posix.readlink(link)))
+
+def head(path: str, limit: int = 64) -> bytes | None:
+    """The first `limit` bytes of a regular file (never through a symbolic link), None if it is
+    anything else or cannot be read."""
+    try:
+        fd = posix.open(path, _READ)
+    except OSError:
+        return None
+    try:
+        if posix.fstat(fd).st_mode & _S_IFMT != _S_IFREG:
+            return None
+        return posix.read(fd, limit)
+    except OSError:
+        return None
+    finally:
+        posix.close(fd)
+
+
+def process_runs(pid: int) -> bool:
+    """Whether process `pid` exists (a process we may not signal exists too)."""
+    try:
+        posix.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def holds(path: str, needle: bytes, limit: int = 64 << 20) -> bool:
+    """Whether the regular file `path` resolves to holds `needle` in its first `limit` bytes
+    (False if it cannot be read)."""
+    try:
+        fd = posix.open(path, posix.O_RDONLY | posix.O_NONBLOCK | posix.O_NOCTTY | posix.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if posix.fstat(fd).st_mode & _S_IFMT != _S_IFREG:
+            return False
+        tail, size = b"", 0
+        while size < limit:
+            part = posix.read(fd, 1 << 20)
+            if not part:
+                return False
+            if needle in tail + part:
+                return True
+            tail, size = part[-len(needle):], size + len(part)
+        return False
+    except OSError:
+        return False
+    finally:
+        posix.close(fd)
 
 
 def capability_xattr(path: str) -> bytes | None:

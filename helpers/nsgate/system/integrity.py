@@ -4,6 +4,9 @@ root-owned directories that neither group nor others can write (security-cases C
 Checked: the interpreter, every directory on sys.path and each of its ancestors, the nsgate
 package tree (before any of it is imported beyond this module), and every module loaded so far.
 `verify_loaded_modules` runs again right before the first side effect, to cover later imports.
+
+`root_only` is that rule for every file nsgate trusts (its data files too): it lives here because
+this module runs before any other of the package is checked, and so imports none of them.
 """
 
 import posix
@@ -11,7 +14,15 @@ import sys
 
 from nsgate.errors import Refusal
 
+S_IFMT, S_IFDIR, S_IFREG = 0o170000, 0o040000, 0o100000
 _checked: set[str] = set()
+
+
+def root_only(st: posix.stat_result, kind: int | None = S_IFREG) -> bool:
+    """Whether only root can change what `st` describes: owned by root, writable by neither
+    group nor others, and of `kind` (S_IFREG, S_IFDIR; None: of any kind)."""
+    return (st.st_uid == 0 and not st.st_mode & 0o022
+            and (kind is None or st.st_mode & S_IFMT == kind))
 
 
 def _check(path: str) -> None:
@@ -25,7 +36,7 @@ def _check(path: str) -> None:
 
 
 def _check_stat(path: str, st: posix.stat_result) -> None:
-    if st.st_uid != 0 or st.st_mode & 0o022:
+    if not root_only(st, None):
         hint = []
         if st.st_uid == 65534:
             hint.append("uid 65534 is also how root appears inside a user namespace that does "
@@ -71,10 +82,10 @@ def _check_link(path: str, st: posix.stat_result) -> None:
         target_st = posix.fstat(fd)
     finally:
         posix.close(fd)
-    if target_st.st_mode & 0o170000 != 0o100000:
+    if target_st.st_mode & S_IFMT != S_IFREG:
         raise Refusal(f"refusing to run: {path} links to {target}, which is not a regular file",
                       "only a link to a single file is accepted in the library directory")
-    if target != _lexical_target(path):
+    if target != lexical_target(path):
         raise Refusal(f"refusing to run: {path} reaches {target} through another symbolic link",
                       "whoever owns that other link could point it elsewhere after this check: "
                       "link straight to the file")
@@ -83,7 +94,7 @@ def _check_link(path: str, st: posix.stat_result) -> None:
     _checked.add(path)
 
 
-def _lexical_target(link: str) -> str:
+def lexical_target(link: str) -> str:
     """Where `link` points by its text alone, with no other link followed."""
     import posixpath
 

@@ -11,23 +11,22 @@ items 1, 8, 12).
   RLIMIT_FSIZE can only make the update fail, never cut the database short.
 """
 
-import _signal
 import fcntl
 import posix
 
 from nsgate.errors import Refusal
 from nsgate.system import files
+from nsgate.system.integrity import S_IFDIR, S_IFREG, root_only
 
 DB_DIR = "/run/lxc"
 DB_PATH = DB_DIR + "/nics"
 LOCK_PATH = DB_DIR + "/nics.lock"
 LOCK_WAIT_SECONDS = 10.0
-_S_IFMT, _S_IFDIR, _S_IFREG = 0o170000, 0o040000, 0o100000
 _OPEN = posix.O_CLOEXEC | posix.O_NOFOLLOW | posix.O_NOCTTY
 
 
 def _check_owned_by_root(path: str, st: posix.stat_result, kind: int) -> None:
-    if st.st_mode & _S_IFMT != kind or st.st_uid != 0 or st.st_mode & 0o022:
+    if not root_only(st, kind):
         raise Refusal(f"refusing to use {path}: owner uid {st.st_uid}, mode "
                       f"{st.st_mode & 0o7777:04o}",
                       f"{path} must be root's, not writable by group or others, and not a link")
@@ -39,20 +38,12 @@ def _untrusted(path: str, err: OSError) -> Refusal:
 
 
 def ensure_dir() -> None:
-    _check_owned_by_root("/run", posix.lstat("/run"), _S_IFDIR)
+    _check_owned_by_root("/run", posix.lstat("/run"), S_IFDIR)
     try:
         posix.mkdir(DB_DIR, 0o755)
     except FileExistsError:
         pass
-    _check_owned_by_root(DB_DIR, posix.lstat(DB_DIR), _S_IFDIR)
-
-
-class _LockTimeout(Exception):
-    pass
-
-
-def _give_up(signum: int, frame: object) -> None:
-    raise _LockTimeout
+    _check_owned_by_root(DB_DIR, posix.lstat(DB_DIR), S_IFDIR)
 
 
 class Locked:
@@ -64,40 +55,29 @@ class Locked:
             self.fd = posix.open(LOCK_PATH, posix.O_RDWR | posix.O_CREAT | _OPEN, 0o600)
         except OSError as err:
             raise _untrusted(LOCK_PATH, err) from None
-        _check_owned_by_root(LOCK_PATH, posix.fstat(self.fd), _S_IFREG)
-        # A blocking wait, cut off by a timer: waiters sleep until the lock is free.
-        previous = _signal.signal(_signal.SIGALRM, _give_up)
-        _signal.setitimer(_signal.ITIMER_REAL, LOCK_WAIT_SECONDS)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-        except _LockTimeout:
+        _check_owned_by_root(LOCK_PATH, posix.fstat(self.fd), S_IFREG)
+        if not files.wait_for_lock(lambda: fcntl.flock(self.fd, fcntl.LOCK_EX),
+                                   LOCK_WAIT_SECONDS):
             posix.close(self.fd)  # also releases the lock, should it have just been granted
             raise Refusal(f"{DB_PATH} is busy: another lxc-user-nic has held its lock for over "
-                          f"{LOCK_WAIT_SECONDS:.0f} s; try again") from None
-        finally:
-            _signal.setitimer(_signal.ITIMER_REAL, 0)
-            _signal.signal(_signal.SIGALRM, previous)
+                          f"{LOCK_WAIT_SECONDS:.0f} s; try again")
 
     def release(self) -> None:
         files.close_quietly(self.fd)  # closing the last fd releases the flock
 
 
-def read() -> bytes:
-    """The database's content (empty if it does not exist yet). Call with the lock held."""
+def read(path: str = DB_PATH) -> bytes:
+    """The content of the database, or of another file of its directory (the private bridges'
+    record): empty if it does not exist yet. Call with the lock held."""
     try:
-        fd = posix.open(DB_PATH, posix.O_RDONLY | posix.O_NONBLOCK | _OPEN)
+        fd = posix.open(path, posix.O_RDONLY | posix.O_NONBLOCK | _OPEN)
     except FileNotFoundError:
         return b""
     except OSError as err:
-        raise _untrusted(DB_PATH, err) from None
+        raise _untrusted(path, err) from None
     try:
-        _check_owned_by_root(DB_PATH, posix.fstat(fd), _S_IFREG)
-        parts: list[bytes] = []
-        while True:
-            part = posix.read(fd, 1 << 20)
-            if not part:
-                return b"".join(parts)
-            parts.append(part)
+        _check_owned_by_root(path, posix.fstat(fd), S_IFREG)
+        return files.read_all(fd)
     finally:
         posix.close(fd)
 
@@ -106,20 +86,9 @@ def replace(content: bytes) -> None:
     """Atomically replace the database with `content`. Call with the lock held."""
     temp = f"{DB_DIR}/.nics.{posix.getpid()}"
     try:
-        posix.unlink(temp)  # left by a helper killed mid-update whose pid was reused
-    except FileNotFoundError:
-        pass
-    fd = posix.open(temp, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | _OPEN, 0o600)
-    try:
-        posix.fchown(fd, 0, 0)
-        files.write_all(fd, content)
-        posix.fsync(fd)
-        posix.close(fd)
-        fd = -1
+        files.write_new(temp, content)
         posix.rename(temp, DB_PATH)
     except OSError as err:
-        if fd >= 0:
-            posix.close(fd)
-        posix.unlink(temp)
+        files.remove_quietly(temp)
         raise Refusal(f"cannot write {DB_PATH}: {err.strerror}",
                       "nothing was changed: the database keeps its previous content") from None

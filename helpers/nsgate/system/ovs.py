@@ -9,25 +9,17 @@ helper is done with it.
 
 import posix
 
+from nsgate.system import files, programs
+
 TYPE_CHECKING = False  # typing costs import time on every helper run
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-SEARCH_PATH = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
-ENVIRONMENT = {"PATH": ":".join(SEARCH_PATH)}
 _MAX_REQUEST = 4096
 
 
 def _vsctl() -> str | None:
-    for directory in SEARCH_PATH:
-        path = directory + "/ovs-vsctl"
-        try:
-            st = posix.stat(path)
-        except OSError:
-            continue
-        if st.st_uid == 0 and not st.st_mode & 0o022:
-            return path
-    return None
+    return programs.find("ovs-vsctl")
 
 
 def run(*args: str) -> bool:
@@ -37,28 +29,54 @@ def run(*args: str) -> bool:
         return False
     null = posix.open("/dev/null", posix.O_RDWR | posix.O_CLOEXEC)
     try:
-        pid = posix.posix_spawn(path, [path, "--timeout=5", *args], ENVIRONMENT, file_actions=[
-            (posix.POSIX_SPAWN_DUP2, null, 0), (posix.POSIX_SPAWN_DUP2, null, 1),
-            (posix.POSIX_SPAWN_DUP2, null, 2)])
+        pid = posix.posix_spawn(path, [path, "--timeout=5", *args], programs.ENVIRONMENT,
+                                file_actions=[(posix.POSIX_SPAWN_DUP2, null, 0),
+                                              (posix.POSIX_SPAWN_DUP2, null, 1),
+                                              (posix.POSIX_SPAWN_DUP2, null, 2)])
     finally:
         posix.close(null)
     _, status = posix.waitpid(pid, 0)
     return posix.WIFEXITED(status) and posix.WEXITSTATUS(status) == 0
 
 
-def bridge_exists(name: str) -> bool:
-    return run("br-exists", name)
+def bridges() -> set[str]:
+    """The bridges Open vSwitch has (`ovs-vsctl list-br`); none when it is not installed or
+    does not answer. For the admin command: the helper asks `br-exists` through its runner."""
+    path = _vsctl()
+    if path is None:
+        return set()
+    out_r, out_w = posix.pipe2(posix.O_CLOEXEC)
+    null = posix.open("/dev/null", posix.O_RDWR | posix.O_CLOEXEC)
+    try:
+        pid = posix.posix_spawn(path, [path, "--timeout=5", "list-br"], programs.ENVIRONMENT,
+                                file_actions=[(posix.POSIX_SPAWN_DUP2, null, 0),
+                                              (posix.POSIX_SPAWN_DUP2, out_w, 1),
+                                              (posix.POSIX_SPAWN_DUP2, null, 2)])
+    finally:
+        posix.close(null)
+        posix.close(out_w)
+    chunks = []
+    try:
+        while chunk := posix.read(out_r, 65536):
+            chunks.append(chunk)
+    finally:
+        posix.close(out_r)
+        _, status = posix.waitpid(pid, 0)
+    if not (posix.WIFEXITED(status) and posix.WEXITSTATUS(status) == 0):
+        return set()
+    return set(b"".join(chunks).decode("utf-8", "surrogateescape").split())
 
 
 _DONE, _FAILED, _REFUSED = b"1", b"0", b"!"
+_END = b"\0"  # two empty arguments: no command, the helper is done
 
 
 class Runner:
     """`run` as a child forked now, which accepts only the commands `allowed` accepts.
 
     The request is the argument list, NUL-separated, sent in one write of at most 4 KiB over a
-    pipe; the answer one byte. The child ends when the pipe closes, so it cannot outlive the
-    helper."""
+    pipe; the answer one byte. The child ends when the helper says it is done or the pipe
+    closes, so it cannot outlive the helper."""
 
     def __init__(self, allowed: "Callable[[tuple[str, ...]], bool]") -> None:
         requests_out, requests_in = posix.pipe2(posix.O_CLOEXEC)
@@ -67,7 +85,7 @@ class Runner:
         if pid == 0:
             status = 1
             try:
-                _keep_only_fds(requests_out, answers_in)
+                programs.keep_only_fds(requests_out, answers_in)
                 _serve(requests_out, answers_in, allowed)
                 status = 0
             finally:
@@ -86,16 +104,27 @@ class Runner:
             return False
         try:
             posix.write(self._requests, request)
-            return posix.read(self._answers, 1) == _DONE
+            answer = posix.read(self._answers, 1)
         except OSError:
+            self.close()  # a request or answer lost: no later answer could be known as its own
             return False
+        return answer == _DONE
 
     def close(self) -> None:
+        """Done with the runner: it is told so, its pipes are closed (either ends it) and it is
+        reaped. Never fails the run: the work it served is done."""
         if self._requests >= 0:
-            posix.close(self._requests)
-            posix.close(self._answers)
+            try:
+                posix.write(self._requests, _END)
+            except OSError:
+                pass  # the pipe's end, below, says the same
+            files.close_quietly(self._requests)
+            files.close_quietly(self._answers)
             self._requests = self._answers = -1
-            posix.waitpid(self._pid, 0)
+            try:
+                posix.waitpid(self._pid, 0)
+            except OSError:
+                pass  # not reaped now: init reaps it when the helper exits
 
     def __enter__(self) -> "Runner":
         return self
@@ -104,19 +133,10 @@ class Runner:
         self.close()
 
 
-def _keep_only_fds(*keep: int) -> None:
-    """The child holds none of the helper's sockets, namespaces or files."""
-    low = 3
-    for fd in sorted(keep):
-        posix.closerange(low, fd)
-        low = fd + 1
-    posix.closerange(low, 1 << 20)
-
-
 def _serve(requests: int, answers: int, allowed: "Callable[[tuple[str, ...]], bool]") -> None:
     while True:
         request = posix.read(requests, _MAX_REQUEST + 1)
-        if not request:
+        if not request or request == _END:
             return
         args = tuple(request.decode("utf-8", "surrogateescape").split("\0"))
         if len(request) > _MAX_REQUEST or not allowed(args):

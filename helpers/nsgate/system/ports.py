@@ -2,8 +2,11 @@
 hardening of the port (lxc-user-nic.md §7; issue: per-user bridges and isolation):
 
 - accept_ra=0 on the host end: router advertisements from containers configure nothing;
-- on a Linux bridge the port is locked with learning off and one static FDB entry for the
-  container's own MAC: frames with any other source MAC are dropped (MAC spoofing);
+- every host end is in the interface group port_security.GROUP: on a Linux bridge (VLAN
+  filtering or not) nsgate's nftables table then lets the port send only from MACs no other
+  port and not the host has, a few new ones at a time, and the container may change its MAC
+  (port_security.py); learning stays on and no FDB entry is written, so nothing read from the
+  caller's namespace decides what the port may send;
 - on a bridge shared between users the port is isolated: it reaches the bridge's other ports
   (the uplink, the host) but no other container port, so users' containers cannot talk to
   each other; on a user's private bridge its containers talk freely.
@@ -12,7 +15,7 @@ hardening of the port (lxc-user-nic.md §7; issue: per-user bridges and isolatio
 import posix
 
 from nsgate.errors import Refusal
-from nsgate.system import ovs, rtnl
+from nsgate.system import ovs, port_security, rtnl
 
 
 class Attachment:
@@ -48,10 +51,9 @@ def no_router_advertisements(name: str) -> None:
     set_sysctl(f"/proc/sys/net/ipv6/conf/{name}/accept_ra", b"0\n")
 
 
-def set_up_host_end(net: "rtnl.Rtnl", link: "rtnl.Link", attach: Attachment,
-                    container_mac: bytes) -> None:
+def set_up_host_end(net: "rtnl.Rtnl", link: "rtnl.Link", attach: Attachment) -> None:
     # The first byte 0xfe keeps the bridge from adopting a container's MAC (the reference's).
-    net.set_link(link.index, address=b"\xfe" + link.address[1:])
+    net.set_link(link.index, address=b"\xfe" + link.address[1:], group=port_security.GROUP)
     no_router_advertisements(link.name)
     if attach.is_ovs:
         if attach.ovs is None or not attach.ovs.run("add-port", attach.name, link.name):
@@ -59,14 +61,6 @@ def set_up_host_end(net: "rtnl.Rtnl", link: "rtnl.Link", attach: Attachment,
                           "ovs-vsctl add-port failed")
     elif attach.index:
         net.set_link(link.index, master=attach.index)
-        _harden_bridge_port(net, link.index, attach, container_mac)
+        if attach.shared:
+            net.set_bridge_port(link.index, isolated=True)
     net.set_link(link.index, up=True)
-
-
-def _harden_bridge_port(net: "rtnl.Rtnl", index: int, attach: Attachment,
-                        container_mac: bytes) -> None:
-    if not attach.vlan_filtering:  # with VLAN filtering the FDB entry would need the port's VLAN
-        net.add_static_fdb(index, container_mac)
-        net.set_bridge_port(index, learning=False, locked=True)
-    if attach.shared:
-        net.set_bridge_port(index, isolated=True)

@@ -11,7 +11,7 @@ import posix
 
 from nsgate.errors import Refusal
 from nsgate.policy import nicnames
-from nsgate.system import nicdb_store, ports, rtnl
+from nsgate.system import files, nicdb_store, ports, rtnl
 
 RESERVED_NAME = b"nsgate-private"
 RECORD_PATH = nicdb_store.DB_DIR + "/nsgate-bridges"
@@ -22,25 +22,14 @@ def bridge_name(uid: int) -> str:
 
 
 def _recorded() -> set[bytes]:
-    try:
-        fd = posix.open(RECORD_PATH, posix.O_RDONLY | posix.O_CLOEXEC | posix.O_NOFOLLOW)
-    except FileNotFoundError:
-        return set()
-    try:
-        st = posix.fstat(fd)
-        if st.st_uid != 0 or st.st_mode & 0o022:
-            raise Refusal(f"refusing to use {RECORD_PATH}: not root's alone")
-        return set(posix.read(fd, 1 << 20).split(b"\n"))
-    finally:
-        posix.close(fd)
+    return set(nicdb_store.read(RECORD_PATH).split(b"\n"))
 
 
 def _record(line: bytes) -> None:
     fd = posix.open(RECORD_PATH, posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT
                     | posix.O_CLOEXEC | posix.O_NOFOLLOW, 0o644)
     try:
-        if posix.write(fd, line + b"\n") != len(line) + 1:
-            raise OSError(28, "short write")
+        files.write_all(fd, line + b"\n")
     finally:
         posix.close(fd)
 

@@ -10,9 +10,10 @@ theirs (shadow lib/commonio.c `commonio_lock`, glibc `lckpwdf`):
    link tried again. One without a readable pid is left alone and named.
 
 Release is the reverse: `FILE.lock` removed, then the fcntl lock dropped with its fd.
+A writer killed between making `FILE.<pid>` and removing it leaves that file behind:
+`nsgate check` reports it (policy/lock_lint.py).
 """
 
-import _signal
 import fcntl
 import posix
 import time
@@ -26,14 +27,6 @@ _POLL_SECONDS = 0.02
 _CREATE = posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW | posix.O_CLOEXEC
 
 
-class _Timeout(Exception):
-    pass
-
-
-def _give_up(signum: int, frame: object) -> None:
-    raise _Timeout
-
-
 def _lckpwdf() -> int:
     try:
         fd = posix.open(PWD_LOCK, posix.O_WRONLY | posix.O_CREAT | posix.O_NOFOLLOW
@@ -42,26 +35,12 @@ def _lckpwdf() -> int:
         raise Refusal(f"cannot open {PWD_LOCK}: {err.strerror}",
                       "it is the lock of every tool that edits the account files; it must be a "
                       "regular file of root's") from None
-    previous = _signal.signal(_signal.SIGALRM, _give_up)
-    _signal.setitimer(_signal.ITIMER_REAL, LOCK_WAIT_SECONDS)
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX)
-    except _Timeout:
+    if not files.wait_for_lock(lambda: fcntl.lockf(fd, fcntl.LOCK_EX), LOCK_WAIT_SECONDS):
         posix.close(fd)
         raise Refusal(f"{PWD_LOCK} is busy: another tool (useradd, usermod, vipw ...) has held "
                       f"it for over {LOCK_WAIT_SECONDS:.0f} s", "try again when it is done; "
-                      "nothing was changed") from None
-    finally:
-        _signal.setitimer(_signal.ITIMER_REAL, 0)
-        _signal.signal(_signal.SIGALRM, previous)
+                      "nothing was changed")
     return fd
-
-
-def _unlink(path: str) -> None:
-    try:
-        posix.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def _lock_holder(lock: str) -> int | None:
@@ -115,7 +94,7 @@ class ShadowLock:
         if self._linked:
             self._linked = False
             try:
-                _unlink(self.lock)
+                files.remove_if_present(self.lock)
             except OSError as err:
                 notes.append(f"cannot remove the lock {self.lock} ({err.strerror}): it names "
                              "this process, so the next writer takes it over as stale")
@@ -140,7 +119,7 @@ class ShadowLock:
     def _try_once(self) -> int | None:
         """None once the lock is ours, else the pid holding it."""
         mine = f"{self.path}.{posix.getpid()}"
-        _unlink(mine)  # left by a killed writer whose pid we now have
+        files.remove_if_present(mine)  # left by a killed writer whose pid we now have
         try:
             fd = posix.open(mine, _CREATE, 0o600)
         except OSError as err:
@@ -158,10 +137,10 @@ class ShadowLock:
                 return 0  # released meanwhile: try again
             if _running(holder):
                 return holder
-            _unlink(self.lock)  # stale: its writer is gone
+            files.remove_if_present(self.lock)  # stale: its writer is gone
             return None if self._link(mine) else 0
         finally:
-            _unlink(mine)
+            files.remove_if_present(mine)
 
     def _link(self, mine: str) -> bool:
         try:

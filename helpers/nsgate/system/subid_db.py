@@ -158,19 +158,20 @@ def holdings(kind: str, name: bytes, uid: int, login_defs: bytes,
     return result
 
 
-def list_ranges(kind: str, name: bytes, uid: int, nsswitch: bytes | None) -> list[tuple[int, int]]:
-    """Every range the map helpers would honour for this user, in file order (getsubids)."""
+def list_ranges(kind: str, owner: bytes, owner_id: int | None, nsswitch: bytes | None
+                ) -> list[tuple[int, int]]:
+    """getsubids: the ranges of the lines keyed by `owner` or by the decimal `owner_id`, that
+    the map helpers honour, in file order (policy.subid.listed_ranges)."""
     if load_plugin(kind, nsswitch) is not None:
         from nsgate.system import kernel
 
-        status, ranges = kernel.plugin_list_ranges(name, NSS_ID_TYPES[kind], NSS_MAX_RANGES)
+        status, ranges = kernel.plugin_list_ranges(owner, NSS_ID_TYPES[kind], NSS_MAX_RANGES)
         return ranges if status == NSS_SUCCESS else []
     fd = files.open_trusted(PATHS[kind])
     if fd is None:
         return []
     try:
-        return [(line.start, line.count) for line in subid.iter_lines(files.chunks(fd))
-                if isinstance(line, subid.SubidLine)
-                and (line.owner == name or same_user(line.owner, uid))]
+        key = None if owner_id is None else str(owner_id).encode()
+        return subid.listed_ranges(files.chunks(fd), owner, key)
     finally:
         posix.close(fd)

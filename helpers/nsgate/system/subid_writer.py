@@ -23,7 +23,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-_CREATE = posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW | posix.O_CLOEXEC
 _HELD_OFF = {_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT,
              _signal.SIGTSTP}
 NEW_FILE_MODE = 0o644
@@ -41,27 +40,9 @@ def _read_current(path: str) -> _Current:
         return _Current(b"", None)
     try:
         st = posix.fstat(fd)
-        return _Current(b"".join(bytes(chunk) for chunk in files.chunks(fd)), st)
+        return _Current(files.read_all(fd), st)
     finally:
         posix.close(fd)
-
-
-def _write_file(path: str, content: bytes, uid: int, gid: int, mode: int) -> None:
-    try:
-        posix.unlink(path)  # left by a writer that died holding the lock
-    except FileNotFoundError:
-        pass
-    fd = posix.open(path, _CREATE, 0o600)
-    try:
-        posix.fchown(fd, uid, gid)
-        posix.fchmod(fd, mode)
-        files.write_all(fd, content)
-        posix.fsync(fd)
-    except BaseException:
-        posix.close(fd)
-        posix.unlink(path)
-        raise
-    posix.close(fd)
 
 
 def _sync_directory(path: str) -> None:
@@ -79,13 +60,13 @@ def _commit(path: str, current: _Current, content: bytes) -> None:
     st = current.st
     if st is not None:
         backup = path + "-"
-        _write_file(backup + "+", current.data, st.st_uid, st.st_gid, st.st_mode & 0o644)
+        files.write_new(backup + "+", current.data, st.st_uid, st.st_gid, st.st_mode & 0o644)
         posix.rename(backup + "+", backup)
         posix.utime(backup, ns=(st.st_atime_ns, st.st_mtime_ns))
         uid, gid, mode = st.st_uid, st.st_gid, st.st_mode & 0o7777
     else:
         uid, gid, mode = 0, 0, NEW_FILE_MODE
-    _write_file(path + "+", content, uid, gid, mode)
+    files.write_new(path + "+", content, uid, gid, mode)
     try:
         posix.rename(path + "+", path)
     except OSError:

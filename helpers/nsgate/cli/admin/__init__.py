@@ -59,8 +59,7 @@ def main(argv: list[str], *, libdir: str, libexecdir: str) -> int:
         if refusal.usage:
             sys.stderr.write(f"nsgate: {refusal.first}\nTry 'nsgate help'.\n")
             return 2
-        sys.stderr.write("".join(f"nsgate: {line}\n" for line in (refusal.first,
-                                                                  *refusal.details)))
+        sys.stderr.write(refusal.text("nsgate"))
         return 1
     except KeyboardInterrupt:
         sys.stderr.write("nsgate: interrupted\n")

@@ -3,6 +3,7 @@
 from nsgate.cli.admin.common import (
     NICS,
     PATHS,
+    SYSTEM_READERS,
     TRUSTED_FILES,
     USERNET,
     Args,
@@ -28,7 +29,7 @@ def run(out: Out, args: Args, libdir: str, libexecdir: str) -> int:
     for kind, path in PATHS.items():
         data = read(path, notes)
         if data is not None:
-            findings += subid_lint.lint(path, data, kind, accounts)
+            findings += subid_lint.lint(path, data, kind, accounts, _lenient_readers(kind))
     links = link_kinds(notes)
     usernet_data = read(USERNET, notes) or b""
     findings += usernet_lint.lint_usernet(USERNET, usernet_data, accounts, links)
@@ -36,6 +37,7 @@ def run(out: Out, args: Args, libdir: str, libexecdir: str) -> int:
     if nics is not None and links is not None:
         findings += usernet_lint.lint_nics(NICS, nics, usernet_lint.grants(usernet_data),
                                            set(links))
+    findings += _lock_leftovers()
     findings += _install_findings(libdir, libexecdir)
     errors, warnings = count(findings, ERROR), count(findings, WARNING)
     for note in notes:
@@ -52,9 +54,46 @@ def run(out: Out, args: Args, libdir: str, libexecdir: str) -> int:
     return 1 if errors else 0
 
 
-def _install_findings(libdir: str, libexecdir: str) -> list[Finding]:
+def _lock_leftovers() -> list[Finding]:
+    """The lock protocol's link files in /etc that killed writers left (policy.lock_lint)."""
+    from nsgate.policy import lock_lint
+    from nsgate.system import file_facts
+
+    findings = []
+    for name in sorted(file_facts.names_in("/etc")):
+        pid = lock_lint.link_file_pid(name)
+        if pid is not None:
+            path = f"/etc/{name}"
+            findings += lock_lint.lint_link_file(path, pid, file_facts.head(path),
+                                                 file_facts.process_runs(pid))
+    return findings
+
+
+def _lenient_readers(kind: str) -> list[str]:
+    """The privileged map helpers other than nsgate's that read the file of `kind`."""
     from nsgate.policy import install_lint
     from nsgate.system import file_facts
+
+    found = []
+    seen: set[str] = set()
+    for path in SYSTEM_READERS[kind]:
+        st = file_facts.resolved(path)
+        if st.mode is None or st.path in seen:
+            continue
+        seen.add(st.path)
+        name = "newuidmap" if kind == "uid" else "newgidmap"
+        code = install_lint.LAUNCHER_CODE.format(name).encode()
+        reader = install_lint.lenient_reader(
+            path, st, install_lint.effective_capabilities(file_facts.capability_xattr(st.path)),
+            kind, file_facts.holds(st.path, code))
+        if reader is not None:
+            found.append(reader)
+    return found
+
+
+def _install_findings(libdir: str, libexecdir: str) -> list[Finding]:
+    from nsgate.policy import install_lint
+    from nsgate.system import file_facts, integrity
 
     findings = []
     for name in install_lint.HELPERS:
@@ -80,7 +119,7 @@ def _install_findings(libdir: str, libexecdir: str) -> list[Finding]:
             elif target.mode & 0o170000 != 0o100000:
                 findings.append(Finding(st.path, None, "install", f"the library path {st.path} "
                                         f"links to {target.path}, which is not a regular file"))
-            elif target.path != file_facts.lexical_target(st.path):
+            elif target.path != integrity.lexical_target(st.path):
                 findings.append(Finding(st.path, None, "install", f"the library path {st.path} "
                                         f"reaches {target.path} through another symbolic link, "
                                         "which its owner could point elsewhere: link straight "

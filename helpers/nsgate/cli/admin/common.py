@@ -17,6 +17,10 @@ USERNET = "/etc/lxc/lxc-usernet"
 LOGIN_DEFS = "/etc/login.defs"
 NSSWITCH = "/etc/nsswitch.conf"
 NICS = "/run/lxc/nics"
+# The system's map helpers, and where nsgate-divert keeps the originals: privileged programs that
+# read /etc/subuid and /etc/subgid besides nsgate's own helpers (unless they are nsgate's).
+SYSTEM_READERS = {"uid": ("/usr/bin/newuidmap", "/usr/bin/newuidmap.distrib"),
+                  "gid": ("/usr/bin/newgidmap", "/usr/bin/newgidmap.distrib")}
 TRUSTED_FILES = (PATHS["uid"], PATHS["gid"], USERNET, LOGIN_DEFS, NSSWITCH)
 FULL_CONTAINER = 65536
 
@@ -134,13 +138,18 @@ def read(path: str, notes: list[str]) -> bytes | None:
 
 
 def link_kinds(notes: list[str]) -> dict[str, str | None] | None:
-    """Every link of this network namespace and its kind; None if netlink cannot say."""
-    from nsgate.system import rtnl
+    """Every link of this network namespace and its kind, `openvswitch` for the links Open
+    vSwitch says are its bridges (on its userspace datapath a bridge is a tap); None if netlink
+    cannot say."""
+    from nsgate.system import ovs, rtnl
 
     try:
         with rtnl.Rtnl() as net:
-            return {link.name: link.kind for link in net.links()}
+            links = {link.name: link.kind for link in net.links()}
     except OSError as err:
         notes.append(f"cannot list network links ({err.strerror}): bridges and nics were not "
                      "checked")
         return None
+    for name in ovs.bridges() & set(links):
+        links[name] = "openvswitch"
+    return links

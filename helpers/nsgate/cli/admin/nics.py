@@ -60,17 +60,13 @@ def gc(out: Out) -> int:
     try:
         raw_lines = nicdb.split_lines(nicdb_store.read())
         with rtnl.Rtnl() as net:
-            live = net.link_names()
-        kept: list[bytes] = []
-        removed: list[bytes] = []
-        for raw in raw_lines:
-            line = nicdb.NicLine(raw)
-            stale = line.valid and line.dev.decode("utf-8", "surrogateescape") not in live
-            (removed if stale else kept).append(raw)
-        if removed:
+            live = {name.encode("utf-8", "surrogateescape") for name in net.link_names()}
+        kept, stale = nicdb.prune(raw_lines, nicdb.numbered(raw_lines), live)
+        if stale:
             nicdb_store.replace(nicdb.join_lines(kept))
     finally:
         lock.release()
+    removed = [line.raw for line in stale.values()]
     if not removed:
         out.say(f"{NICS}: no stale lines")
         return 0

@@ -1,0 +1,119 @@
+"""Real rtnetlink answers, captured as the kernel sends them, for the codec's tests and fuzz seeds.
+
+Run as root in a fresh network namespace (`unshare --net python3 -m tests.netlink_capture`): it
+builds bridges, veth pairs (one with its peer in another namespace), bridge
+ports with flags set, then asks the kernel as the helpers do (a socket with NETLINK_CAP_ACK and
+NETLINK_EXT_ACK) and prints, as JSON, every request's sequence number, the socket's port id and
+the datagrams of the answer (hex). Written with the standard library only, not with the codec.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import subprocess
+import sys
+
+SOL_NETLINK, NETLINK_CAP_ACK, NETLINK_EXT_ACK = 270, 10, 11
+RTM_NEWLINK, RTM_GETLINK, RTM_SETLINK = 16, 18, 19
+F_REQUEST, F_ACK, F_DUMP, F_CREATE, F_EXCL = 0x1, 0x4, 0x300, 0x400, 0x200
+AF_BRIDGE = 7
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True)
+
+
+def attr(kind: int, payload: bytes) -> bytes:
+    length = 4 + len(payload)
+    return struct.pack("=HH", length, kind) + payload + bytes(-length % 4)
+
+
+def ifinfo(index: int = 0, family: int = 0) -> bytes:
+    return struct.pack("=BxHiII", family, 0, index, 0, 0)
+
+
+def setup() -> subprocess.Popen[bytes]:
+    ip("link", "add", "br0", "type", "bridge")  # (this kernel has no VLAN filtering)
+    ip("link", "add", "br1", "type", "bridge")
+    ip("link", "set", "br1", "mtu", "1400")
+    ip("link", "add", "va", "type", "veth", "peer", "name", "vb")
+    ip("link", "set", "va", "master", "br1")
+    subprocess.run(["bridge", "link", "set", "dev", "va", "learning", "off", "isolated", "on",
+                    "locked", "on", "neigh_suppress", "on"], check=True)
+    ip("link", "add", "vc", "type", "veth", "peer", "name", "vd")
+    ip("link", "set", "vc", "master", "br0")
+    ip("link", "set", "br1", "up")
+    ip("link", "set", "va", "up")
+    ip("link", "set", "lo", "up")
+    other = subprocess.Popen(["unshare", "--net", "sh", "-c", "echo ready; exec sleep 600"],
+                             stdout=subprocess.PIPE)
+    assert other.stdout is not None and other.stdout.readline() == b"ready\n"
+    ip("link", "add", "vh0", "mtu", "1450", "type", "veth", "peer", "name", "eth0", "netns",
+       str(other.pid))
+    return other
+
+
+class Socket:
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        self.sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
+        self.sock.bind((0, 0))
+        self.port = self.sock.getsockname()[0]
+        self.seq = 100
+
+    def ask(self, what: str, kind: int, flags: int, body: bytes) -> dict:
+        self.seq += 1
+        self.sock.send(struct.pack("=IHHII", 16 + len(body), kind, flags | F_REQUEST, self.seq,
+                                   0) + body)
+        datagrams = []
+        while True:
+            data = self.sock.recv(1 << 20)
+            datagrams.append(data.hex())
+            last_type = struct.unpack_from("=H", data, self._last(data) + 4)[0]
+            if last_type in (2, 3):  # NLMSG_ERROR, NLMSG_DONE
+                break
+        return {"what": what, "seq": self.seq, "port": self.port, "datagrams": datagrams}
+
+    @staticmethod
+    def _last(data: bytes) -> int:
+        offset = last = 0
+        while offset < len(data):
+            last = offset
+            offset += (struct.unpack_from("=I", data, offset)[0] + 3) & ~3
+        return last
+
+
+def capture() -> list[dict]:
+    nl = Socket()
+    skip_stats = attr(29, struct.pack("=I", 1 << 3))
+    return [
+        nl.ask("dump", RTM_GETLINK, F_DUMP, ifinfo() + skip_stats),
+        nl.ask("dump-with-stats", RTM_GETLINK, F_DUMP, ifinfo()),
+        nl.ask("dump-bridge-ports", RTM_GETLINK, F_DUMP, ifinfo(family=AF_BRIDGE)),
+        nl.ask("get-port", RTM_GETLINK, F_ACK, ifinfo() + attr(3, b"va\0") + skip_stats),
+        nl.ask("get-veth-peer-elsewhere", RTM_GETLINK, F_ACK,
+               ifinfo() + attr(3, b"vh0\0") + skip_stats),
+        nl.ask("get-missing", RTM_GETLINK, F_ACK, ifinfo() + attr(3, b"nope0\0")),
+        nl.ask("new-existing", RTM_NEWLINK, F_ACK | F_CREATE | F_EXCL,
+               ifinfo() + attr(3, b"br0\0") + attr(18 | 0x8000, attr(1, b"bridge\0"))),
+        nl.ask("set-mtu-too-small", RTM_SETLINK, F_ACK, ifinfo() + attr(3, b"br1\0")
+               + attr(4, struct.pack("=I", 10))),
+        nl.ask("set-ok", RTM_SETLINK, F_ACK, ifinfo() + attr(3, b"br1\0")
+               + attr(4, struct.pack("=I", 1400))),
+    ]
+
+
+def main() -> None:
+    other = setup()
+    try:
+        json.dump(capture(), sys.stdout)
+    finally:
+        other.kill()
+        other.wait()
+
+
+if __name__ == "__main__":
+    main()
