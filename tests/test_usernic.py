@@ -67,6 +67,7 @@ from tests.usernic_support import (
     master_of,
     run_like_liblxc,
     setpriv,
+    sysfs_of_this_netns,
     usernic,
     wait_until,
     write_db,
@@ -1223,20 +1224,9 @@ def test_delete_runs_the_system_ovs_vsctl_only(ovsbr, user_dir):
 
 @pytest.fixture
 def netns_sysfs() -> Iterator[None]:
-    """The reference finds bridges and live nics through /sys/class/net, which shows the links
-    of the netns that mounted sysfs: mount one for the test's netns, for this test only. The
-    cgroup hierarchies stay where they were (/sys/fs/cgroup): nsgate's helper needs them."""
-    cgroups = WORK / "cgroup"
-    cgroups.mkdir(mode=0o755, exist_ok=True)
-    subprocess.run(["mount", "--rbind", "/sys/fs/cgroup", str(cgroups)], check=True)
-    subprocess.run(["mount", "-t", "sysfs", "nsgate-sysfs", "/sys"], check=True)
-    subprocess.run(["mount", "--rbind", str(cgroups), "/sys/fs/cgroup"], check=True)
-    try:
+    with sysfs_of_this_netns():
         assert Path("/sys/class/net/br0/bridge").is_dir()
         yield
-    finally:
-        subprocess.run(["umount", "-R", "/sys"], check=True)
-        subprocess.run(["umount", "-R", str(cgroups)], check=True)
 
 
 def _observe(result: subprocess.CompletedProcess[bytes], ctr: Proc) -> dict:

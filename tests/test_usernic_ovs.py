@@ -38,6 +38,7 @@ from tests.usernic_support import (
     liblxc_parse,
     link_kind,
     setpriv,
+    sysfs_of_this_netns,
     wait_until,
 )
 
@@ -71,15 +72,10 @@ def bridge(openvswitch: OpenVSwitch) -> Iterator[Bridge]:
 
 @pytest.fixture
 def netns_sysfs() -> Iterator[None]:
-    """The reference finds live nics through /sys/class/net, which shows the links of the netns
-    that mounted sysfs: mount one for the test's netns, for this test only."""
-    subprocess.run(["mount", "-t", "sysfs", "nsgate-sysfs", "/sys"], check=True)
-    try:
+    with sysfs_of_this_netns():
         assert Path("/sys/class/net/ovsbr").is_dir()
         assert not Path("/sys/class/net/ovsbr/bridge").exists()  # the reference: so it is OVS
         yield
-    finally:
-        subprocess.run(["umount", "/sys"], check=True)
 
 
 def grant(*lines: str) -> None:

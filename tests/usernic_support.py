@@ -4,13 +4,14 @@ nsgate's helper and the reference, and liblxc's parse of the result line."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -302,3 +303,23 @@ def run_like_liblxc(argv: Sequence[str]) -> tuple[int, bytes]:
     finally:
         os.close(read_end)
     return proc.wait(timeout=20), data
+
+
+@contextlib.contextmanager
+def sysfs_of_this_netns() -> Iterator[None]:
+    """A sysfs of the test's own netns on /sys, for the reference, which finds bridges and live
+    nics through /sys/class/net (it shows the links of the netns that mounted sysfs). The cgroup
+    hierarchies stay where they were (/sys/fs/cgroup): nsgate's helper leaves the caller's
+    cgroups through them."""
+    cgroups = SANDBOX / "cgroup-keep"
+    cgroups.mkdir(mode=0o755, exist_ok=True)
+    subprocess.run(["mount", "--rbind", "/sys/fs/cgroup", str(cgroups)], check=True)
+    try:
+        subprocess.run(["mount", "-t", "sysfs", "nsgate-sysfs", "/sys"], check=True)
+        try:
+            subprocess.run(["mount", "--rbind", str(cgroups), "/sys/fs/cgroup"], check=True)
+            yield
+        finally:
+            subprocess.run(["umount", "-R", "/sys"], check=True)
+    finally:
+        subprocess.run(["umount", "-R", str(cgroups)], check=True)
