@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,3 +176,23 @@ def lock_waiters(path: Path) -> set[int]:
 def lock_holders(path: Path) -> set[int]:
     """The pids /proc/locks shows holding a lock on the file at `path`."""
     return {pid for blocked, pid in _locks_on(path) if not blocked}
+
+
+@contextlib.contextmanager
+def private_dev_log() -> Iterator[socket.socket]:
+    """The test's own /dev/log (a datagram socket bound there, 0666 as syslog daemons make it),
+    on a copy-on-write overlay of /dev in the session's mount namespace."""
+    upper, work = SANDBOX / "dev-upper", SANDBOX / "dev-work"
+    subprocess.run(["rm", "-rf", str(upper), str(work)], check=True)
+    upper.mkdir()
+    work.mkdir()
+    subprocess.run(["mount", "-t", "overlay", "nsgate-dev", "-o",
+                    f"lowerdir=/dev,upperdir={upper},workdir={work}", "/dev"], check=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.bind("/dev/log")
+        os.chmod("/dev/log", 0o666)
+        yield sock
+    finally:
+        sock.close()
+        subprocess.run(["umount", "/dev"], check=True)

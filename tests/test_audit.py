@@ -6,13 +6,11 @@ layer holds the test's own datagram socket. The host's /dev is not touched.
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
 
 import pytest
 
-from tests.support import ALICE, SANDBOX, helper, run_as
+from tests.support import ALICE, helper, private_dev_log, run_as
 
 LOG_AUTHPRIV = 10 << 3
 LOG_WARNING, LOG_NOTICE = 4, 5
@@ -20,21 +18,9 @@ LOG_WARNING, LOG_NOTICE = 4, 5
 
 @pytest.fixture
 def syslog():
-    upper, work = SANDBOX / "dev-upper", SANDBOX / "dev-work"
-    subprocess.run(["rm", "-rf", str(upper), str(work)], check=True)
-    upper.mkdir()
-    work.mkdir()
-    subprocess.run(["mount", "-t", "overlay", "nsgate-dev", "-o",
-                    f"lowerdir=/dev,upperdir={upper},workdir={work}", "/dev"], check=True)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        sock.bind("/dev/log")
-        os.chmod("/dev/log", 0o666)  # as syslog daemons make it
+    with private_dev_log() as sock:
         sock.settimeout(5)
         yield sock
-    finally:
-        sock.close()
-        subprocess.run(["umount", "/dev"], check=True)
 
 
 def _messages(sock: socket.socket) -> list[bytes]:

@@ -15,7 +15,6 @@ For newuidmap, newgidmap, getsubids and lxc-user-nic, a granted and a refused re
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import struct
@@ -28,10 +27,10 @@ import pytest
 
 from tests.support import (
     ALICE,
-    SANDBOX,
     Target,
     as_user,
     helper,
+    private_dev_log,
     proc_state,
     wait_for,
     wchan,
@@ -89,21 +88,9 @@ CASES = [f"{prog} {outcome}" for prog in ("newuidmap", "newgidmap", "getsubids",
 @pytest.fixture
 def dev_log() -> Iterator[socket.socket]:
     """The test's own /dev/log, receiving with SO_PASSCRED."""
-    upper, work = SANDBOX / "dev-upper", SANDBOX / "dev-work"
-    subprocess.run(["rm", "-rf", str(upper), str(work)], check=True)
-    upper.mkdir()
-    work.mkdir()
-    subprocess.run(["mount", "-t", "overlay", "nsgate-dev", "-o",
-                    f"lowerdir=/dev,upperdir={upper},workdir={work}", "/dev"], check=True)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        sock.bind("/dev/log")
-        os.chmod("/dev/log", 0o666)  # as syslog daemons make it
+    with private_dev_log() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         yield sock
-    finally:
-        sock.close()
-        subprocess.run(["umount", "/dev"], check=True)
 
 
 @pytest.fixture
