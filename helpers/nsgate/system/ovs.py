@@ -79,22 +79,8 @@ class Runner:
     closes, so it cannot outlive the helper."""
 
     def __init__(self, allowed: "Callable[[tuple[str, ...]], bool]") -> None:
-        requests_out, requests_in = posix.pipe2(posix.O_CLOEXEC)
-        answers_out, answers_in = posix.pipe2(posix.O_CLOEXEC)
-        pid = posix.fork()
-        if pid == 0:
-            status = 1
-            try:
-                programs.keep_only_fds(requests_out, answers_in)
-                _serve(requests_out, answers_in, allowed)
-                status = 0
-            finally:
-                posix._exit(status)
-        posix.close(requests_out)
-        posix.close(answers_in)
-        self._pid = pid
-        self._requests = requests_in
-        self._answers = answers_out
+        self._pid, self._requests, self._answers = programs.fork_server(
+            lambda requests, answers: _serve(requests, answers, allowed))
 
     def run(self, *args: str) -> bool:
         """Whether the runner ran `ovs-vsctl <args>` and it exited 0; False also when the

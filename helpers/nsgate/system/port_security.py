@@ -181,21 +181,11 @@ class _Installer:
     RULESET and nothing else; it ends when the helper closes the pipe."""
 
     def __init__(self, nft: str) -> None:
-        request_out, self._request = posix.pipe2(posix.O_CLOEXEC)
-        self._answer, answer_in = posix.pipe2(posix.O_CLOEXEC)
-        pid = posix.fork()
-        if pid == 0:
-            status = 1
-            try:
-                programs.keep_only_fds(request_out, answer_in)
-                if posix.read(request_out, 1) == b"1":
-                    posix.write(answer_in, _run_nft(nft))
-                status = 0
-            finally:
-                posix._exit(status)
-        posix.close(request_out)
-        posix.close(answer_in)
-        self._pid = pid
+        def serve(requests: int, answers: int) -> None:
+            if posix.read(requests, 1) == b"1":
+                posix.write(answers, _run_nft(nft))
+
+        self._pid, self._request, self._answer = programs.fork_server(serve)
 
     def install(self) -> str:
         """The first line nft wrote on failure; "" on success."""

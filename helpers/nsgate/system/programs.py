@@ -6,6 +6,10 @@ import posix
 
 from nsgate.system.integrity import root_only
 
+TYPE_CHECKING = False  # typing costs import time on every helper run
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 SEARCH_PATH = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
 ENVIRONMENT = {"PATH": ":".join(SEARCH_PATH)}
 
@@ -31,3 +35,24 @@ def keep_only_fds(*keep: int) -> None:
         posix.closerange(low, fd)
         low = fd + 1
     posix.closerange(low, 1 << 20)
+
+
+def fork_server(serve: "Callable[[int, int], None]") -> tuple[int, int, int]:
+    """Fork a child, before the helper confines itself, that runs `serve(requests, answers)`
+    holding nothing of the helper's but those two pipe ends, then exits. Returns its pid, the
+    end to write requests to and the end to read answers from; the child ends when `serve`
+    returns (it should return when the requests pipe closes), so it cannot outlive the helper."""
+    requests_out, requests_in = posix.pipe2(posix.O_CLOEXEC)
+    answers_out, answers_in = posix.pipe2(posix.O_CLOEXEC)
+    pid = posix.fork()
+    if pid == 0:
+        status = 1
+        try:
+            keep_only_fds(requests_out, answers_in)
+            serve(requests_out, answers_in)
+            status = 0
+        finally:
+            posix._exit(status)
+    posix.close(requests_out)
+    posix.close(answers_in)
+    return pid, requests_in, answers_out
