@@ -556,7 +556,13 @@ class NicLab:
 
     def __init__(self, scratch: Path) -> None:
         run_quiet(["ip", "link", "set", "lo", "up"])
+        # The cgroup hierarchies stay reachable under the new sysfs: lxc-user-nic leaves its
+        # caller's cgroups through them.
+        cgroups = scratch / "cgroup"
+        cgroups.mkdir(mode=0o755, exist_ok=True)
+        run_quiet(["mount", "--rbind", "/sys/fs/cgroup", str(cgroups)])
         run_quiet(["mount", "-t", "sysfs", "nsgb-sysfs", "/sys"])
+        run_quiet(["mount", "--rbind", str(cgroups), "/sys/fs/cgroup"])
         private_run_lxc(scratch)
         Path("/etc/lxc").mkdir(mode=0o755, exist_ok=True)  # in the overlay
         run_quiet(["ip", "link", "add", BRIDGE, "type", "bridge"])
