@@ -78,17 +78,6 @@ def head(path: str, limit: int = 64) -> bytes | None:
         posix.close(fd)
 
 
-def process_runs(pid: int) -> bool:
-    """Whether process `pid` exists (a process we may not signal exists too)."""
-    try:
-        posix.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
 def holds(path: str, needle: bytes, limit: int = 64 << 20) -> bool:
     """Whether the regular file `path` resolves to holds `needle` in its first `limit` bytes
     (False if it cannot be read)."""

@@ -60,12 +60,14 @@ def _lock_holder(lock: str) -> int | None:
     return int(digits)
 
 
-def _running(pid: int) -> bool:
+def process_runs(pid: int) -> bool:
+    """Whether process `pid` exists (a process we may not signal exists too): a lock file
+    naming a pid that does not run is stale."""
     try:
         posix.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except OSError:
         return True
     return True
 
@@ -135,7 +137,7 @@ class ShadowLock:
             holder = _lock_holder(self.lock)
             if holder is None:
                 return 0  # released meanwhile: try again
-            if _running(holder):
+            if process_runs(holder):
                 return holder
             files.remove_if_present(self.lock)  # stale: its writer is gone
             return None if self._link(mine) else 0

@@ -57,7 +57,7 @@ def run(out: Out, args: Args, libdir: str, libexecdir: str) -> int:
 def _lock_leftovers() -> list[Finding]:
     """The lock protocol's link files in /etc that killed writers left (policy.lock_lint)."""
     from nsgate.policy import lock_lint
-    from nsgate.system import file_facts
+    from nsgate.system import file_facts, shadow_lock
 
     findings = []
     for name in sorted(file_facts.names_in("/etc")):
@@ -65,7 +65,7 @@ def _lock_leftovers() -> list[Finding]:
         if pid is not None:
             path = f"/etc/{name}"
             findings += lock_lint.lint_link_file(path, pid, file_facts.head(path),
-                                                 file_facts.process_runs(pid))
+                                                 shadow_lock.process_runs(pid))
     return findings
 
 
