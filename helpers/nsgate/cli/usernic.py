@@ -139,7 +139,7 @@ def _check_bridge(net: rtnl.Rtnl, bridge: bytes) -> tuple[ports.Attachment | Non
     if link is None:
         raise Refusal(f"bridge {name} does not exist")
     if link.kind == "bridge":
-        return ports.Attachment(name, link.index, vlan_filtering=link.vlan_filtering), link.mtu
+        return ports.Attachment(name, link.index), link.mtu
     # Any other link may be an Open vSwitch bridge (kind openvswitch with the kernel datapath, a
     # tap with the userspace one): Open vSwitch says, once the caller's privilege is proven.
     return ports.Attachment(name, link.index, is_ovs=True), link.mtu

@@ -34,7 +34,6 @@ RTM_NEWLINK = 16
 RTM_DELLINK = 17
 RTM_GETLINK = 18
 RTM_SETLINK = 19
-RTM_NEWNEIGH = 28
 IFLA_ADDRESS = 1
 IFLA_IFNAME = 3
 IFLA_MTU = 4
@@ -55,17 +54,12 @@ IFLA_BR_VLAN_FILTERING = 7
 IFLA_BRPORT_LEARNING = 8
 IFLA_BRPORT_NEIGH_SUPPRESS = 32
 IFLA_BRPORT_ISOLATED = 33
-IFLA_BRPORT_LOCKED = 39  # Linux 5.18: only sources with an FDB entry on this port get in
-NDA_LLADDR = 2
-NUD_NOARP = 0x40  # a static FDB entry
-NTF_MASTER = 0x04  # the entry goes to the bridge the port belongs to
 AF_UNSPEC = 0
 AF_BRIDGE = 7
 IFF_UP = 0x1
 
 NLMSGHDR = _struct.Struct("=IHHII")  # length, type, flags, sequence, port id
 IFINFOMSG = _struct.Struct("=BxHiII")  # family, (pad), device type, index, flags, change mask
-NDMSG = _struct.Struct("=BxxxiHBB")  # family, (pad), index, state, flags, type
 RTATTR = _struct.Struct("=HH")  # length, type
 _U32 = _struct.Struct("=I")
 _I32 = _struct.Struct("=i")
@@ -163,10 +157,6 @@ def u8(kind: int, value: int) -> bytes:
 def ifinfomsg(index: int = 0, *, family: int = AF_UNSPEC, flags: int = 0,
               change: int = 0) -> bytes:
     return IFINFOMSG.pack(family, 0, index, flags, change)
-
-
-def ndmsg(family: int, index: int, state: int, flags: int) -> bytes:
-    return NDMSG.pack(family, index, state, flags, 0)
 
 
 def message(kind: int, flags: int, seq: int, body: bytes, port: int = 0) -> bytes:

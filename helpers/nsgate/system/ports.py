@@ -21,15 +21,14 @@ from nsgate.system import ovs, port_security, rtnl
 class Attachment:
     """Where the host end goes: nowhere (`none`), a Linux bridge, or an OVS bridge."""
 
-    __slots__ = ("index", "is_ovs", "name", "ovs", "shared", "vlan_filtering")
+    __slots__ = ("index", "is_ovs", "name", "ovs", "shared")
 
-    def __init__(self, name: str, index: int = 0, *, is_ovs: bool = False, shared: bool = True,
-                 vlan_filtering: bool = False) -> None:
+    def __init__(self, name: str, index: int = 0, *, is_ovs: bool = False,
+                 shared: bool = True) -> None:
         self.name = name
         self.index = index
         self.is_ovs = is_ovs
         self.shared = shared
-        self.vlan_filtering = vlan_filtering
         self.ovs: ovs.Runner | None = None  # forked before the helper confines itself
 
 

@@ -166,24 +166,16 @@ class Rtnl:
                      f"RTM_SETLINK index {index}")
 
     def set_bridge_port(self, index: int, *, isolated: bool | None = None,
-                        learning: bool | None = None, neigh_suppress: bool | None = None,
-                        locked: bool | None = None) -> None:
+                        learning: bool | None = None,
+                        neigh_suppress: bool | None = None) -> None:
         """Set bridge-port flags of link `index`, which must be attached to a Linux bridge."""
-        wanted = ((codec.IFLA_BRPORT_LOCKED, locked), (codec.IFLA_BRPORT_ISOLATED, isolated),
+        wanted = ((codec.IFLA_BRPORT_ISOLATED, isolated),
                   (codec.IFLA_BRPORT_LEARNING, learning),
                   (codec.IFLA_BRPORT_NEIGH_SUPPRESS, neigh_suppress))
         port = b"".join(codec.u8(kind, value) for kind, value in wanted if value is not None)
         body = (codec.ifinfomsg(index, family=codec.AF_BRIDGE)
                 + codec.nested(codec.IFLA_PROTINFO, port))
         self._change(codec.RTM_SETLINK, 0, body, f"RTM_SETLINK bridge port index {index}")
-
-    def add_static_fdb(self, port_index: int, address: bytes) -> None:
-        """A static FDB entry on the bridge: frames from `address` belong to port `port_index`
-        (`bridge fdb add <address> dev <port> master static`)."""
-        body = (codec.ndmsg(codec.AF_BRIDGE, port_index, codec.NUD_NOARP, codec.NTF_MASTER)
-                + codec.attr(codec.NDA_LLADDR, address))
-        self._change(codec.RTM_NEWNEIGH, codec.NLM_F_CREATE | codec.NLM_F_EXCL, body,
-                     f"RTM_NEWNEIGH bridge fdb on index {port_index}")
 
     def delete_link(self, index: int) -> None:
         """Delete link `index` (a veth takes its peer with it)."""
