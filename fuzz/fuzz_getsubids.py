@@ -17,7 +17,7 @@ named by its own uid gets its lines twice), status 0 iff there is one; usage for
 from __future__ import annotations
 
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from fuzz import common, oracles
@@ -66,21 +66,18 @@ def _fake_system(etc: dict[str, bytes | None], users: dict[bytes, int],
     def read_small(path: str, limit: int = 1 << 20) -> bytes | None:
         return etc.get(path)
 
-    def getpwnam(name: str) -> types.SimpleNamespace:
-        if "\0" in name:
-            raise ValueError("embedded null character")
-        uid = users.get(name.encode("utf-8", "surrogateescape"))
-        if uid is None:
-            raise KeyError(name)
-        return types.SimpleNamespace(pw_uid=uid)
+    def lookup(table: dict[bytes, int], field: str) -> Callable[[str], types.SimpleNamespace]:
+        """A fake getpwnam/getgrnam over `table`, failing as the real ones do."""
+        def find(name: str) -> types.SimpleNamespace:
+            if "\0" in name:
+                raise ValueError("embedded null character")
+            number = table.get(name.encode("utf-8", "surrogateescape"))
+            if number is None:
+                raise KeyError(name)
+            return types.SimpleNamespace(**{field: number})
+        return find
 
-    def getgrnam(name: str) -> types.SimpleNamespace:
-        if "\0" in name:
-            raise ValueError("embedded null character")
-        gid = groups.get(name.encode("utf-8", "surrogateescape"))
-        if gid is None:
-            raise KeyError(name)
-        return types.SimpleNamespace(gr_gid=gid)
+    getpwnam, getgrnam = lookup(users, "pw_uid"), lookup(groups, "gr_gid")
 
     fakes = [(files, "open_trusted", open_trusted), (files, "chunks", chunks),
              (files, "read_small", read_small),
