@@ -149,3 +149,33 @@ def pytest_sessionfinish(session, exitstatus) -> None:
     for pid in Target.live_pids():
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def nsgated():
+    """The installed nsgated, started in the session's sandbox for the module's tests."""
+    from tests.service_support import nsgated_running
+
+    with nsgated_running() as service:
+        yield service
+
+
+@pytest.fixture
+def fresh_nsgated():
+    """A service of the test's own (stopped, if still running, at the end), for tests that kill,
+    stop or restart it; not together with `nsgated`."""
+    from tests.service_support import Nsgated
+
+    started: list[Nsgated] = []
+
+    def start(*args: str) -> Nsgated:
+        service = Nsgated(*args)
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        if service.proc.poll() is None:
+            service.stop()
+        else:
+            service.proc.communicate()

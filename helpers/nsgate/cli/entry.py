@@ -64,9 +64,7 @@ def _dispatch(prog: str, argv: list[str], handed: "Handed | None",
 def _drop_privilege() -> None:
     """Become the caller before saying anything. Where the ids cannot be set (an unmapped id
     inside a user namespace), a process still holding root says nothing at all."""
-    credentials = sys.modules.get("nsgate.system.credentials")  # never an import here
-    served = credentials.CallerIds.served if credentials is not None else None
-    uid, gid = served if served is not None else (posix.getuid(), posix.getgid())
+    uid, gid = posix.getuid(), posix.getgid()
     try:
         posix.setresgid(gid, gid, gid)
         posix.setresuid(uid, uid, uid)

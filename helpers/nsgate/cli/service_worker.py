@@ -3,8 +3,8 @@ connection its parent hands over, serves that one request with the helpers' own 
 and exits. Nothing of one request outlives it.
 
 The order: read the request (bounded in time and size); check the peer (service_io.verify_peer);
-take the caller's credential shape (credentials.serve_caller: the caller's gids, every uid root
-so the caller cannot signal it; getsubids runs as the caller); run the helper with the target
+take the caller's credential shape (credentials.serve_caller: a setuid-root helper's, real ids
+the caller's; getsubids runs as the caller); run the helper with the target
 the caller handed over (system/handed.py); answer; exit.
 """
 
