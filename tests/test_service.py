@@ -60,7 +60,7 @@ def test_lxc_user_nic_create_through_the_service(nsgated):
         answer = ask(ALICE, "lxc-user-nic", ["create", "/var/lib/lxc", "c1", str(container.pid),
                                              "veth", "nsgtsvc0", "eth0"])
         assert answer["status"] == 0, answer
-        peer, peer_index, host, host_index = answer["out"].strip().split(":")
+        peer, _peer_index, host, _host_index = answer["out"].strip().split(":")
         assert peer == "eth0" and peer in container.links()
         assert ip_links()[host]["master"] == "nsgtsvc0"
         assert [(e[0], e[2], e[3]) for e in db_entries()] == [("nsgt-alice", "nsgtsvc0", host)]
