@@ -65,11 +65,11 @@ static int fd_argument(int argc, char **argv)
 
 static void close_other_fds(int keep)
 {
-	unsigned int hi = keep > 2 ? (unsigned int)keep - 1 : ~0U;
+	unsigned int above = keep > 2 ? (unsigned int)keep + 1 : 3U;
 
-	if (syscall(SYS_close_range, 3U, hi, 0U) != 0)
+	if (keep > 3 && syscall(SYS_close_range, 3U, (unsigned int)keep - 1, 0U) != 0)
 		die("close_range failed: kernel too old?");
-	if (keep > 2 && syscall(SYS_close_range, (unsigned int)keep + 1, ~0U, 0U) != 0)
+	if (syscall(SYS_close_range, above, ~0U, 0U) != 0)
 		die("close_range failed: kernel too old?");
 }
 
