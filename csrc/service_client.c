@@ -46,7 +46,7 @@ _Static_assert(sizeof(NSGATE_SOCKET) <= sizeof(((struct sockaddr_un *)0)->sun_pa
 	       "NSGATE_SOCKET is too long for a unix socket address");
 
 static unsigned char packet[PACKET_MAX + 1]; /* the request, then the answer (+1: too long) */
-static struct header head;
+static struct header fields;
 
 static void fail(const char *why)
 {
@@ -70,7 +70,7 @@ static int helper_id(void)
 /* The request, all but its target field; its length, or 0 when it does not fit one packet. */
 static size_t build_request(int argc, char **argv)
 {
-	size_t len = sizeof(head);
+	size_t len = sizeof(fields);
 
 	if (helper_id() < 0 || argc - 1 > ARGC_MAX)
 		return 0;
@@ -81,10 +81,10 @@ static size_t build_request(int argc, char **argv)
 		memcpy(packet + len, argv[i], n);
 		len += n;
 	}
-	memcpy(head.magic, "nsgate", 6);
-	head.version = VERSION;
-	head.word[0] = (uint32_t)helper_id();
-	head.word[1] = (uint32_t)(argc - 1);
+	memcpy(fields.magic, "nsgate", 6);
+	fields.version = VERSION;
+	fields.word[0] = (uint32_t)helper_id();
+	fields.word[1] = (uint32_t)(argc - 1);
 	return len;
 }
 
@@ -116,13 +116,13 @@ static int connect_service(void)
 /* Every id the real one, no capability left (a file-capabilities install keeps its ids). */
 static void become_caller_for_good(void)
 {
-	struct __user_cap_header_struct head = { _LINUX_CAPABILITY_VERSION_3, 0 };
+	struct __user_cap_header_struct version = { _LINUX_CAPABILITY_VERSION_3, 0 };
 	struct __user_cap_data_struct none[2] = { { 0, 0, 0 }, { 0, 0, 0 } };
 	uid_t uid = getuid();
 	gid_t gid = getgid();
 
 	if (setresgid(gid, gid, gid) != 0 || setresuid(uid, uid, uid) != 0 ||
-	    syscall(SYS_capset, &head, none) != 0)
+	    syscall(SYS_capset, &version, none) != 0)
 		fail("cannot drop privilege before talking to the nsgate service");
 }
 
@@ -185,8 +185,8 @@ static void send_request(int sock, size_t len, int target)
 	struct iovec iov = { packet, len };
 	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
 
-	head.word[2] = (uint32_t)(target >= 0 ? 0 : target == NOT_TRIED ? -1 : -target);
-	memcpy(packet, &head, sizeof(head));
+	fields.word[2] = (uint32_t)(target >= 0 ? 0 : target == NOT_TRIED ? -1 : -target);
+	memcpy(packet, &fields, sizeof(fields));
 	if (target >= 0) {
 		msg.msg_control = control.buf;
 		msg.msg_controllen = sizeof(control.buf);
@@ -220,20 +220,20 @@ static void relay_answer(int sock)
 
 	while ((n = recv(sock, packet, sizeof(packet), 0)) < 0 && errno == EINTR)
 		;
-	if (n < (ssize_t)sizeof(head) || n > PACKET_MAX)
+	if (n < (ssize_t)sizeof(fields) || n > PACKET_MAX)
 		fail(NO_ANSWER);
-	memcpy(&head, packet, sizeof(head));
-	if (memcmp(head.magic, "nsgate", 6) != 0)
+	memcpy(&fields, packet, sizeof(fields));
+	if (memcmp(fields.magic, "nsgate", 6) != 0)
 		fail(NO_ANSWER);
-	if (head.version != VERSION)
+	if (fields.version != VERSION)
 		fail("the nsgate service speaks another version of its protocol: restart it");
-	size_t text = (size_t)n - sizeof(head), out = head.word[1], err = head.word[2];
+	size_t text = (size_t)n - sizeof(fields), out = fields.word[1], err = fields.word[2];
 	if (out > text || err != text - out)
 		fail(NO_ANSWER);
 	signal(SIGPIPE, SIG_IGN); /* the launcher reset it to SIG_DFL; Python ignores it too */
-	write_all(1, packet + sizeof(head), out);
-	write_all(2, packet + sizeof(head) + out, err);
-	_exit(head.word[0] == 0 ? 0 : 1);
+	write_all(1, packet + sizeof(fields), out);
+	write_all(2, packet + sizeof(fields) + out, err);
+	_exit(fields.word[0] == 0 ? 0 : 1);
 }
 
 void use_service_if_running(int argc, char **argv)
