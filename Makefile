@@ -1,7 +1,10 @@
 # nsgate: build, install, test.
 #   make                      build launchers, the cffi module and the library tree under build/
-#   make install              install under PREFIX (default /usr/local), setuid root
+#   make install              install under PREFIX (default /usr/local), setuid root, and the
+#                             service nsgated under LIBEXECDIR (its socket: SOCKET)
 #   make install CAPS=1       the same with file capabilities (cap_setuid / cap_setgid) instead
+#   make install MODE=service helpers with no setuid bit and no file capabilities: they work only
+#                             through nsgated (the launchers try it first in every mode)
 #   make test                 install, then run the whole test suite (as root) and a short fuzz run
 #   make fuzz                 a long fuzz run of every parser (FUZZ_SECONDS in all, default 600)
 #   make demo                 install, then map a user namespace for a demo user
@@ -13,6 +16,8 @@ DESTDIR    ?=
 PYTHON     ?= /usr/bin/python3
 CC         ?= cc
 CAPS       ?= 0
+MODE       ?= setuid
+SOCKET     ?= /run/nsgate/io.socket
 LIBEXECDIR ?= $(PREFIX)/libexec/nsgate
 LIBDIR     ?= $(PREFIX)/lib/nsgate
 MANDIR     ?= $(PREFIX)/share/man
@@ -33,24 +38,36 @@ OWNER      := $(if $(filter 0,$(shell id -u)),-o 0 -g 0,)
 FUZZ_SECONDS      ?= 600
 FUZZ_TEST_SECONDS ?= 5
 
-.PHONY: all install uninstall test fuzz demo bench lint clean check-paths man deb rpm pkg-tree FORCE
+.PHONY: all install uninstall test fuzz demo bench lint clean check-paths check-mode man deb rpm \
+        pkg-tree FORCE
 
 all: $(addprefix $(BUILD)/bin/,$(HELPERS)) $(PYLIB)/.stamp
 
 check-paths:
-	@case "$(LIBDIR)$(PYTHON)" in *[!A-Za-z0-9/._+-]*) \
-	  echo "PREFIX and PYTHON may hold only [A-Za-z0-9/._+-]" >&2; exit 1;; esac
+	@case "$(LIBDIR)$(PYTHON)$(SOCKET)" in *[!A-Za-z0-9/._+-]*) \
+	  echo "PREFIX, PYTHON and SOCKET may hold only [A-Za-z0-9/._+-]" >&2; exit 1;; esac
 	@case "$(PYTHON)" in /*) ;; *) echo "PYTHON must be an absolute path" >&2; exit 1;; esac
+	@case "$(SOCKET)" in /*) ;; *) echo "SOCKET must be an absolute path" >&2; exit 1;; esac
 
-# The launchers embed PYTHON and LIBDIR: rebuild them whenever either changes.
+check-mode:
+	@case "$(MODE)" in setuid|service) ;; *) \
+	  echo "MODE is setuid (the default) or service" >&2; exit 1;; esac
+	@if [ "$(MODE)" = service ] && [ "$(CAPS)" = 1 ]; then \
+	  echo "MODE=service installs the helpers without privilege: CAPS=1 does not apply" >&2; \
+	  exit 1; fi
+
+# The launchers embed PYTHON, LIBDIR and SOCKET: rebuild them whenever one changes.
 $(BUILD)/launcher.config: FORCE | check-paths
 	@mkdir -p $(@D)
-	@echo '$(PYTHON) $(LIBDIR)' | cmp -s - $@ || echo '$(PYTHON) $(LIBDIR)' > $@
+	@echo '$(PYTHON) $(LIBDIR) $(SOCKET)' | cmp -s - $@ || \
+	  echo '$(PYTHON) $(LIBDIR) $(SOCKET)' > $@
 
-$(BUILD)/bin/%: csrc/launcher.c $(BUILD)/launcher.config
+LAUNCHER_SOURCES := csrc/launcher.c csrc/service_client.c
+
+$(BUILD)/bin/%: $(LAUNCHER_SOURCES) csrc/service_client.h $(BUILD)/launcher.config
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(HARDEN) -DNSGATE_HELPER='"$*"' -DNSGATE_PYTHON='"$(PYTHON)"' \
-	  -DNSGATE_LIBDIR='"$(LIBDIR)"' -o $@ $<
+	  -DNSGATE_LIBDIR='"$(LIBDIR)"' -DNSGATE_SOCKET='"$(SOCKET)"' -o $@ $(LAUNCHER_SOURCES)
 
 # Runtime dependencies, pinned, fetched once.
 $(BUILD)/deps/.stamp: requirements/runtime.txt
@@ -81,7 +98,18 @@ endif
 	cp $(BUILD)/ffi/_nsgate_sys*.so $(PYLIB)/
 	touch $@
 
-install: all man
+# Installed modes of the three helpers that need privilege (getsubids needs none).
+ifeq ($(MODE),service)
+PRIVILEGED_MODE := 0755
+else ifeq ($(CAPS),1)
+PRIVILEGED_MODE := 0755
+else
+PRIVILEGED_MODE := 4755
+endif
+SUBST := -e 's|@PYTHON@|$(PYTHON)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@LIBEXECDIR@|$(LIBEXECDIR)|' \
+         -e 's|@SOCKET@|$(SOCKET)|'
+
+install: check-mode all man
 	install -d -m 0755 $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(LIBDIR)
 	rm -rf $(DESTDIR)$(LIBDIR)/*
 	cp -r $(PYLIB)/. $(DESTDIR)$(LIBDIR)/
@@ -91,21 +119,20 @@ install: all man
 	$(if $(OWNER),chown -R 0:0 $(DESTDIR)$(LIBDIR))
 	chmod -R u+rwX,go+rX,go-w $(DESTDIR)$(LIBDIR)
 	install -s -m 0755 $(OWNER) $(BUILD)/bin/getsubids $(DESTDIR)$(LIBEXECDIR)/getsubids
-ifeq ($(CAPS),1)
-	install -s -m 0755 $(OWNER) $(BUILD)/bin/newuidmap $(DESTDIR)$(LIBEXECDIR)/newuidmap
-	install -s -m 0755 $(OWNER) $(BUILD)/bin/newgidmap $(DESTDIR)$(LIBEXECDIR)/newgidmap
+	for name in newuidmap newgidmap; do install -s -m $(PRIVILEGED_MODE) $(OWNER) \
+	  $(BUILD)/bin/$$name $(DESTDIR)$(LIBEXECDIR)/$$name || exit 1; done
+ifeq ($(MODE)$(CAPS),setuid1)
 	setcap cap_setuid+ep $(DESTDIR)$(LIBEXECDIR)/newuidmap
 	setcap cap_setgid+ep $(DESTDIR)$(LIBEXECDIR)/newgidmap
-else
-	install -s -m 4755 $(OWNER) $(BUILD)/bin/newuidmap $(DESTDIR)$(LIBEXECDIR)/newuidmap
-	install -s -m 4755 $(OWNER) $(BUILD)/bin/newgidmap $(DESTDIR)$(LIBEXECDIR)/newgidmap
 endif
+ifeq ($(MODE),service)
+	install -s -m 0755 $(OWNER) $(BUILD)/bin/lxc-user-nic $(DESTDIR)$(LIBEXECDIR)/lxc-user-nic
+else
 	install -s -m 4755 $(OWNER) $(BUILD)/bin/lxc-user-nic $(DESTDIR)$(LIBEXECDIR)/lxc-user-nic
-	sed -e 's|@PYTHON@|$(PYTHON)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@LIBEXECDIR@|$(LIBEXECDIR)|' \
-	  bin/nsgate.in > $(BUILD)/nsgate
-	sed -e 's|@PYTHON@|$(PYTHON)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@LIBEXECDIR@|$(LIBEXECDIR)|' \
-	  bin/nsgated.in > $(BUILD)/nsgated
+endif
+	sed $(SUBST) bin/nsgated.in > $(BUILD)/nsgated
 	install -m 0755 $(OWNER) $(BUILD)/nsgated $(DESTDIR)$(LIBEXECDIR)/nsgated
+	sed $(SUBST) bin/nsgate.in > $(BUILD)/nsgate
 	install -d -m 0755 $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 $(OWNER) $(BUILD)/nsgate $(DESTDIR)$(PREFIX)/bin/nsgate
 	for page in $(MAN_PAGES); do \

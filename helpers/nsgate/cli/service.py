@@ -40,8 +40,9 @@ class Options:
         self.idle_exit = 0.0
 
 
-def parse(argv: list[str]) -> Options:
+def parse(argv: list[str], socket_path: str = DEFAULT_SOCKET) -> Options:
     options = Options()
+    options.socket = socket_path
     rest = list(argv)
     while rest:
         flag = rest.pop(0)
@@ -68,9 +69,10 @@ def parse(argv: list[str]) -> Options:
     return options
 
 
-def main(argv: list[str], libdir: str, script: str) -> int:
+def main(argv: list[str], libdir: str, script: str, socket_path: str = DEFAULT_SOCKET) -> int:
+    """`socket_path`: where the installed helpers look (make install SOCKET=)."""
     try:
-        options = parse(argv)
+        options = parse(argv, socket_path)
     except Refusal as refusal:
         if refusal.first == "help":
             sys.stdout.write(USAGE)
@@ -127,6 +129,10 @@ def _prepare(libdir: str) -> None:
     )
 
     integrity.verify_loaded_modules()
+    import gc
+
+    gc.collect()
+    gc.freeze()  # what every worker shares stays out of its collections (and off its pages)
 
 
 class Worker:
@@ -186,7 +192,8 @@ class Service:
             self._reap()
             self._expire()
             self._dispatch_waiting()
-            self._fill_pool()
+            if not self.busy or not self.idle:
+                self._fill_pool()  # forks wait until no request is in flight (or none is left)
             if self._code_upgraded():
                 self._restart()
             if self._idle_long_enough():
@@ -268,6 +275,8 @@ class Service:
 
     # --- workers -----------------------------------------------------------------------------
     def _fill_pool(self) -> None:
+        """Idle workers back to --workers: off the request path, since the loop calls it when
+        nothing is in flight (or when no idle worker is left)."""
         if self.stopping:
             return
         while len(self.idle) < self.options.workers:
