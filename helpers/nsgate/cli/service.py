@@ -136,12 +136,22 @@ def _prepare(libdir: str) -> None:
 
 
 class Worker:
-    __slots__ = ("ctl", "deadline", "pid", "uid")
+    __slots__ = ("ctl", "deadline", "pid", "ready", "uid")
 
     def __init__(self, pid: int, ctl: socket.socket | None) -> None:
         self.pid, self.ctl = pid, ctl
         self.uid = -1
         self.deadline = 0.0
+        self.ready = False
+
+    def is_ready(self) -> bool:
+        """Whether it has said it is prepared (service_worker._prepare_while_idle)."""
+        if not self.ready and self.ctl is not None:
+            try:
+                self.ready = self.ctl.recv(1, socket.MSG_DONTWAIT) == service_io.READY
+            except OSError:
+                pass
+        return self.ready
 
 
 class Service:
@@ -253,7 +263,9 @@ class Service:
                 del self.waiting[uid]
 
     def _hand_over(self, conn: socket.socket, peer: service_io.Peer) -> None:
-        worker = self.idle.pop(0)
+        ready = [worker for worker in self.idle if worker.is_ready()]
+        worker = ready[0] if ready else self.idle[0]  # else: it serves once prepared
+        self.idle.remove(worker)
         assert worker.ctl is not None
         try:
             service_io.hand_over(worker.ctl, conn, peer)
