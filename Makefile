@@ -2,6 +2,7 @@
 #   make                      build launchers, the cffi module and the library tree under build/
 #   make install              install under PREFIX (default /usr/local), setuid root
 #   make install CAPS=1       the same with file capabilities (cap_setuid / cap_setgid) instead
+#                             (both also install the service's systemd units and OpenRC script)
 #   make test                 install, then run the whole test suite (as root) and a short fuzz run
 #   make fuzz                 a long fuzz run of every parser (FUZZ_SECONDS in all, default 600)
 #   make demo                 install, then map a user namespace for a demo user
@@ -112,6 +113,39 @@ uninstall:
 	rm -rf $(DESTDIR)$(LIBDIR) $(DESTDIR)$(LIBEXECDIR)
 	rm -f $(DESTDIR)$(PREFIX)/bin/nsgate
 	for page in $(MAN_PAGES); do rm -f $(DESTDIR)$(MANDIR)/man$${page##*.}/$${page##*/}; done
+
+# --- The service's init files (issue 10): nsgate.socket and nsgate.service for systemd, an OpenRC
+# script as an example for other inits; filled in with LIBEXECDIR like bin/nsgate.in. Packages
+# set SYSTEMDUNITDIR to their distribution's unit directory.
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+OPENRCDIR      ?= $(PREFIX)/share/nsgate/openrc
+INIT_FILES     := $(BUILD)/init/nsgate.socket $(BUILD)/init/nsgate.service $(BUILD)/init/nsgated
+
+.PHONY: init install-init uninstall-init
+install: install-init
+uninstall: uninstall-init
+
+init: $(INIT_FILES)
+
+$(BUILD)/init/nsgate.socket $(BUILD)/init/nsgate.service: $(BUILD)/init/%: etc/systemd/% FORCE
+	@mkdir -p $(@D)
+	sed -e 's|@LIBEXECDIR@|$(LIBEXECDIR)|g' $< > $@
+
+$(BUILD)/init/nsgated: etc/openrc/nsgated FORCE
+	@mkdir -p $(@D)
+	sed -e 's|@LIBEXECDIR@|$(LIBEXECDIR)|g' $< > $@
+
+install-init: $(INIT_FILES)
+	install -d -m 0755 $(DESTDIR)$(SYSTEMDUNITDIR) $(DESTDIR)$(OPENRCDIR)
+	install -m 0644 $(OWNER) $(BUILD)/init/nsgate.socket $(BUILD)/init/nsgate.service \
+	  $(DESTDIR)$(SYSTEMDUNITDIR)/
+	install -m 0755 $(OWNER) $(BUILD)/init/nsgated $(DESTDIR)$(OPENRCDIR)/nsgated
+
+uninstall-init:
+	rm -f $(DESTDIR)$(SYSTEMDUNITDIR)/nsgate.socket $(DESTDIR)$(SYSTEMDUNITDIR)/nsgate.service
+	rm -f $(DESTDIR)$(OPENRCDIR)/nsgated
+	rmdir $(DESTDIR)$(OPENRCDIR) $(DESTDIR)$(PREFIX)/share/nsgate 2>/dev/null || true
+# --- end of the service's init files
 
 # Man pages: scdoc sources man/<name>.<section>.scd, installed under names no other package
 # uses (nsgate-newuidmap.1, nsgate-subuid.5, ..., nsgate.8).
