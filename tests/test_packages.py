@@ -494,7 +494,8 @@ def test_nsgate_page_documents_every_command_option_and_finding_code():
         assert f"nsgate {command}" in text, command
     for code in ("syntax", "grants-nothing", "shadow-grants", "overlap", "contains-real-id",
                  "unsafe-file", "no-bridge", "not-a-bridge", "stale-nic", "foreign-nic",
-                 "private-bridge", "lock-leftover", "install"):
+                 "private-bridge", "lock-leftover", "install", "service-socket",
+                 "service-down"):
         assert f"{code} (" in text, code
     for status in ("0 Success", "1 Errors were found", "2 Usage error"):
         assert status in text, status
