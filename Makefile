@@ -104,6 +104,9 @@ endif
 	install -s -m 4755 $(OWNER) $(BUILD)/bin/lxc-user-nic $(DESTDIR)$(LIBEXECDIR)/lxc-user-nic
 	sed -e 's|@PYTHON@|$(PYTHON)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@LIBEXECDIR@|$(LIBEXECDIR)|' \
 	  bin/nsgate.in > $(BUILD)/nsgate
+	sed -e 's|@PYTHON@|$(PYTHON)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@LIBEXECDIR@|$(LIBEXECDIR)|' \
+	  bin/nsgated.in > $(BUILD)/nsgated
+	install -m 0755 $(OWNER) $(BUILD)/nsgated $(DESTDIR)$(LIBEXECDIR)/nsgated
 	install -d -m 0755 $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 $(OWNER) $(BUILD)/nsgate $(DESTDIR)$(PREFIX)/bin/nsgate
 	for page in $(MAN_PAGES); do \

@@ -1,7 +1,8 @@
 """The entry point of every helper: the launcher's fixed code calls `run("newuidmap")`.
 
 Verifies the code it runs before anything else, dispatches, writes the one message, exits. No
-exception ever reaches the user as a traceback.
+exception ever reaches the user as a traceback. nsgated's workers run the same helper code
+through `serve`, with the target the caller handed over.
 """
 
 import posix
@@ -10,37 +11,49 @@ import sys
 HELPERS = ("newuidmap", "newgidmap", "getsubids", "lxc-user-nic")
 
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from nsgate.system.handed import Handed
+
+
 def run(prog: str) -> None:
-    status, out, text = 1, "", ""
-    try:
-        status, out, text = _dispatch(prog, sys.argv[1:])
-    except BaseException as err:  # noqa: BLE001 - the last line of defence: never a traceback
-        _drop_privilege()
-        text = f"{prog}: internal error ({type(err).__name__}); nothing more was done\n"
+    status, out, text = serve(prog, sys.argv[1:], None, verify=True)
     _emit(1, out)
     _emit(2, text)
     posix._exit(status)
 
 
-def _dispatch(prog: str, argv: list[str]) -> tuple[int, str, str]:
-    """The exit status, the text for stdout and the text for stderr."""
+def serve(prog: str, argv: list[str], handed: "Handed | None",
+          verify: bool = False) -> tuple[int, str, str]:
+    """The exit status, the text for stdout and the text for stderr of one helper run;
+    privilege is dropped when it returns."""
+    try:
+        return _dispatch(prog, argv, handed, verify)
+    except BaseException as err:  # noqa: BLE001 - the last line of defence: never a traceback
+        _drop_privilege()
+        return 1, "", f"{prog}: internal error ({type(err).__name__}); nothing more was done\n"
+
+
+def _dispatch(prog: str, argv: list[str], handed: "Handed | None",
+              verify: bool) -> tuple[int, str, str]:
     from nsgate.errors import Refusal
     from nsgate.system import integrity
 
-    try:
-        integrity.verify_startup(__file__.rsplit("/", 3)[0])
-    except Refusal as refusal:
-        _drop_privilege()
-        return 1, "", refusal.text(prog)
+    if verify:
+        try:
+            integrity.verify_startup(__file__.rsplit("/", 3)[0])
+        except Refusal as refusal:
+            _drop_privilege()
+            return 1, "", refusal.text(prog)
     if prog in ("newuidmap", "newgidmap"):
         from nsgate.cli import newidmap
 
-        status, text = newidmap.main(prog, argv)
+        status, text = newidmap.main(prog, argv, handed)
         return status, "", text
     if prog == "lxc-user-nic":
         from nsgate.cli import usernic
 
-        return usernic.main(argv)
+        return usernic.main(argv, handed)
     if prog == "getsubids":
         from nsgate.cli import getsubids
 
@@ -51,7 +64,9 @@ def _dispatch(prog: str, argv: list[str]) -> tuple[int, str, str]:
 def _drop_privilege() -> None:
     """Become the caller before saying anything. Where the ids cannot be set (an unmapped id
     inside a user namespace), a process still holding root says nothing at all."""
-    uid, gid = posix.getuid(), posix.getgid()
+    credentials = sys.modules.get("nsgate.system.credentials")  # never an import here
+    served = credentials.CallerIds.served if credentials is not None else None
+    uid, gid = served if served is not None else (posix.getuid(), posix.getgid())
     try:
         posix.setresgid(gid, gid, gid)
         posix.setresuid(uid, uid, uid)

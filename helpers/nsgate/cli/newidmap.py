@@ -24,6 +24,10 @@ from nsgate.system import (
     subid_db,
 )
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from nsgate.system.handed import Handed
+
 USAGE = {
     "uid": "usage: newuidmap [<pid>|fd:<pidfd>] <uid> <loweruid> <count> "
            "[ <uid> <loweruid> <count> ] ... \n",
@@ -33,7 +37,7 @@ USAGE = {
 SET_ID_CAP = {"uid": kernel.CAP_SETUID, "gid": kernel.CAP_SETGID}
 
 
-def main(prog: str, argv: list[str]) -> tuple[int, str]:
+def main(prog: str, argv: list[str], handed: "Handed | None" = None) -> tuple[int, str]:
     """Returns the exit status and the text for stderr (empty on success)."""
     kind = "uid" if prog == "newuidmap" else "gid"
     caller = credentials.CallerIds()
@@ -44,7 +48,7 @@ def main(prog: str, argv: list[str]) -> tuple[int, str]:
         credentials.harden_process()
         request = parse(args, kind)
         credentials.require_capability(SET_ID_CAP[kind])
-        done = _map(kind, caller, request)
+        done = _map(kind, caller, request, handed)
     except Refusal as refusal:
         credentials.drop_all(caller)
         audit.record(prog, False, f"{what}: {refusal.first}")
@@ -54,7 +58,8 @@ def main(prog: str, argv: list[str]) -> tuple[int, str]:
     return 0, ""
 
 
-def _map(kind: str, caller: credentials.CallerIds, request: MapRequest) -> str:
+def _map(kind: str, caller: credentials.CallerIds, request: MapRequest,
+         handed: "Handed | None") -> str:
     """Write the map; what was done, for the log."""
     map_file = f"{kind}_map"
     self_id = caller.uid if kind == "uid" else caller.gid
@@ -67,7 +72,7 @@ def _map(kind: str, caller: credentials.CallerIds, request: MapRequest) -> str:
     login_defs = files.read_small("/etc/login.defs") or b""
 
     credentials.act_as_caller(caller)
-    dirfd = procfs.open_target(request.pid, request.fd)
+    dirfd = procfs.open_target(request.pid, request.fd, handed)
     _check_owner(dirfd, caller, entry, login_defs_flag(login_defs, b"GRANT_AUX_GROUP_SUBIDS"))
     procfs.check_target_state(dirfd, map_file)
     credentials.act_as_root(caller)

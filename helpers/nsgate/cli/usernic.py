@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import NoReturn
 
+    from nsgate.system.handed import Handed
+
 USERNET = "/etc/lxc/lxc-usernet"
 DEFAULT_MTU = 1500
 # Every capability a run can use, from the start: setns in and out of the target's netns
@@ -75,7 +77,7 @@ class Caller:
         return self.name.decode("utf-8", "backslashreplace")
 
 
-def main(argv: list[str]) -> tuple[int, str, str]:
+def main(argv: list[str], handed: "Handed | None" = None) -> tuple[int, str, str]:
     """The exit status, the text for stdout and the text for stderr."""
     ids = credentials.CallerIds()
     args = [arg.encode("utf-8", "surrogateescape") for arg in argv]
@@ -88,9 +90,9 @@ def main(argv: list[str]) -> tuple[int, str, str]:
         credentials.limit_capabilities(RUN_CAPS)
         caller = Caller()
         if request.verb == "create":
-            line = _create(caller, request)
+            line = _create(caller, request, handed)
         else:
-            _delete(caller, request)
+            _delete(caller, request, handed)
             line = ""
     except Refusal as refusal:
         credentials.drop_all(ids)
@@ -177,21 +179,22 @@ def _prove_net_admin(caller: Caller, target_fd: int, host_fd: int) -> rtnl.Rtnl:
     return inside
 
 
-def _create(caller: Caller, request: NicRequest) -> str:
+def _create(caller: Caller, request: NicRequest, handed: "Handed | None") -> str:
     grants = _grants(caller, request)
     host_fd = rtnl.netns_of_self()
     with rtnl.Rtnl() as net:
         attach, mtu = _check_bridge(net, request.bridge)
         credentials.act_as_caller(caller.ids)
         try:
-            target_fd = netns.open_of_pid(request.pid)
+            target_fd = netns.open_of_pid(request.pid, handed)
         finally:
             credentials.act_as_root(caller.ids)
         inside = _prove_net_admin(caller, target_fd, host_fd)
         with inside:
             peer = _container_name(inside, request.nicname)
             credentials.become_unsignalable(caller.ids)
-            detach.from_caller()
+            if handed is None:  # nsgated's worker runs in the service's cgroups already
+                detach.from_caller()
             if attach is not None and attach.is_ovs:
                 attach.ovs = ovs.Runner(_host_port_commands(attach.name, caller.ids.uid))
             guard = None
@@ -312,12 +315,12 @@ def _free_host_name(net: rtnl.Rtnl, uid: int) -> bytes:
     raise Refusal("could not find a free host interface name")
 
 
-def _delete(caller: Caller, request: NicRequest) -> None:
+def _delete(caller: Caller, request: NicRequest, handed: "Handed | None") -> None:
     """Remove an Open vSwitch port the caller owns (§8.2); Linux bridge ports go away with the
     container's netns."""
     credentials.act_as_caller(caller.ids)
     try:
-        target_fd = netns.open_path(request.netns_path)
+        target_fd = netns.open_path(request.netns_path, handed)
     finally:
         credentials.act_as_root(caller.ids)
     host_fd = rtnl.netns_of_self()
@@ -334,7 +337,8 @@ def _delete(caller: Caller, request: NicRequest) -> None:
     if not tokens:  # only lines of owners granted this type and bridge (§8.2)
         _refuse_delete(caller, request, dev)
     credentials.become_unsignalable(caller.ids)
-    detach.from_caller()
+    if handed is None:
+        detach.from_caller()
     command = ("del-port", request.bridge.decode(), dev.decode())
     with ovs.Runner(lambda args: args == command) as runner:
         confine.confine([kernel.CAP_SETUID, kernel.CAP_SETGID], confine.NIC_MAKER)

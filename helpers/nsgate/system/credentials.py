@@ -17,11 +17,27 @@ class CallerIds:
     policy file matches.)"""
 
     __slots__ = ("gid", "setuid_root", "uid")
+    served: "tuple[int, int] | None" = None  # nsgated's worker: the peer's ids (`serve_caller`)
 
     def __init__(self) -> None:
+        if CallerIds.served is not None:
+            self.uid, self.gid = CallerIds.served
+            self.setuid_root = True
+            return
         self.uid = posix.getuid()
         self.gid = posix.getgid()
         self.setuid_root = posix.geteuid() == 0
+
+
+def serve_caller(uid: int, gid: int, groups: "list[int]") -> None:
+    """nsgated's worker takes on a caller: the caller's gids and groups as a setuid-root helper
+    has them, but every uid root, so the caller cannot signal it; the caller's ids remembered
+    for every credential change below. Its uids become the caller's only at `drop_all`, after
+    the action."""
+    posix.setgroups(groups)
+    posix.setresgid(gid, gid, gid)
+    posix.setresuid(0, 0, 0)
+    CallerIds.served = (uid, gid)
 
 
 def harden_process() -> None:

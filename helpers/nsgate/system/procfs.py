@@ -5,11 +5,16 @@ The pid is looked up once; every later check and write goes through the same dir
 pid reuse cannot redirect them (security-cases C10). Opens never follow symlinks.
 """
 
+import errno
 import fcntl
 import posix
 
 from nsgate.errors import Refusal
 from nsgate.system import kernel
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from nsgate.system.handed import Handed
 
 _S_IFMT = 0o170000
 _S_IFDIR = 0o040000
@@ -17,27 +22,48 @@ _FILE_FLAGS = posix.O_NOFOLLOW | posix.O_CLOEXEC | posix.O_NOCTTY
 NS_GET_PARENT = 0xB702
 
 
-def open_target(pid: int | None, fd: int | None) -> int:
-    """A directory fd on /proc/<pid>. Called with the caller's credentials (§11 item 8)."""
+def open_target(pid: int | None, fd: int | None, handed: "Handed | None" = None) -> int:
+    """A directory fd on /proc/<pid>. Called with the caller's credentials (§11 item 8); from
+    nsgated, `handed` is what the caller opened itself (pid) or its own fd:N."""
+    if handed is not None:
+        return _handed_target(pid, fd, handed)
     if fd is None:
         try:
             return posix.open(f"/proc/{pid}", posix.O_RDONLY | posix.O_DIRECTORY | _FILE_FLAGS)
         except OSError as err:
-            raise Refusal(f"Could not open proc directory for target {pid}: {err.strerror}",
-                          "is the process still running, and is it yours?") from None
+            raise _no_proc_dir(pid, err.strerror or "") from None
+    return _checked_proc_dir(fd, f"fd:{fd}")
+
+
+def _no_proc_dir(pid: int | None, why: str) -> Refusal:
+    return Refusal(f"Could not open proc directory for target {pid}: {why}",
+                   "is the process still running, and is it yours?")
+
+
+def _handed_target(pid: int | None, fd: int | None, handed: "Handed") -> int:
+    if handed.fd is None:
+        if fd is not None and handed.errno == errno.EBADF:
+            raise Refusal(f"fd:{fd} is not an open file descriptor", usage=True)
+        raise _no_proc_dir(pid if fd is None else fd, handed.strerror())
+    shown = f"fd:{fd}" if fd is not None else f"the descriptor handed over for target {pid}"
+    return _checked_proc_dir(handed.fd, shown)
+
+
+def _checked_proc_dir(fd: int, shown: str) -> int:
+    """`fd` if it is a process's /proc directory; `shown` is the number the caller knows it by."""
     try:
         st = posix.fstat(fd)
         magic = kernel.fstatfs_type(fd)
     except OSError:
-        raise Refusal(f"fd:{fd} is not an open file descriptor", usage=True) from None
+        raise Refusal(f"{shown} is not an open file descriptor", usage=True) from None
     if st.st_mode & _S_IFMT != _S_IFDIR or magic != kernel.PROC_SUPER_MAGIC:
-        raise Refusal(f"fd:{fd} is not a directory on procfs",
+        raise Refusal(f"{shown} is not a directory on procfs",
                       "fd:N must be a directory fd opened on /proc/<pid> of the target",
                       usage=True)
     try:
         posix.stat("uid_map", dir_fd=fd, follow_symlinks=False)
     except OSError:
-        raise Refusal(f"fd:{fd} is not a process's /proc directory",
+        raise Refusal(f"{shown} is not a process's /proc directory",
                       "fd:N must be a directory fd opened on /proc/<pid> of the target",
                       usage=True) from None
     posix.set_inheritable(fd, False)

@@ -1,0 +1,446 @@
+"""nsgated: nsgate's helpers served by a warm root service (nsgated(8), nsgate-protocol(7)).
+
+The parent decides nothing about requests and reads none: it accepts, asks the kernel who
+connected, counts requests in flight per user, and hands each connection to a worker it forked
+in advance (cli/service_worker.py), which serves it with the helpers' own code and exits. The
+parent forks replacements when it is idle, ends requests that run too long, restarts itself when
+the installed code changes, and, when systemd started it for its socket, exits when idle.
+"""
+
+import collections
+import errno
+import posix
+import selectors
+import signal
+import socket
+import sys
+import time
+
+from nsgate.errors import Refusal
+from nsgate.policy import service_wire
+from nsgate.system import integrity, service_io
+
+USAGE = ("usage: nsgated [--socket PATH] [--workers N] [--idle-exit SECONDS]\n"
+         "       (runs in the foreground until SIGTERM; see nsgated(8))\n")
+DEFAULT_SOCKET = "/run/nsgate/io.socket"
+PER_USER_IN_FLIGHT = 8
+PER_USER_WAITING = 64
+TOTAL_IN_FLIGHT = 64
+REQUEST_SECONDS = 60.0
+STOP_SECONDS = 10.0
+TICK_SECONDS = 1.0
+CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
+OWNED_MARK = "NSGATED_OWNS_SOCKET"
+
+
+class Options:
+    def __init__(self) -> None:
+        self.socket = DEFAULT_SOCKET
+        self.workers = 2
+        self.idle_exit = 0.0
+
+
+def parse(argv: list[str]) -> Options:
+    options = Options()
+    rest = list(argv)
+    while rest:
+        flag = rest.pop(0)
+        if flag in ("-h", "--help"):
+            raise Refusal("help", usage=True)
+        if flag not in ("--socket", "--workers", "--idle-exit") or not rest:
+            raise Refusal(f"unknown or incomplete option {flag!r}", usage=True)
+        value = rest.pop(0)
+        if flag == "--socket":
+            if not value.startswith("/"):
+                raise Refusal("--socket needs an absolute path", usage=True)
+            options.socket = value
+        else:
+            try:
+                number = int(value)
+            except ValueError:
+                raise Refusal(f"{flag} needs a number, not {value!r}", usage=True) from None
+            if number < 0 or (flag == "--workers" and not 1 <= number <= 32):
+                raise Refusal(f"{flag} {number} is out of range", usage=True)
+            if flag == "--workers":
+                options.workers = number
+            else:
+                options.idle_exit = float(number)
+    return options
+
+
+def main(argv: list[str], libdir: str, script: str) -> int:
+    try:
+        options = parse(argv)
+    except Refusal as refusal:
+        if refusal.first == "help":
+            sys.stdout.write(USAGE)
+            return 0
+        sys.stderr.write(refusal.text("nsgated", USAGE))
+        return 2
+    if posix.geteuid() != 0:
+        sys.stderr.write("nsgated: must run as root\n")
+        return 1
+    try:
+        _prepare(libdir)
+        service = Service(options, libdir, script, argv)
+    except Refusal as refusal:
+        sys.stderr.write(refusal.text("nsgated"))
+        return 1
+    return service.run()
+
+
+def _prepare(libdir: str) -> None:
+    """The process state every worker inherits, the code checked, and everything imported."""
+    integrity.verify_startup(libdir)
+    posix.umask(0o022)
+    posix.chdir("/")
+    for name in list(posix.environ):  # the C library's environment, for NSS and syslog too
+        if name not in (b"LISTEN_PID", b"LISTEN_FDS", OWNED_MARK.encode()):
+            posix.unsetenv(name)
+            del posix.environ[name]
+    for key, value in CLEAN_ENV.items():
+        posix.putenv(key, value)
+        posix.environ[key.encode()] = value.encode()
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 8192 if hard == resource.RLIM_INFINITY else min(hard, 8192)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    # Everything a request can run, imported before the first fork: no import on its path.
+    import grp  # noqa: F401
+    import pwd  # noqa: F401
+
+    from nsgate.cli import getsubids, newidmap, service_worker, usernic  # noqa: F401
+    from nsgate.system import (  # noqa: F401
+        audit,
+        confine,
+        credentials,
+        detach,
+        handed,
+        kernel,
+        ovs,
+        port_security,
+        private_bridge,
+        programs,
+        subid_db,
+    )
+
+    integrity.verify_loaded_modules()
+
+
+class Worker:
+    __slots__ = ("ctl", "deadline", "pid", "uid")
+
+    def __init__(self, pid: int, ctl: socket.socket | None) -> None:
+        self.pid, self.ctl = pid, ctl
+        self.uid = -1
+        self.deadline = 0.0
+
+
+class Service:
+    def __init__(self, options: Options, libdir: str, script: str, argv: list[str]) -> None:
+        self.options, self.libdir, self.script, self.argv = options, libdir, script, argv
+        listener = service_io.activated_socket()
+        self.activated = listener is not None and posix.environ.get(OWNED_MARK.encode()) is None
+        self.owned = listener is None or not self.activated
+        if listener is None:
+            listener = service_io.own_socket(options.socket)
+        posix.environ.pop(b"LISTEN_PID", None)
+        posix.environ.pop(b"LISTEN_FDS", None)
+        posix.environ.pop(b"LISTEN_FDNAMES", None)
+        posix.environ.pop(OWNED_MARK.encode(), None)
+        listener.setblocking(False)
+        self.listener = listener
+        self.idle: list[Worker] = []
+        self.busy: dict[int, Worker] = {}
+        self.in_flight: collections.Counter[int] = collections.Counter()
+        self.waiting: dict[int, collections.deque[tuple[socket.socket, service_io.Peer,
+                                                        float]]] = {}
+        self.stopping = False
+        self.last_activity = time.monotonic()
+        self.fingerprint = self._code_fingerprint()
+        self.code_changed_at = 0.0
+        self.deaths: collections.deque[float] = collections.deque(maxlen=10)
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.wake_r.setblocking(False)
+        self.wake_w.setblocking(False)
+        signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
+            signal.signal(sig, _note_signal)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+    # --- the loop -------------------------------------------------------------------------
+    def run(self) -> int:
+        selector = selectors.DefaultSelector()
+        selector.register(self.listener, selectors.EVENT_READ, "accept")
+        selector.register(self.wake_r, selectors.EVENT_READ, "signal")
+        self._fill_pool()
+        while True:
+            for key, _ in selector.select(self._timeout()):
+                if key.data == "signal":
+                    if self._signals():
+                        return self._stop(selector)
+                elif not self.stopping:
+                    self._accept_all()
+            self._reap()
+            self._expire()
+            self._dispatch_waiting()
+            self._fill_pool()
+            if self._code_upgraded():
+                self._restart()
+            if self._idle_long_enough():
+                return self._stop(selector)
+
+    def _timeout(self) -> float:
+        return TICK_SECONDS
+
+    def _signals(self) -> bool:
+        """True when asked to stop."""
+        try:
+            data = self.wake_r.recv(256)
+        except BlockingIOError:
+            return False
+        return any(sig in (signal.SIGTERM, signal.SIGINT) for sig in data)
+
+    # --- accepting and handing over ----------------------------------------------------------
+    def _accept_all(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as err:
+                if err.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    return  # the connections wait in the backlog until workers finish
+                raise
+            self.last_activity = time.monotonic()
+            self._admit(conn)
+
+    def _admit(self, conn: socket.socket) -> None:
+        try:
+            peer = service_io.peer_of(conn)
+        except Refusal as refusal:
+            _answer_and_close(conn, refusal.text("nsgated"))
+            return
+        queue = self.waiting.setdefault(peer.uid, collections.deque())
+        if len(queue) >= PER_USER_WAITING:
+            posix.close(peer.pidfd)
+            _answer_and_close(conn, Refusal(
+                f"uid {peer.uid} has {PER_USER_IN_FLIGHT + PER_USER_WAITING} requests in "
+                "flight already: try again when they are done").text("nsgated"))
+            return
+        queue.append((conn, peer, time.monotonic()))
+        self._dispatch_waiting()
+
+    def _dispatch_waiting(self) -> None:
+        for uid in list(self.waiting):
+            queue = self.waiting[uid]
+            while queue and self.in_flight[uid] < PER_USER_IN_FLIGHT and (
+                    len(self.busy) < TOTAL_IN_FLIGHT):
+                if not self.idle:
+                    self._spawn()
+                conn, peer, _ = queue.popleft()
+                self._hand_over(conn, peer)
+            if not queue:
+                del self.waiting[uid]
+
+    def _hand_over(self, conn: socket.socket, peer: service_io.Peer) -> None:
+        worker = self.idle.pop(0)
+        assert worker.ctl is not None
+        try:
+            service_io.hand_over(worker.ctl, conn, peer)
+        except OSError:
+            _answer_and_close(conn, "nsgated: a worker failed before it took the request; "
+                              "nothing was done: try again\n")
+            posix.kill(worker.pid, signal.SIGKILL)
+            self.busy[worker.pid] = worker
+        else:
+            worker.uid = peer.uid
+            worker.deadline = time.monotonic() + REQUEST_SECONDS
+            self.busy[worker.pid] = worker
+            self.in_flight[peer.uid] += 1
+            conn.close()
+        finally:
+            posix.close(peer.pidfd)
+            worker.ctl.close()
+            worker.ctl = None
+
+    # --- workers -----------------------------------------------------------------------------
+    def _fill_pool(self) -> None:
+        if self.stopping:
+            return
+        while len(self.idle) < self.options.workers:
+            if len(self.deaths) == self.deaths.maxlen and (
+                    time.monotonic() - self.deaths[0] < 10.0):
+                return  # workers die as they start: do not fork in a loop; retried next tick
+            self._spawn()
+
+    def _spawn(self) -> None:
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = posix.fork()
+        if pid == 0:
+            try:
+                self._become_worker(parent_end)
+                from nsgate.cli import service_worker
+
+                service_worker.run(child_end)
+            finally:
+                posix._exit(1)
+        child_end.close()
+        self.idle.append(Worker(pid, parent_end))
+
+    def _become_worker(self, parent_end: socket.socket) -> None:
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_DFL)
+        # The caller's terminal signals mean nothing to a request (the launcher ignores them).
+        for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP, signal.SIGTTIN,
+                    signal.SIGTTOU, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        for sock in (self.listener, self.wake_r, self.wake_w, parent_end):
+            sock.close()
+        for worker in self.idle:
+            if worker.ctl is not None:
+                worker.ctl.close()
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(
+            resource.RLIMIT_NOFILE)[1]))
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, _ = posix.waitpid(-1, posix.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = self.busy.pop(pid, None)
+            if worker is not None:
+                if worker.uid >= 0:
+                    self.in_flight[worker.uid] -= 1
+                    if self.in_flight[worker.uid] <= 0:
+                        del self.in_flight[worker.uid]
+                continue
+            for idle in self.idle:
+                if idle.pid == pid:  # an idle worker died: replaced, within bounds
+                    self.idle.remove(idle)
+                    if idle.ctl is not None:
+                        idle.ctl.close()
+                    self.deaths.append(time.monotonic())
+                    break
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for worker in self.busy.values():
+            if worker.deadline and now > worker.deadline:
+                try:
+                    posix.kill(worker.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                worker.deadline = 0.0
+        for queue in self.waiting.values():
+            while queue and now - queue[0][2] > REQUEST_SECONDS:
+                conn, peer, _ = queue.popleft()
+                posix.close(peer.pidfd)
+                _answer_and_close(conn, "nsgated: the request waited too long for its turn; "
+                                  "nothing was done: try again\n")
+
+    # --- lifetime ----------------------------------------------------------------------------
+    def _idle_long_enough(self) -> bool:
+        return (self.activated and self.options.idle_exit > 0 and not self.busy
+                and not self.waiting
+                and time.monotonic() - self.last_activity > self.options.idle_exit)
+
+    def _code_fingerprint(self) -> tuple[tuple[int, int], ...]:
+        paths = [self.libdir, self.script]
+        paths += [f"{self.libdir}/nsgate{sub}" for sub in ("", "/cli", "/cli/admin", "/policy",
+                                                             "/system")]
+        marks = []
+        for path in paths:
+            try:
+                st = posix.stat(path)
+                marks.append((st.st_ino, st.st_mtime_ns))
+            except OSError:
+                marks.append((0, 0))
+        return tuple(marks)
+
+    def _code_upgraded(self) -> bool:
+        """True once the installed code changed and has then stayed the same for a tick (an
+        install in progress is not restarted into)."""
+        now = self._code_fingerprint()
+        if now != self.fingerprint:
+            self.fingerprint = now
+            self.code_changed_at = time.monotonic()
+            return False
+        return bool(self.code_changed_at) and (
+            time.monotonic() - self.code_changed_at >= TICK_SECONDS)
+
+    def _restart(self) -> None:
+        """Exec the installed nsgated anew on the same socket: no connection is lost, requests
+        in flight finish in their workers, idle workers (old code) exit as their channel
+        closes."""
+        for worker in self.idle:
+            if worker.ctl is not None:
+                worker.ctl.close()
+        for queue in self.waiting.values():
+            for conn, peer, _ in queue:
+                posix.close(peer.pidfd)
+                _answer_and_close(conn, "nsgated: the service restarted for an upgrade; "
+                                  "nothing was done: try again\n")
+        signal.set_wakeup_fd(-1)
+        fd = self.listener.fileno()
+        if fd != service_io.SD_LISTEN_FDS_START:
+            posix.dup2(fd, service_io.SD_LISTEN_FDS_START)
+        posix.set_inheritable(service_io.SD_LISTEN_FDS_START, True)
+        posix.set_blocking(service_io.SD_LISTEN_FDS_START, True)
+        environ = {key.encode(): value.encode() for key, value in CLEAN_ENV.items()}
+        environ[b"LISTEN_FDS"] = b"1"
+        environ[b"LISTEN_PID"] = str(posix.getpid()).encode()
+        if self.owned:
+            environ[OWNED_MARK.encode()] = b"1"
+        posix.execve(self.script, [self.script, *self.argv], environ)
+
+    def _stop(self, selector: selectors.BaseSelector) -> int:
+        """SIGTERM: no new connections; requests in flight finish (bounded); the socket goes
+        if it is ours."""
+        self.stopping = True
+        selector.unregister(self.listener)
+        if self.owned:
+            try:
+                posix.unlink(self.options.socket)
+            except OSError:
+                pass
+        self.listener.close()
+        for worker in self.idle:
+            if worker.ctl is not None:
+                worker.ctl.close()
+        for queue in self.waiting.values():
+            for conn, peer, _ in queue:
+                posix.close(peer.pidfd)
+                _answer_and_close(conn, "nsgated: the service is stopping; nothing was done\n")
+        self.waiting.clear()
+        deadline = time.monotonic() + STOP_SECONDS
+        while self.busy and time.monotonic() < deadline:
+            selector.select(0.05)
+            self._reap()
+            try:
+                self.wake_r.recv(256)
+            except BlockingIOError:
+                pass
+        for worker in self.busy.values():
+            try:
+                posix.kill(worker.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return 0
+
+
+def _note_signal(_signum: int, _frame: object) -> None:
+    """The signal itself reaches the loop through the wakeup fd."""
+
+
+def _answer_and_close(conn: socket.socket, text: str) -> None:
+    service_io.send_answer(conn, service_wire.encode_answer(1, b"", text.encode()))
+    conn.close()
