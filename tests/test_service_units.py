@@ -7,6 +7,7 @@ two kernel restrictions), through a minimal client of nsgate-protocol(7) run as 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -117,7 +118,7 @@ def bounding_set() -> str:
 @pytest.fixture
 def confined_service() -> Iterator[subprocess.Popen[bytes]]:
     SOCKET.unlink(missing_ok=True)
-    proc = subprocess.Popen(["setpriv", f"--bounding-set={os.environ.get('BSET') or bounding_set()}", "--no-new-privs",
+    proc = subprocess.Popen(["setpriv", f"--bounding-set={bounding_set()}", "--no-new-privs",
                              str(NSGATED), "--socket", str(SOCKET)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wait_for(lambda: SOCKET.is_socket() or proc.poll() is not None, "nsgated's socket")
@@ -149,7 +150,9 @@ def test_the_units_capabilities_and_no_new_privs_serve_every_helper(confined_ser
         assert (result.returncode, result.stderr) == (0, b"")
         peer, _, host, _ = result.stdout.decode().strip().split(":")
         assert peer == "eth0" and host.startswith("veth23001_")
-        assert Path(f"/sys/class/net/{host}/master").resolve().name == "nsgtunit0"
+        [link] = json.loads(subprocess.run(["ip", "-j", "link", "show", host],
+                                           capture_output=True, check=True).stdout)
+        assert link["master"] == "nsgtunit0"
         result = ask("getsubids", "nsgt-alice")
         assert (result.returncode, result.stdout) == (0, b"0: nsgt-alice 200000 65536\n")
         result = ask("newgidmap", str(userns.pid), "0", "200000", "65536")
