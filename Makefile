@@ -178,19 +178,22 @@ deb: pkg-tree
 	cd $(PKGTREE) && dpkg-buildpackage -us -uc -b
 	rm -f $(BUILD)/nsgate_*.deb && mv $(BUILD)/pkg/nsgate_*.deb $(BUILD)/
 
-# Both variants: build/nsgate-VERSION-1.ARCH.rpm (setuid) and build/caps/… (--with caps).
+# Three variants: build/nsgate-VERSION-1.ARCH.rpm (setuid), build/caps/… (--with caps) and
+# build/service/… (--with service: no setuid helper, the helpers only talk to nsgated).
 rpm: pkg-tree
 	test "$$(sed -n 's/^Version: *//p' packaging/rpm/nsgate.spec)" = "$(VERSION)"
 	tar -C $(BUILD)/pkg -czf $(BUILD)/pkg/nsgate-$(VERSION).tar.gz nsgate-$(VERSION)
-	rm -rf $(BUILD)/rpm $(BUILD)/caps $(BUILD)/nsgate-*.rpm && mkdir -p $(BUILD)/caps
-	for with in setuid caps; do \
+	rm -rf $(BUILD)/rpm $(BUILD)/caps $(BUILD)/service $(BUILD)/nsgate-*.rpm
+	mkdir -p $(BUILD)/caps $(BUILD)/service
+	for with in setuid caps service; do \
 	  top=$(abspath $(BUILD))/rpm/$$with; mkdir -p $$top/SOURCES || exit 1; \
 	  cp $(BUILD)/pkg/nsgate-$(VERSION).tar.gz $$top/SOURCES/ || exit 1; \
 	  rpmbuild -bb --nodeps --define "_topdir $$top" \
-	    $$([ $$with = caps ] && echo --with caps) packaging/rpm/nsgate.spec || exit 1; \
+	    $$([ $$with = setuid ] || echo --with $$with) packaging/rpm/nsgate.spec || exit 1; \
 	done
 	cp $(BUILD)/rpm/setuid/RPMS/*/nsgate-*.rpm $(BUILD)/
 	cp $(BUILD)/rpm/caps/RPMS/*/nsgate-*.rpm $(BUILD)/caps/
+	cp $(BUILD)/rpm/service/RPMS/*/nsgate-*.rpm $(BUILD)/service/
 
 demo: install
 	$(PYTHON) -I tools/demo.py $(LIBEXECDIR) $(PREFIX)/bin/nsgate
