@@ -129,6 +129,7 @@ def _prepare(libdir: str) -> None:
     )
 
     integrity.verify_loaded_modules()
+    confine.compile_filters()
     import gc
 
     gc.collect()

@@ -70,12 +70,34 @@ def populate_write(start: int, length: int) -> None:
     _check(lib.nsg_populate_write(start, length), "madvise(MADV_POPULATE_WRITE)")
 
 
+# Filters compiled in advance (nsgated, before its first fork): (syscalls, errno) -> program.
+_COMPILED: "dict[tuple[tuple[str, ...], int], bytes]" = {}
+_MAX_PROGRAM = 65536
+
+
 def seccomp_allow_only(syscalls: "tuple[str, ...]", refusal_errno: int) -> None:
-    names = [ffi.new("char[]", name.encode()) for name in syscalls]
-    array = ffi.new("const char *[]", names)
-    result = lib.nsg_seccomp_allow_only(array, len(names), refusal_errno)
+    """Allow only `syscalls` from now on; any other fails with `refusal_errno`."""
+    compiled = _COMPILED.get((syscalls, refusal_errno))
+    if compiled is not None:
+        result = lib.nsg_seccomp_load(compiled, len(compiled))
+    else:
+        names = [ffi.new("char[]", name.encode()) for name in syscalls]  # alive for the call
+        result = lib.nsg_seccomp_allow_only(ffi.new("const char *[]", names), len(names),
+                                            refusal_errno)
     if result != 0:
         raise KernelError(-result, f"seccomp: {posix.strerror(-result)}")
+
+
+def seccomp_compile(syscalls: "tuple[str, ...]", refusal_errno: int) -> None:
+    """Generate now the filter seccomp_allow_only(syscalls, refusal_errno) will install, so
+    that it only loads it: the same program, without libseccomp's work on the way."""
+    names = [ffi.new("char[]", name.encode()) for name in syscalls]  # alive for the call
+    out = ffi.new("unsigned char[]", _MAX_PROGRAM)
+    length = lib.nsg_seccomp_compile(ffi.new("const char *[]", names), len(names),
+                                     refusal_errno, out, _MAX_PROGRAM)
+    if length < 0:
+        raise KernelError(-length, f"seccomp: {posix.strerror(-length)}")
+    _COMPILED[syscalls, refusal_errno] = bytes(ffi.buffer(out, length))
 
 
 def setns(fd: int, nstype: int) -> None:
