@@ -43,9 +43,10 @@ def _drop_bounding_set(keep: "list[int]") -> None:
         last = int(posix.read(fd, 16))
     finally:
         posix.close(fd)
-    for cap in range(last + 1):
-        if cap not in keep:
-            kernel.prctl(kernel.PR_CAPBSET_DROP, cap)
+    mask = 0
+    for cap in keep:
+        mask |= kernel.bit(cap)
+    kernel.drop_bounding_set(mask, last)
 
 
 def confine(keep_caps: "list[int]", syscalls: "tuple[str, ...]") -> None:

@@ -58,6 +58,11 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0) -> int:
     return _check(lib.prctl(option, arg2, arg3, 0, 0), f"prctl({option})")
 
 
+def drop_bounding_set(keep: int, last: int) -> None:
+    """Drop every capability 0..last not in the mask `keep` from the bounding set."""
+    _check(lib.nsg_capbset_drop(keep, last), f"prctl({PR_CAPBSET_DROP})")
+
+
 def fstatfs_type(fd: int) -> int:
     return _check(lib.nsg_fstatfs_type(fd), "fstatfs")
 
