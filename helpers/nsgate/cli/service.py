@@ -130,6 +130,7 @@ def _prepare(libdir: str) -> None:
 
     integrity.verify_loaded_modules()
     confine.compile_filters()
+    kernel.prepare_bindings()
     import gc
 
     gc.collect()

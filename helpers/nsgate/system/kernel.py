@@ -28,8 +28,23 @@ PROC_SUPER_MAGIC = 0x9FA0
 NSFS_MAGIC = 0x6E736673
 
 
+# Every C type the wrappers below allocate (ffi.new parses its string once per process).
+_CTYPES = ("uint64_t[3]", "char[]", "const char *[]", "unsigned char[]", "char[512]", "bool *",
+           "struct nsg_subid_range[]", "int *")
+
+
 class KernelError(OSError):
     """A failed system call, with errno and the call's name."""
+
+
+def prepare_bindings() -> None:
+    """nsgated, before its first fork: every function of the module looked up and every C
+    type parsed, once; cffi builds either on first use, which would otherwise be on a
+    request's path in every worker."""
+    for name in dir(lib):
+        getattr(lib, name)
+    for ctype in _CTYPES:
+        ffi.typeof(ctype)
 
 
 def _check(result: int, what: str) -> int:
