@@ -9,6 +9,7 @@ the caller handed over (system/handed.py); answer; exit.
 """
 
 import posix
+import select
 import socket
 
 from nsgate.cli import entry
@@ -31,11 +32,15 @@ def run(ctl: socket.socket) -> None:
 
 def _prepare_while_idle(ctl: socket.socket) -> None:
     """Copy the pages a request would otherwise copy as it goes (system/memory.py), at the
-    lowest priority so a request being served elsewhere keeps the CPU; then say so."""
+    lowest priority so a request being served elsewhere keeps the CPU, and only until the
+    parent hands this worker a request (one that found no prepared worker: it is served at
+    once, copying what it touches); then say so."""
     idle = posix.sched_param(0)
     posix.sched_setscheduler(0, posix.SCHED_IDLE, idle)
-    memory.own_private_pages()
+    prepared = memory.own_private_pages(lambda: bool(select.select([ctl], [], [], 0)[0]))
     posix.sched_setscheduler(0, posix.SCHED_OTHER, idle)
+    if not prepared:
+        return  # a connection (or the end) is waiting already
     try:
         ctl.send(service_io.READY, socket.MSG_NOSIGNAL)
     except OSError:
