@@ -8,7 +8,9 @@ the caller's; getsubids runs as the caller); run the helper with the target
 the caller handed over (system/handed.py); answer; exit.
 """
 
+import grp
 import posix
+import pwd
 import select
 import socket
 
@@ -38,6 +40,8 @@ def _prepare_while_idle(ctl: socket.socket) -> None:
     idle = posix.sched_param(0)
     posix.sched_setscheduler(0, posix.SCHED_IDLE, idle)
     prepared = memory.own_private_pages(lambda: bool(select.select([ctl], [], [], 0)[0]))
+    if prepared:
+        _start_name_services()
     posix.sched_setscheduler(0, posix.SCHED_OTHER, idle)
     if not prepared:
         return  # a connection (or the end) is waiting already
@@ -45,6 +49,18 @@ def _prepare_while_idle(ctl: socket.socket) -> None:
         ctl.send(service_io.READY, socket.MSG_NOSIGNAL)
     except OSError:
         pass  # the parent handed it a connection already, and closed its end
+
+
+def _start_name_services() -> None:
+    """A process's first passwd or group lookup reads nsswitch.conf and sets the sources up;
+    done here, in this worker (never in the service: a source's connection must not be shared
+    between workers), a request's lookups only look. Root's entries come from the first
+    source, as they must."""
+    try:
+        pwd.getpwuid(0)
+        grp.getgrgid(0)
+    except KeyError:
+        pass
 
 
 def _serve(conn: socket.socket, peer: service_io.Peer) -> bytes:
