@@ -266,7 +266,7 @@ class Service:
 
     def _hand_over(self, conn: socket.socket, peer: service_io.Peer) -> None:
         ready = [worker for worker in self.idle if worker.is_ready()]
-        worker = ready[0] if ready else self.idle[0]  # else: it serves once prepared
+        worker = ready[0] if ready else self.idle[0]  # else: it stops preparing and serves
         self.idle.remove(worker)
         assert worker.ctl is not None
         try:
@@ -277,6 +277,8 @@ class Service:
             posix.kill(worker.pid, signal.SIGKILL)
             self.busy[worker.pid] = worker
         else:
+            if not worker.ready:
+                _hurry(worker.pid)
             worker.uid = peer.uid
             worker.deadline = time.monotonic() + REQUEST_SECONDS
             self.busy[worker.pid] = worker
@@ -458,6 +460,16 @@ class Service:
             except ProcessLookupError:
                 pass
         return 0
+
+
+def _hurry(pid: int) -> None:
+    """A worker handed a request before it said READY may still be preparing at SCHED_IDLE,
+    where a busy machine would leave it (and the request) waiting: it runs at the service's
+    own policy from now on, sees the request between two steps and serves it."""
+    try:
+        posix.sched_setscheduler(pid, posix.SCHED_OTHER, posix.sched_param(0))
+    except OSError:
+        pass  # gone already, or not ours to change: it serves once it gets the CPU
 
 
 def _note_signal(_signum: int, _frame: object) -> None:

@@ -36,10 +36,13 @@ def _prepare_while_idle(ctl: socket.socket) -> None:
     """Copy the pages a request would otherwise copy as it goes (system/memory.py), at the
     lowest priority so a request being served elsewhere keeps the CPU, and only until the
     parent hands this worker a request (one that found no prepared worker: it is served at
-    once, copying what it touches); then say so."""
+    once, copying what it touches; the parent has put this worker back to its own priority,
+    service._hurry); then, if it got through, say so."""
+    if _handed_over(ctl):
+        return  # a request (or the end) came before the preparation began
     idle = posix.sched_param(0)
     posix.sched_setscheduler(0, posix.SCHED_IDLE, idle)
-    prepared = memory.own_private_pages(lambda: bool(select.select([ctl], [], [], 0)[0]))
+    prepared = memory.own_private_pages(lambda: _handed_over(ctl))
     if prepared:
         _start_name_services()
     posix.sched_setscheduler(0, posix.SCHED_OTHER, idle)
@@ -49,6 +52,11 @@ def _prepare_while_idle(ctl: socket.socket) -> None:
         ctl.send(service_io.READY, socket.MSG_NOSIGNAL)
     except OSError:
         pass  # the parent handed it a connection already, and closed its end
+
+
+def _handed_over(ctl: socket.socket) -> bool:
+    """Whether the parent has handed this worker a connection (or closed its channel)."""
+    return bool(select.select([ctl], [], [], 0)[0])
 
 
 def _start_name_services() -> None:
