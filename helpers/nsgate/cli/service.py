@@ -21,11 +21,15 @@ from nsgate.policy import service_wire
 from nsgate.system import integrity, service_io
 
 USAGE = ("usage: nsgated [--socket PATH] [--workers N] [--idle-exit SECONDS]\n"
-         "       (runs in the foreground until SIGTERM; see nsgated(8))\n")
+         "               [--request-seconds SECONDS]\n"
+         "       (runs in the foreground until SIGTERM; see nsgated(8))\n"
+         "  --request-seconds  end a request still running, or still waiting for its turn,\n"
+         "                     after this long (default 60)\n")
 DEFAULT_SOCKET = "/run/nsgate/io.socket"
 PER_USER_IN_FLIGHT = 8
 PER_USER_WAITING = 64
 TOTAL_IN_FLIGHT = 64
+TOTAL_WAITING = 1024  # each holds two descriptors (the connection, the caller's pidfd)
 REQUEST_SECONDS = 60.0
 STOP_SECONDS = 10.0
 TICK_SECONDS = 1.0
@@ -38,6 +42,7 @@ class Options:
         self.socket = DEFAULT_SOCKET
         self.workers = 2
         self.idle_exit = 0.0
+        self.request_seconds = REQUEST_SECONDS
 
 
 def parse(argv: list[str]) -> Options:
@@ -47,7 +52,7 @@ def parse(argv: list[str]) -> Options:
         flag = rest.pop(0)
         if flag in ("-h", "--help"):
             raise Refusal("help", usage=True)
-        if flag not in ("--socket", "--workers", "--idle-exit") or not rest:
+        if flag not in ("--socket", "--workers", "--idle-exit", "--request-seconds") or not rest:
             raise Refusal(f"unknown or incomplete option {flag!r}", usage=True)
         value = rest.pop(0)
         if flag == "--socket":
@@ -59,10 +64,13 @@ def parse(argv: list[str]) -> Options:
                 number = int(value)
             except ValueError:
                 raise Refusal(f"{flag} needs a number, not {value!r}", usage=True) from None
-            if number < 0 or (flag == "--workers" and not 1 <= number <= 32):
+            if number < 0 or (flag == "--workers" and not 1 <= number <= 32) or (
+                    flag == "--request-seconds" and number < 1):
                 raise Refusal(f"{flag} {number} is out of range", usage=True)
             if flag == "--workers":
                 options.workers = number
+            elif flag == "--request-seconds":
+                options.request_seconds = float(number)
             else:
                 options.idle_exit = float(number)
     return options
@@ -223,13 +231,21 @@ class Service:
         except Refusal as refusal:
             _answer_and_close(conn, refusal.text("nsgated"))
             return
-        queue = self.waiting.setdefault(peer.uid, collections.deque())
-        if len(queue) >= PER_USER_WAITING:
+        try:
+            # Before it is counted: the ids of a user namespace (65,536 of them for one user
+            # with subordinate ids) are no users' of ours, and take no user's turn.
+            service_io.verify_peer(peer)
+            if len(self.waiting.get(peer.uid, ())) >= PER_USER_WAITING:
+                raise Refusal(f"uid {peer.uid} has {PER_USER_IN_FLIGHT + PER_USER_WAITING} "
+                              "requests in flight already: try again when they are done")
+            if sum(map(len, self.waiting.values())) >= TOTAL_WAITING:
+                raise Refusal(f"the service has {TOTAL_WAITING} requests waiting already: try "
+                              "again when they are done")
+        except Refusal as refusal:
             posix.close(peer.pidfd)
-            _answer_and_close(conn, Refusal(
-                f"uid {peer.uid} has {PER_USER_IN_FLIGHT + PER_USER_WAITING} requests in "
-                "flight already: try again when they are done").text("nsgated"))
+            _answer_and_close(conn, refusal.text("nsgated"))
             return
+        queue = self.waiting.setdefault(peer.uid, collections.deque())
         queue.append((conn, peer, time.monotonic()))
         self._dispatch_waiting()
 
@@ -257,7 +273,7 @@ class Service:
             self.busy[worker.pid] = worker
         else:
             worker.uid = peer.uid
-            worker.deadline = time.monotonic() + REQUEST_SECONDS
+            worker.deadline = time.monotonic() + self.options.request_seconds
             self.busy[worker.pid] = worker
             self.in_flight[peer.uid] += 1
             conn.close()
@@ -303,6 +319,10 @@ class Service:
         for worker in self.idle:
             if worker.ctl is not None:
                 worker.ctl.close()
+        for queue in self.waiting.values():  # other requests' connections: theirs alone
+            for conn, peer, _ in queue:
+                conn.close()
+                posix.close(peer.pidfd)
         import resource
 
         resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(
@@ -341,7 +361,7 @@ class Service:
                     pass
                 worker.deadline = 0.0
         for queue in self.waiting.values():
-            while queue and now - queue[0][2] > REQUEST_SECONDS:
+            while queue and now - queue[0][2] > self.options.request_seconds:
                 conn, peer, _ = queue.popleft()
                 posix.close(peer.pidfd)
                 _answer_and_close(conn, "nsgated: the request waited too long for its turn; "
@@ -443,4 +463,5 @@ def _note_signal(_signum: int, _frame: object) -> None:
 
 def _answer_and_close(conn: socket.socket, text: str) -> None:
     service_io.send_answer(conn, service_wire.encode_answer(1, b"", text.encode()))
+    service_io.discard_unread(conn)  # the request, if it came: unread, it would hide the answer
     conn.close()

@@ -170,10 +170,22 @@ def send_answer(conn: socket.socket, packet: bytes) -> None:
         pass  # the caller went away: it learns nothing, as with a helper killed before writing
 
 
+def discard_unread(conn: socket.socket) -> None:
+    """Drop what the caller sent and nobody read (descriptors in it close with it): a connection
+    closed with unread packets makes the caller's next read fail with ECONNRESET before it gets
+    to the answer queued for it."""
+    for _ in range(16):  # the kernel queues at most net.unix.max_dgram_qlen (10) + 1 packets
+        try:
+            if not conn.recv(1, socket.MSG_DONTWAIT):
+                return
+        except OSError:
+            return
+
+
 def verify_peer(peer: Peer) -> None:
-    """Refuse a peer that is not simply a user: real and effective ids that differ (a set-id
-    program connecting on someone's behalf), ids changed since it connected, another user
-    namespace than ours, or gone. Reads /proc/<pid> and then proves, through the pidfd, that the
+    """Refuse a peer that is not simply a user: another user namespace than ours, real and
+    effective ids that differ (a set-id program connecting on someone's behalf), ids changed
+    since it connected, or gone. Reads /proc/<pid> and then proves, through the pidfd, that the
     process read is still the peer."""
     try:
         dirfd = posix.open(f"/proc/{peer.pid}", posix.O_RDONLY | posix.O_DIRECTORY
@@ -191,6 +203,10 @@ def verify_peer(peer: Peer) -> None:
         signal.pidfd_send_signal(peer.pidfd, 0)
     except OSError:
         raise _gone() from None
+    ours = posix.stat("/proc/self/ns/user")
+    if (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino):  # its ids are not ours
+        raise Refusal("nsgated serves callers of the initial user namespace only",
+                      "inside a user namespace, use nsgate's setuid helpers")
     uids, gids = status.get(b"Uid", []), status.get(b"Gid", [])
     if len(uids) < 2 or len(gids) < 2:
         raise _gone()
@@ -202,10 +218,6 @@ def verify_peer(peer: Peer) -> None:
     if uids[1] != peer.uid or gids[1] != peer.gid:
         raise Refusal("refusing a caller whose ids changed after it connected",
                       "connect with the ids the request is made with")
-    ours = posix.stat("/proc/self/ns/user")
-    if (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino):
-        raise Refusal("nsgated serves callers of the initial user namespace only",
-                      "inside a user namespace, use nsgate's setuid helpers")
 
 
 def _gone() -> Refusal:
