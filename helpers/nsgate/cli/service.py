@@ -254,8 +254,8 @@ class Service:
             queue = self.waiting[uid]
             while queue and self.in_flight[uid] < PER_USER_IN_FLIGHT and (
                     len(self.busy) < TOTAL_IN_FLIGHT):
-                if not self.idle:
-                    self._spawn()
+                if not self.idle and not self._spawn():
+                    return  # they wait for a worker to end, or the next tick
                 conn, peer, _ = queue.popleft()
                 self._hand_over(conn, peer)
             if not queue:
@@ -290,11 +290,22 @@ class Service:
             if len(self.deaths) == self.deaths.maxlen and (
                     time.monotonic() - self.deaths[0] < 10.0):
                 return  # workers die as they start: do not fork in a loop; retried next tick
-            self._spawn()
+            if not self._spawn():
+                return
 
-    def _spawn(self) -> None:
-        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = posix.fork()
+    def _spawn(self) -> bool:
+        """One more idle worker; False when the system has none to give (no pid left to the
+        service, no memory, no descriptor): retried as workers end and at the next tick."""
+        try:
+            parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except OSError:
+            return False
+        try:
+            pid = posix.fork()
+        except OSError:
+            parent_end.close()
+            child_end.close()
+            return False
         if pid == 0:
             try:
                 self._become_worker(parent_end)
@@ -305,6 +316,7 @@ class Service:
                 posix._exit(1)
         child_end.close()
         self.idle.append(Worker(pid, parent_end))
+        return True
 
     def _become_worker(self, parent_end: socket.socket) -> None:
         signal.set_wakeup_fd(-1)
