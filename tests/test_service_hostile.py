@@ -709,3 +709,41 @@ def test_a_hung_worker_is_ended_by_the_request_bound(fresh_nsgated, nic_world):
     assert ask(ALICE, "lxc-user-nic", create_args(ctr.pid))["status"] == 0
     assert service.proc.poll() is None
     still_serves()
+
+
+@pytest.fixture
+def pids_cgroup() -> Iterator[Path]:
+    """A cgroup of the pids hierarchy for the test; what is left in it goes back to the root."""
+    root = Path("/sys/fs/cgroup/pids")
+    cgroup = root / f"nsgate-hostile-{os.getpid()}"
+    cgroup.mkdir()
+    try:
+        yield cgroup
+    finally:
+        for pid in (cgroup / "cgroup.procs").read_text().split():
+            with contextlib.suppress(OSError):
+                (root / "cgroup.procs").write_text(pid)
+        cgroup.rmdir()
+
+
+def test_no_worker_to_be_had(service, pids_cgroup):
+    """The service may fork no more (the parent alone in a cgroup whose pids.max is 1): two
+    requests at once take the idle workers, the third waits in the service for a worker it can
+    fork, and is served once it can; the service does not end."""
+    wait_for(lambda: len(service.workers()) == 2, "the two idle workers")
+    (pids_cgroup / "pids.max").write_text("1")
+    (pids_cgroup / "cgroup.procs").write_text(str(service.pid))
+    client = HeldClient(ALICE, "getsubids", ["nsgt-alice"], connections=3, stream=True)
+    client.send()
+    served = {"status": 0, "out": ALICE_SUBIDS, "err": ""}
+    for _ in range(2):
+        answer = client.next_answer()
+        assert answer.pop("index") in (0, 1, 2) and answer == served
+    wait_for(lambda: holders(service, client.pid) == {service.pid: 1}
+             or service.proc.poll() is not None, "the third to wait in the service")
+    assert service.proc.poll() is None, service.proc.communicate()
+    assert int((pids_cgroup / "pids.events").read_text().split()[1]) > 0  # forks refused
+    (pids_cgroup / "pids.max").write_text("max")
+    answer = client.next_answer()
+    assert answer.pop("index") in (0, 1, 2) and answer == served
+    still_serves()
