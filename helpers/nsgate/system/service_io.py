@@ -73,7 +73,12 @@ def activated_socket() -> socket.socket | None:
     if environ.get(b"LISTEN_FDS") != b"1":
         raise Refusal("nsgated was passed more or fewer sockets than one",
                       "nsgate.socket defines exactly one ListenSequentialPacket=")
-    sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    try:
+        sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    except OSError as err:
+        raise Refusal(f"nsgated was passed LISTEN_FDS=1 but no socket on fd "
+                      f"{SD_LISTEN_FDS_START}: {err.strerror}",
+                      "whatever started it must pass the listening socket as fd 3") from None
     if (sock.family != socket.AF_UNIX or sock.type != socket.SOCK_SEQPACKET
             or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
         raise Refusal("the socket nsgated was passed is not a listening SOCK_SEQPACKET unix "
