@@ -28,9 +28,11 @@ PER_USER_WAITING = 64
 TOTAL_IN_FLIGHT = 64
 REQUEST_SECONDS = 60.0
 STOP_SECONDS = 10.0
+HAND_OVER_TRIES = 3
 TICK_SECONDS = 1.0
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
 OWNED_MARK = "NSGATED_OWNS_SOCKET"
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP)
 
 
 class Options:
@@ -172,9 +174,11 @@ class Service:
         self.wake_r.setblocking(False)
         self.wake_w.setblocking(False)
         signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
+        for sig in HANDLED_SIGNALS:
             signal.signal(sig, _note_signal)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        # what came while the previous program exec'd this one, blocked (_restart): now handled
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
 
     # --- the loop -------------------------------------------------------------------------
     def run(self) -> int:
@@ -195,7 +199,7 @@ class Service:
             if not self.busy or not self.idle:
                 self._fill_pool()  # forks wait until no request is in flight (or none is left)
             if self._code_upgraded():
-                self._restart()
+                return self._restart()
             if self._idle_long_enough():
                 return self._stop(selector)
 
@@ -245,31 +249,42 @@ class Service:
             queue = self.waiting[uid]
             while queue and self.in_flight[uid] < PER_USER_IN_FLIGHT and (
                     len(self.busy) < TOTAL_IN_FLIGHT):
-                if not self.idle:
-                    self._spawn()
                 conn, peer, _ = queue.popleft()
                 self._hand_over(conn, peer)
             if not queue:
                 del self.waiting[uid]
 
     def _hand_over(self, conn: socket.socket, peer: service_io.Peer) -> None:
-        worker = self.idle.pop(0)
+        """To the oldest idle worker; one that died unnoticed (killed while idle, not reaped
+        yet) is passed over for the next, or a new one."""
+        try:
+            for _ in range(HAND_OVER_TRIES):
+                if not self.idle:
+                    self._spawn()
+                worker = self.idle.pop(0)
+                if self._give(worker, conn, peer):
+                    self.in_flight[peer.uid] += 1
+                    conn.close()
+                    return
+            _answer_and_close(conn, "nsgated: no worker could take the request; nothing was "
+                              "done: try again\n")
+        finally:
+            posix.close(peer.pidfd)
+
+    def _give(self, worker: Worker, conn: socket.socket, peer: service_io.Peer) -> bool:
         assert worker.ctl is not None
         try:
             service_io.hand_over(worker.ctl, conn, peer)
         except OSError:
-            _answer_and_close(conn, "nsgated: a worker failed before it took the request; "
-                              "nothing was done: try again\n")
             posix.kill(worker.pid, signal.SIGKILL)
-            self.busy[worker.pid] = worker
+            worker.uid = -1
+            return False
         else:
             worker.uid = peer.uid
             worker.deadline = time.monotonic() + REQUEST_SECONDS
-            self.busy[worker.pid] = worker
-            self.in_flight[peer.uid] += 1
-            conn.close()
+            return True
         finally:
-            posix.close(peer.pidfd)
+            self.busy[worker.pid] = worker  # until reaped
             worker.ctl.close()
             worker.ctl = None
 
@@ -312,6 +327,10 @@ class Service:
         for worker in self.idle:
             if worker.ctl is not None:
                 worker.ctl.close()
+        for queue in self.waiting.values():  # other callers' requests, waiting for their turn
+            for conn, peer, _ in queue:
+                conn.close()
+                posix.close(peer.pidfd)
         import resource
 
         resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(
@@ -386,10 +405,10 @@ class Service:
         return bool(self.code_changed_at) and (
             time.monotonic() - self.code_changed_at >= TICK_SECONDS)
 
-    def _restart(self) -> None:
+    def _restart(self) -> int:
         """Exec the installed nsgated anew on the same socket: no connection is lost, requests
         in flight finish in their workers, idle workers (old code) exit as their channel
-        closes."""
+        closes. Returns only if the exec failed (the code was removed): then it stops, 1."""
         for worker in self.idle:
             if worker.ctl is not None:
                 worker.ctl.close()
@@ -398,6 +417,10 @@ class Service:
                 posix.close(peer.pidfd)
                 _answer_and_close(conn, "nsgated: the service restarted for an upgrade; "
                                   "nothing was done: try again\n")
+        self.waiting.clear()
+        # A signal from here on waits, blocked across the exec, for the new program's handlers:
+        # not lost with the wakeup fd, and not acted on by the default action before them.
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         signal.set_wakeup_fd(-1)
         fd = self.listener.fileno()
         if fd != service_io.SD_LISTEN_FDS_START:
@@ -409,7 +432,17 @@ class Service:
         environ[b"LISTEN_PID"] = str(posix.getpid()).encode()
         if self.owned:
             environ[OWNED_MARK.encode()] = b"1"
-        posix.execve(self.script, [self.script, *self.argv], environ)
+        try:
+            posix.execve(self.script, [self.script, *self.argv], environ)
+        except OSError as err:
+            sys.stderr.write(f"nsgated: cannot restart: {self.script}: {err.strerror}; the "
+                             "requests in flight finish, the service stops\n")
+        if self.owned:
+            try:
+                posix.unlink(self.options.socket)
+            except OSError:
+                pass
+        return 1
 
     def _stop(self, selector: selectors.BaseSelector) -> int:
         """SIGTERM: no new connections; requests in flight finish (bounded); the socket goes
@@ -443,6 +476,8 @@ class Service:
                 posix.kill(worker.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        # the workers' last SIGCHLDs must not find the wakeup fd closed as the interpreter exits
+        signal.set_wakeup_fd(-1)
         return 0
 
 
