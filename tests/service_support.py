@@ -71,6 +71,25 @@ def children(pid: int) -> list[int]:
         return []
 
 
+def strays(pid: int) -> list[int]:
+    """Processes running nsgated's program (forks of service `pid`: workers, their runner
+    children) that are neither `pid` nor one of its workers: what a killed worker left."""
+    try:
+        program = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    ours = {pid, *children(pid)}
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) not in ours:
+            try:
+                if (entry / "cmdline").read_bytes() == program:
+                    found.append(int(entry.name))
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+    return found
+
+
 IDLE_PARENT = "do_epoll_wait"  # the parent's loop, waiting for connections and signals
 RECEIVING = "__skb_wait_for_more_packets"  # in a socket receive: a worker waiting for its
 # hand-over, a client for its answer

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.ovs_support import Bridge, OpenVSwitch
 from tests.service_support import (
     Activator,
     Asking,
@@ -32,6 +33,7 @@ from tests.service_support import (
     answers,
     ask,
     children,
+    strays,
     syscalls,
     traced,
 )
@@ -97,7 +99,7 @@ def worker_trace(service: Nsgated, request: Callable[[], Answer]) -> list[tuple[
 
 def kill_worker(service: Nsgated, name: str, nth: int, request: Callable[[], Answer]) -> Answer:
     """Serve `request` with the worker killed right before its `nth` call of `name`; the
-    answer, once the worker is gone and the parent has its pool back."""
+    answer, once the worker and what it forked are gone and the parent has its pool back."""
     service.settle()
     (worker,) = service.workers()
     with traced(worker, "-e", f"inject={name}:signal=KILL:when={nth}") as tracer:
@@ -105,6 +107,8 @@ def kill_worker(service: Nsgated, name: str, nth: int, request: Callable[[], Ans
         tracer.wait(timeout=PATIENCE)
     wait_for(lambda: proc_state(worker) == "gone", "the worker to be reaped")
     service.settle()  # the same parent, serving on
+    # what the worker forked (a runner of ovs-vsctl or nft) finishes and exits too
+    wait_for(lambda: not strays(service.pid), "the worker's children to exit")
     return answer
 
 
@@ -284,6 +288,62 @@ def test_worker_killed_at_each_step_of_lxc_user_nic_create(nic_world):
     answer = create_request(container)()
     assert answer["status"] == 0, answer
     assert service.proc.poll() is None
+
+
+def test_worker_killed_at_each_step_of_lxc_user_nic_delete_on_open_vswitch(
+        one_worker_service, openvswitch: OpenVSwitch):
+    """A delete on Open vSwitch removes the nic's port (ovs-vsctl del-port, run by a child the
+    worker forked before confining itself); the line stays until the interface goes, as with
+    LXC. Killed before the worker asks its runner: the port stays. After: the runner carries
+    the one command to its end and exits, so the port goes, though no answer comes. The
+    database never changes; the lock is never left held."""
+    service = one_worker_service
+    clean_db()
+    write_etc("lxc/lxc-usernet", "nsgt-alice veth ovsbr 100\n")
+    bridge = Bridge(openvswitch, "ovsbr")
+    container = Proc.container(ALICE)
+
+    def create() -> str:
+        answer = ask(ALICE, "lxc-user-nic", ["create", "x", "x", str(container.pid), "veth",
+                                             "ovsbr", NIC])
+        assert answer["status"] == 0, answer
+        return str(answer["out"]).split(":")[2]
+
+    def delete(host: str) -> Callable[[], Answer]:
+        return lambda: ask(ALICE, "lxc-user-nic", ["delete", "x", "x", container.netns, "veth",
+                                                   "ovsbr", host])
+
+    def undo(host: str) -> None:
+        ip("link", "del", host)
+        openvswitch.vsctl("--if-exists", "del-port", "ovsbr", host)
+        write_db([])
+
+    try:
+        host = create()
+        calls = worker_trace(service, delete(host))
+        assert bridge.ports() == []
+        undo(host)
+        locked = position(calls, r"^flock\(")
+        asked = locked + position(calls[locked:], r"^write\(")  # the runner's one command
+        answer_sent = position(calls, r'^sendto\(\d+, "nsgate')
+        seen = set()
+        for at, name, nth in kill_points(calls, locked - 8, every=8):
+            host = create()
+            lines = db_lines()
+            answer = kill_worker(service, name, nth, delete(host))
+            assert lock_is_free(), (name, nth)
+            assert db_lines() == lines
+            assert bridge.ports() == ([host] if 0 < at <= asked else []), (name, nth)
+            assert answer == (CLOSED if 0 < at <= answer_sent else SERVED), (name, nth, answer)
+            seen.add("old" if bridge.ports() else "new")
+            undo(host)
+        assert seen == {"old", "new"}
+        host = create()
+        assert delete(host)() == SERVED and bridge.ports() == []
+    finally:
+        Proc.stop_all()
+        bridge.remove()
+        clean_db()
 
 
 # --- the service itself killed, brought back by socket activation ------------------------------
