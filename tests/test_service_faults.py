@@ -1,6 +1,8 @@
 """nsgated under faults (issue 10): a worker, or the service itself, killed at every step of a
-request. The kernel's state afterwards is the old one or the exact new one, the caller's answer
-says which (an answer only for a request that was carried out; a closed connection otherwise),
+request. The kernel's state afterwards is the old one or the exact new one, in step with the
+call killed (newgidmap's self map and lxc-user-nic's create have states between, named in
+their tests, as the setuid helpers killed there have); the caller gets an answer only for a
+request carried out, else the connection closes (carried out or not: the state says which);
 and the next request is served: by the same parent when only a worker died, by a service the
 socket activator started again when the parent died, a connection that waited meanwhile
 included.
@@ -240,8 +242,9 @@ def test_worker_killed_at_each_step_of_lxc_user_nic_create(nic_world):
     """Killed before the database is replaced: the old database and links. Between the
     replacement and the veth: the new line, which names no interface (stale: the next create
     prunes it, the quota does not count it). From the veth on: the nic exists with its line,
-    inside the container (it goes with the container's network namespace); attached once the
-    last link change is made; an answer only once it is all done. Never an interface without its
+    inside the container (it goes with the container's network namespace); attached and up once
+    the last link change is made (before: made and recorded, not attached: no kernel
+    transaction spans the steps); an answer only once it is all done. Never an interface without its
     line, never another user's line touched, never the lock left held. What a kill can leave
     besides: the writer's temporary file, when it dies between writing it and renaming it over
     the database (no reader looks at it; the next writer of that pid replaces it)."""
