@@ -486,5 +486,7 @@ def _note_signal(_signum: int, _frame: object) -> None:
 
 
 def _answer_and_close(conn: socket.socket, text: str) -> None:
+    """A refusal from the service itself, for a request no worker read."""
     service_io.send_answer(conn, service_wire.encode_answer(1, b"", text.encode()))
+    service_io.discard_unread(conn)
     conn.close()

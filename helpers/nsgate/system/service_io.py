@@ -154,9 +154,24 @@ def _receive_checked(conn: socket.socket) -> tuple[bytes, list[int], bool]:
     return data, fds, cut
 
 
-def _receive(sock: socket.socket, size: int, max_fds: int) -> tuple[bytes, list[int], int]:
+def discard_unread(conn: socket.socket) -> None:
+    """Drop what the caller sent that no one will read (its request and descriptors), before a
+    connection answered without serving it is closed: a unix socket closed with unread data
+    resets the connection, and the caller would read ECONNRESET, not the answer queued for it.
+    (A request sent after the close meets EPIPE; the answer still waits to be read.)"""
+    for _ in range(4):  # the one request, and a little more from a client that sends more
+        try:
+            _, fds, _ = _receive(conn, MAX_PACKET + 1, 2, socket.MSG_DONTWAIT)
+        except OSError:
+            return
+        for fd in fds:
+            posix.close(fd)
+
+
+def _receive(sock: socket.socket, size: int, max_fds: int,
+             how: int = 0) -> tuple[bytes, list[int], int]:
     data, ancillary, flags, _ = sock.recvmsg(size, socket.CMSG_SPACE(max_fds * 4),
-                                             socket.MSG_CMSG_CLOEXEC)
+                                             socket.MSG_CMSG_CLOEXEC | how)
     fds: list[int] = []
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
