@@ -297,8 +297,11 @@ packet = bytes.fromhex(spec["raw"]) if "raw" in spec else w.encode_request(helpe
 ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
 try:
     s.sendmsg([packet], ancillary)
+except BrokenPipeError:  # answered and closed before the request went: the answer may wait
+    pass
+try:
     data = s.recv(70000)
-except (BrokenPipeError, ConnectionResetError):  # closed before it read the request
+except ConnectionResetError:  # closed with the request unread, unanswered (a worker killed)
     data = b""
 if not data:
     print(json.dumps({"closed": True}))

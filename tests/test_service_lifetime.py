@@ -495,3 +495,30 @@ def test_a_worker_holds_no_other_request_than_its_own(fresh_nsgated, nic_world):
     for n, asking in enumerate([*in_flight, waiting], 1):
         answer = asking.answer()
         assert str(answer["out"]).startswith(f"eth{n}:"), answer
+
+
+def test_requests_waiting_for_their_turn_are_answered_when_it_stops(fresh_nsgated, nic_world):
+    """A request the service accepted but no worker read (alice has 8 in flight: the ninth
+    waits) is answered by the service itself: the answer reaches the caller (the request it
+    never read is dropped first: closed unread, the connection would reset and the caller read
+    ECONNRESET instead), and nothing was done."""
+    service = fresh_nsgated()
+    lock = HeldLock()
+    try:
+        in_flight = [Asking(ALICE, "lxc-user-nic", ["create", "/var/lib/lxc", "c1",
+                                                    str(nic_world.pid), "veth", BRIDGE,
+                                                    f"eth{n}"]) for n in range(1, 9)]
+        wait_for(lambda: len(lock_waiters(LOCK) & set(service.workers())) == 8,
+                 "eight creates waiting for the lock")
+        waiting = Asking(ALICE, "lxc-user-nic", ["create", "/var/lib/lxc", "c1",
+                                                 str(nic_world.pid), "veth", BRIDGE, "eth9"])
+        wait_for(waiting.waiting, "the ninth request to wait for its turn")
+        service.proc.send_signal(signal.SIGTERM)
+        assert waiting.answer() == {"status": 1, "out": "",
+                                    "err": "nsgated: the service is stopping; nothing was done\n"}
+    finally:
+        lock.release()
+    for n, asking in enumerate(in_flight, 1):
+        assert str(asking.answer()["out"]).startswith(f"eth{n}:")
+    assert "eth9" not in nic_world.links()
+    assert service.stop() == (0, b"")
