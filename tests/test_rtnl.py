@@ -307,7 +307,7 @@ def test_link_names_multipart_dump_and_small_buffer() -> None:
         with Rtnl(buffer_size=64) as tiny:  # every datagram is larger: the buffer must grow
             out["tiny_names"] = sorted(tiny.link_names())
             out["tiny_link"] = view(tiny.link("nsg299"))
-            out["tiny_buffer"] = len(tiny._socket._buffer)
+            out["tiny_buffer"] = len(tiny._socket._reader._buffer)
     """)
     assert len(out["names"]) == 301
     assert out["names"] == out["ip_names"] == out["tiny_names"]
