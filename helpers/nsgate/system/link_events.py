@@ -2,10 +2,11 @@
 RTNLGRP_LINK multicast group, for the service's nic janitor (system/nic_janitor.py). The bytes
 are parsed by policy/netlink_codec.py (`link_deletions`).
 
-- The socket is connected to the kernel (port id 0), as system/netlink.py's: no process can
-  unicast to it; only the kernel, and processes with CAP_NET_ADMIN over the initial user
-  namespace, can send to the group. What it reports is a hint all the same: the janitor checks
-  every link it acts on again.
+- Only the kernel and holders of CAP_NET_ADMIN over the namespace's user namespace can send
+  to a NETLINK_ROUTE port or group; the socket is also connected to the kernel (port id 0), as
+  system/netlink.py's, so no process can unicast to it, and a datagram from anyone but the
+  kernel is not believed (it counts as an overrun). What it reports is a hint all the same: the
+  janitor looks up every link it acts on again.
 - A socket filter (classic BPF) lets only RTM_DELLINK through: the many RTM_NEWLINK of every
   create never wake the janitor nor fill its queue.
 - When the queue overflows, the kernel drops notifications and the next read fails with
