@@ -3,8 +3,8 @@ private bridge with no port left goes with its record (/run/lxc/nsgate-bridges),
 announces link deletions, instead of on some user's next create or `nsgate nics gc`.
 
 - At start, and whenever notifications were lost (overrun), one full pass (nic_gc.collect of
-  everything: what `nsgate nics gc` does). The subscription is opened first, so no deletion
-  falls between that pass and the first notification.
+  everything: what `nsgate nics gc` does), unless nothing is recorded at all. The subscription
+  is opened first, so no deletion falls between that pass and the first notification.
 - Otherwise a deletion is a hint. It is acted on only if it concerns a recorded line (the
   database as last read without the lock: each update renames a whole new file, so a plain read
   sees one version) or a recorded private bridge (a port left it, or it went); only then is the
@@ -83,8 +83,7 @@ class _Recorded:
     def devs(self) -> set[bytes]:
         lines = self._nics.current()
         if lines is not self._nics_lines:
-            self._devs = {line.dev for line in nicdb.parse(nicdb.join_lines(lines))
-                          if line.valid}
+            self._devs = {nicdb.NicLine(raw).dev for raw in lines} - {b""}
             self._nics_lines = lines
         return self._devs
 
@@ -109,6 +108,15 @@ def _wanted(deletions: link_events.Deletions, recorded: _Recorded, net: rtnl.Rtn
         work.bridges = {name for name in bridges
                         if nicnames.private_bridge_uid(name) is not None} & recorded.bridges()
     return work
+
+
+def _anything_recorded(recorded: _Recorded) -> bool:
+    """Whether the database or the record names anything; a file that cannot be read counts
+    as something (the pass then fails and says why)."""
+    try:
+        return bool(recorded.devs() or recorded.bridges())
+    except Refusal:
+        return True
 
 
 def _merge(work: Work, more: Work) -> Work:
@@ -171,6 +179,8 @@ def run(stop_fd: int) -> None:
             except (Refusal, OSError) as err:
                 work = Work(everything=True)  # what the deletions meant is unknown
                 audit.record_action(PROG, f"reading link deletions: {_reason(err)}", failed=True)
+            if work.everything and not _anything_recorded(recorded):
+                work = Work()  # no lxc-user-nic ever ran: no lock taken, no file made
             if not work or time.monotonic() < due:
                 continue
             try:
