@@ -16,9 +16,9 @@ are parsed by policy/netlink_codec.py (`link_deletions`).
 A netlink socket belongs to the network namespace its creating thread was in (netlink.py).
 """
 
-import ctypes
 import errno
 import struct
+from array import array
 from socket import AF_NETLINK, NETLINK_ROUTE, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_RAW, SOL_SOCKET
 from socket import socket as Socket
 from types import TracebackType
@@ -118,8 +118,7 @@ class LinkEvents:
 
 def _attach_filter(sock: Socket, program: "tuple[tuple[int, int, int, int], ...]") -> None:
     """SO_ATTACH_FILTER: struct sock_fprog holds a pointer to the instructions, so they live
-    in a ctypes buffer for the call (the kernel copies them)."""
-    code = b"".join(struct.pack("=HBBI", *insn) for insn in program)
-    buffer = ctypes.create_string_buffer(code, len(code))
-    sock.setsockopt(SOL_SOCKET, _SO_ATTACH_FILTER,
-                    struct.pack("@HP", len(program), ctypes.addressof(buffer)))
+    in an array, whose buffer_info() is its address, during the call (the kernel copies them)."""
+    code = array("B", b"".join(struct.pack("=HBBI", *insn) for insn in program))
+    address, _ = code.buffer_info()
+    sock.setsockopt(SOL_SOCKET, _SO_ATTACH_FILTER, struct.pack("@HP", len(program), address))
