@@ -99,14 +99,14 @@ def _wanted(deletions: link_events.Deletions, recorded: _Recorded, net: rtnl.Rtn
     names = {name.encode("utf-8", "surrogateescape") for name in deletions.links.values()}
     if names:
         work.devs = names & recorded.devs()
-    bridges = {name for name in names if nicnames.private_bridge_uid(name) is not None}
+    bridges = set(names)  # a private bridge deleted: its record line goes
     for index in deletions.bridges - set(deletions.links):
-        link = net.link_by_index(index)  # the bridge a port left; gone already: see above
+        link = net.link_by_index(index)  # the bridge a port left (if gone: among the names)
         if link is not None:
             bridges.add(link.name.encode("utf-8", "surrogateescape"))
-    if bridges:
-        work.bridges = {name for name in bridges
-                        if nicnames.private_bridge_uid(name) is not None} & recorded.bridges()
+    private = {name for name in bridges if nicnames.private_bridge_uid(name) is not None}
+    if private:
+        work.bridges = private & recorded.bridges()
     return work
 
 
