@@ -5,6 +5,7 @@
 #   make install CAPS=1       the same with file capabilities (cap_setuid / cap_setgid) instead
 #   make install MODE=service helpers with no setuid bit and no file capabilities: they work only
 #                             through nsgated (the launchers try it first in every mode)
+#                             (all modes also install the service's systemd units and OpenRC script)
 #   make test                 install, then run the whole test suite (as root) and a short fuzz run
 #   make fuzz                 a long fuzz run of every parser (FUZZ_SECONDS in all, default 600)
 #   make demo                 install, then map a user namespace for a demo user
@@ -143,6 +144,39 @@ uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/nsgate
 	for page in $(MAN_PAGES); do rm -f $(DESTDIR)$(MANDIR)/man$${page##*.}/$${page##*/}; done
 
+# --- The service's init files (issue 10): nsgate.socket and nsgate.service for systemd, an OpenRC
+# script as an example for other inits; filled in with LIBEXECDIR like bin/nsgate.in. Packages
+# set SYSTEMDUNITDIR to their distribution's unit directory.
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+OPENRCDIR      ?= $(PREFIX)/share/nsgate/openrc
+INIT_FILES     := $(BUILD)/init/nsgate.socket $(BUILD)/init/nsgate.service $(BUILD)/init/nsgated
+
+.PHONY: init install-init uninstall-init
+install: install-init
+uninstall: uninstall-init
+
+init: $(INIT_FILES)
+
+$(BUILD)/init/nsgate.socket $(BUILD)/init/nsgate.service: $(BUILD)/init/%: etc/systemd/% FORCE
+	@mkdir -p $(@D)
+	sed -e 's|@LIBEXECDIR@|$(LIBEXECDIR)|g' $< > $@
+
+$(BUILD)/init/nsgated: etc/openrc/nsgated FORCE
+	@mkdir -p $(@D)
+	sed -e 's|@LIBEXECDIR@|$(LIBEXECDIR)|g' $< > $@
+
+install-init: $(INIT_FILES)
+	install -d -m 0755 $(DESTDIR)$(SYSTEMDUNITDIR) $(DESTDIR)$(OPENRCDIR)
+	install -m 0644 $(OWNER) $(BUILD)/init/nsgate.socket $(BUILD)/init/nsgate.service \
+	  $(DESTDIR)$(SYSTEMDUNITDIR)/
+	install -m 0755 $(OWNER) $(BUILD)/init/nsgated $(DESTDIR)$(OPENRCDIR)/nsgated
+
+uninstall-init:
+	rm -f $(DESTDIR)$(SYSTEMDUNITDIR)/nsgate.socket $(DESTDIR)$(SYSTEMDUNITDIR)/nsgate.service
+	rm -f $(DESTDIR)$(OPENRCDIR)/nsgated
+	rmdir $(DESTDIR)$(OPENRCDIR) $(DESTDIR)$(PREFIX)/share/nsgate 2>/dev/null || true
+# --- end of the service's init files
+
 # Man pages: scdoc sources man/<name>.<section>.scd, installed under names no other package
 # uses (nsgate-newuidmap.1, nsgate-subuid.5, ..., nsgate.8).
 MAN_PAGES := $(patsubst man/%.scd,$(BUILD)/man/%,$(wildcard man/*.scd))
@@ -171,19 +205,22 @@ deb: pkg-tree
 	cd $(PKGTREE) && dpkg-buildpackage -us -uc -b
 	rm -f $(BUILD)/nsgate_*.deb && mv $(BUILD)/pkg/nsgate_*.deb $(BUILD)/
 
-# Both variants: build/nsgate-VERSION-1.ARCH.rpm (setuid) and build/caps/… (--with caps).
+# Three variants: build/nsgate-VERSION-1.ARCH.rpm (setuid), build/caps/… (--with caps) and
+# build/service/… (--with service: no setuid helper, the helpers only talk to nsgated).
 rpm: pkg-tree
 	test "$$(sed -n 's/^Version: *//p' packaging/rpm/nsgate.spec)" = "$(VERSION)"
 	tar -C $(BUILD)/pkg -czf $(BUILD)/pkg/nsgate-$(VERSION).tar.gz nsgate-$(VERSION)
-	rm -rf $(BUILD)/rpm $(BUILD)/caps $(BUILD)/nsgate-*.rpm && mkdir -p $(BUILD)/caps
-	for with in setuid caps; do \
+	rm -rf $(BUILD)/rpm $(BUILD)/caps $(BUILD)/service $(BUILD)/nsgate-*.rpm
+	mkdir -p $(BUILD)/caps $(BUILD)/service
+	for with in setuid caps service; do \
 	  top=$(abspath $(BUILD))/rpm/$$with; mkdir -p $$top/SOURCES || exit 1; \
 	  cp $(BUILD)/pkg/nsgate-$(VERSION).tar.gz $$top/SOURCES/ || exit 1; \
 	  rpmbuild -bb --nodeps --define "_topdir $$top" \
-	    $$([ $$with = caps ] && echo --with caps) packaging/rpm/nsgate.spec || exit 1; \
+	    $$([ $$with = setuid ] || echo --with $$with) packaging/rpm/nsgate.spec || exit 1; \
 	done
 	cp $(BUILD)/rpm/setuid/RPMS/*/nsgate-*.rpm $(BUILD)/
 	cp $(BUILD)/rpm/caps/RPMS/*/nsgate-*.rpm $(BUILD)/caps/
+	cp $(BUILD)/rpm/service/RPMS/*/nsgate-*.rpm $(BUILD)/service/
 
 demo: install
 	$(PYTHON) -I tools/demo.py $(LIBEXECDIR) $(PREFIX)/bin/nsgate

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -95,12 +96,36 @@ RECEIVING = "__skb_wait_for_more_packets"  # in a socket receive: a worker waiti
 # hand-over, a client for its answer
 
 
+def subscribed_to_links(pid: int) -> bool:
+    """Whether `pid` holds a netlink socket subscribed to multicast groups: the service's nic
+    janitor does (link deletions), a worker never does."""
+    subscribed = set()
+    for line in Path("/proc/net/netlink").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[3], 16):
+            subscribed.add(int(fields[9]))
+    try:
+        held = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return any(int(target[8:-1]) in subscribed for target in held
+               if target.startswith("socket:["))
+
+
+def workers_of(pid: int) -> list[int]:
+    """The children of service `pid` but its nic janitor: its workers (idle or serving)."""
+    return [child for child in children(pid) if not subscribed_to_links(child)]
+
+
 def pool_ready(pid: int, workers: int) -> bool:
     """nsgated `pid` waits for connections with exactly `workers` idle workers, each waiting
-    for a hand-over (what the kernel shows: no request is being accepted or served)."""
+    for a hand-over, and its nic janitor (if it runs) waits for link deletions: no request is
+    being accepted or served, no nic being cleaned up."""
     pool = children(pid)
-    return (wchan(pid) == IDLE_PARENT and len(pool) == workers
-            and all(wchan(worker) == RECEIVING for worker in pool))
+    waiting = [child for child in pool if wchan(child) == RECEIVING]
+    return (wchan(pid) == IDLE_PARENT and len(waiting) == workers
+            and all(wchan(child) == IDLE_PARENT and subscribed_to_links(child)
+                    for child in pool if child not in waiting))
 
 
 def worker_count(args: tuple[str, ...]) -> int:
@@ -134,8 +159,8 @@ class Nsgated:
         assert self.proc.poll() is None, self.proc.communicate()
 
     def workers(self) -> list[int]:
-        """The parent's children: its workers (and, once they exist, its helpers)."""
-        return children(self.pid)
+        """The parent's workers (its children but the nic janitor)."""
+        return workers_of(self.pid)
 
     def stop(self) -> tuple[int, bytes]:
         """SIGTERM, and its exit status and stderr."""

@@ -30,9 +30,9 @@ from tests.service_support import (
     Asking,
     answers,
     ask,
-    children,
     listener_inode,
     traced,
+    workers_of,
 )
 from tests.support import (
     ALICE,
@@ -105,7 +105,7 @@ def create_in_flight(service_pid: int, container: Proc, nic: str) -> Asking:
     """An lxc-user-nic create sent, and its worker waiting for the lock the test holds."""
     asking = Asking(ALICE, "lxc-user-nic", ["create", "/var/lib/lxc", "c1", str(container.pid),
                                             "veth", BRIDGE, nic])
-    wait_for(lambda: bool(lock_waiters(LOCK) & set(children(service_pid)))
+    wait_for(lambda: bool(lock_waiters(LOCK) & set(workers_of(service_pid)))
              or asking.proc.poll() is not None, "the create to wait for the lock")
     assert asking.proc.poll() is None, asking.answer()
     return asking

@@ -18,7 +18,7 @@ import pytest
 from tests.ovs_support import Bridge, OpenVSwitch
 from tests.service_support import LIBDIR, Nsgated, ask, syscalls, traced
 from tests.support import ALICE, BOB, SANDBOX, write_etc
-from tests.usernic_support import Proc, add_bridge, clean_db, ip
+from tests.usernic_support import Proc, add_bridge, clean_db, ip, ip_links
 
 BRIDGE = "nsgtpath0"
 STDLIB = sysconfig.get_paths()["stdlib"]  # the interpreter's: /usr/lib/python3.X
@@ -103,9 +103,9 @@ def nics() -> Iterator[Proc]:
         yield Proc.container(ALICE)
     finally:
         Proc.stop_all()
-        ip("link", "del", BRIDGE)
-        ip("link", "del", f"nsgu{ALICE.uid}") if Path(
-            f"/sys/class/net/nsgu{ALICE.uid}").exists() else None
+        for bridge in (BRIDGE, f"nsgu{ALICE.uid}"):  # the Linux one, alice's private one
+            if bridge in ip_links():
+                ip("link", "del", bridge)
         clean_db()
 
 

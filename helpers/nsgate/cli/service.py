@@ -5,6 +5,11 @@ connected, counts requests in flight per user, and hands each connection to a wo
 in advance (cli/service_worker.py), which serves it with the helpers' own code and exits. The
 parent forks replacements when it is idle, ends requests that run too long, restarts itself when
 the installed code changes, and, when systemd started it for its socket, exits when idle.
+
+Beside the workers runs one more child, the nic janitor (system/nic_janitor.py): it watches link
+deletions and removes the nic lines and private bridges they leave behind. It stops when the
+parent closes its end of a pipe (on stop, on restart, or when the parent dies), and is started
+again if it dies (at most JANITOR_RESTARTS times a minute).
 """
 
 import collections
@@ -33,6 +38,7 @@ TICK_SECONDS = 1.0
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
 OWNED_MARK = "NSGATED_OWNS_SOCKET"
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP)
+JANITOR_RESTARTS = 5
 
 
 class Options:
@@ -138,12 +144,22 @@ def _prepare(libdir: str) -> None:
 
 
 class Worker:
-    __slots__ = ("ctl", "deadline", "pid", "uid")
+    __slots__ = ("ctl", "deadline", "pid", "ready", "uid")
 
     def __init__(self, pid: int, ctl: socket.socket | None) -> None:
         self.pid, self.ctl = pid, ctl
         self.uid = -1
         self.deadline = 0.0
+        self.ready = False
+
+    def is_ready(self) -> bool:
+        """Whether it has said it is prepared (service_worker._prepare_while_idle)."""
+        if not self.ready and self.ctl is not None:
+            try:
+                self.ready = self.ctl.recv(1, socket.MSG_DONTWAIT) == service_io.READY
+            except OSError:
+                pass
+        return self.ready
 
 
 class Service:
@@ -170,6 +186,10 @@ class Service:
         self.fingerprint = self._code_fingerprint()
         self.code_changed_at = 0.0
         self.deaths: collections.deque[float] = collections.deque(maxlen=10)
+        self.janitor_pid = 0
+        self.janitor_stop = -1  # the write end of the janitor's stop pipe
+        self.janitor_starts: collections.deque[float] = collections.deque(
+            maxlen=JANITOR_RESTARTS + 1)
         self.wake_r, self.wake_w = socket.socketpair()
         self.wake_r.setblocking(False)
         self.wake_w.setblocking(False)
@@ -186,6 +206,7 @@ class Service:
         selector.register(self.listener, selectors.EVENT_READ, "accept")
         selector.register(self.wake_r, selectors.EVENT_READ, "signal")
         self._fill_pool()
+        self._keep_janitor()
         while True:
             for key, _ in selector.select(self._timeout()):
                 if key.data == "signal":
@@ -194,6 +215,7 @@ class Service:
                 elif not self.stopping:
                     self._accept_all()
             self._reap()
+            self._keep_janitor()
             self._expire()
             self._dispatch_waiting()
             if not self.busy or not self.idle:
@@ -255,14 +277,11 @@ class Service:
                 del self.waiting[uid]
 
     def _hand_over(self, conn: socket.socket, peer: service_io.Peer) -> None:
-        """To the oldest idle worker; one that died unnoticed (killed while idle, not reaped
-        yet) is passed over for the next, or a new one."""
+        """To an idle worker, one that said it is prepared first; one that died unnoticed
+        (killed while idle, not reaped yet) is passed over for the next, or a new one."""
         try:
             for _ in range(HAND_OVER_TRIES):
-                if not self.idle:
-                    self._spawn()
-                worker = self.idle.pop(0)
-                if self._give(worker, conn, peer):
+                if self._give(self._take_idle(), conn, peer):
                     self.in_flight[peer.uid] += 1
                     conn.close()
                     return
@@ -270,6 +289,14 @@ class Service:
                               "done: try again\n")
         finally:
             posix.close(peer.pidfd)
+
+    def _take_idle(self) -> Worker:
+        if not self.idle:
+            self._spawn()
+        ready = [worker for worker in self.idle if worker.is_ready()]
+        worker = ready[0] if ready else self.idle[0]  # else: it serves once prepared
+        self.idle.remove(worker)
+        return worker
 
     def _give(self, worker: Worker, conn: socket.socket, peer: service_io.Peer) -> bool:
         assert worker.ctl is not None
@@ -327,14 +354,21 @@ class Service:
         for worker in self.idle:
             if worker.ctl is not None:
                 worker.ctl.close()
-        for queue in self.waiting.values():  # other callers' requests, waiting for their turn
-            for conn, peer, _ in queue:
-                conn.close()
-                posix.close(peer.pidfd)
+        self._drop_waiting()
+        if self.janitor_stop >= 0:
+            posix.close(self.janitor_stop)
         import resource
 
         resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(
             resource.RLIMIT_NOFILE)[1]))
+
+    def _drop_waiting(self) -> None:
+        """In a fork (a worker, the janitor): the requests waiting for their turn are not its
+        to hold, neither their connections nor their callers' pidfds."""
+        for queue in self.waiting.values():
+            for conn, peer, _ in queue:
+                conn.close()
+                posix.close(peer.pidfd)
 
     def _reap(self) -> None:
         while True:
@@ -344,6 +378,12 @@ class Service:
                 return
             if pid == 0:
                 return
+            if pid == self.janitor_pid:
+                self.janitor_pid = 0
+                if self.janitor_stop >= 0:  # (closed already when stopping)
+                    posix.close(self.janitor_stop)
+                    self.janitor_stop = -1
+                continue
             worker = self.busy.pop(pid, None)
             if worker is not None:
                 if worker.uid >= 0:
@@ -374,6 +414,51 @@ class Service:
                 posix.close(peer.pidfd)
                 _answer_and_close(conn, "nsgated: the request waited too long for its turn; "
                                   "nothing was done: try again\n")
+
+    # --- the nic janitor ---------------------------------------------------------------------
+    def _keep_janitor(self) -> None:
+        """Start the janitor, or start it again if it died (not more than JANITOR_RESTARTS
+        times in a minute: then it waits for the minute to pass, tried again each tick)."""
+        if self.stopping or self.janitor_pid:
+            return
+        starts = self.janitor_starts
+        if len(starts) == starts.maxlen and time.monotonic() - starts[0] < 60.0:
+            return
+        starts.append(time.monotonic())
+        stop_read, stop_write = posix.pipe2(posix.O_CLOEXEC)
+        pid = posix.fork()
+        if pid == 0:
+            status = 1
+            try:
+                posix.close(stop_write)
+                self._become_janitor()
+                from nsgate.system import nic_janitor
+
+                integrity.verify_loaded_modules()  # what the janitor imported too
+                nic_janitor.run(stop_read)
+                status = 0
+            except Refusal as refusal:
+                sys.stderr.write(refusal.text("nsgated"))
+            except BaseException:  # noqa: BLE001 - a fork of the parent must never return
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                posix._exit(status)
+        posix.close(stop_read)
+        self.janitor_pid, self.janitor_stop = pid, stop_write
+
+    def _become_janitor(self) -> None:
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_DFL)  # killed, it leaves the files whole
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        for sock in (self.listener, self.wake_r, self.wake_w):
+            sock.close()
+        for worker in self.idle:
+            if worker.ctl is not None:
+                worker.ctl.close()
+        self._drop_waiting()
 
     # --- lifetime ----------------------------------------------------------------------------
     def _idle_long_enough(self) -> bool:
@@ -463,17 +548,21 @@ class Service:
                 posix.close(peer.pidfd)
                 _answer_and_close(conn, "nsgated: the service is stopping; nothing was done\n")
         self.waiting.clear()
+        if self.janitor_stop >= 0:
+            posix.close(self.janitor_stop)  # the janitor stops at the end of its pass
+            self.janitor_stop = -1
         deadline = time.monotonic() + STOP_SECONDS
-        while self.busy and time.monotonic() < deadline:
+        while (self.busy or self.janitor_pid) and time.monotonic() < deadline:
             selector.select(0.05)
             self._reap()
             try:
                 self.wake_r.recv(256)
             except BlockingIOError:
                 pass
-        for worker in self.busy.values():
+        for pid in [*self.busy, self.janitor_pid]:
             try:
-                posix.kill(worker.pid, signal.SIGKILL)
+                if pid:
+                    posix.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         # the workers' last SIGCHLDs must not find the wakeup fd closed as the interpreter exits

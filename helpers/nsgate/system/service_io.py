@@ -19,6 +19,7 @@ MAX_PACKET = 65536
 MAX_GROUPS = 256  # what getsockopt(2) through Python can return (1024 bytes)
 READ_SECONDS = 5
 _UCRED = struct.Struct("=iII")
+READY = b"r"  # a worker to its parent: prepared, waiting for a connection
 
 
 class Peer:
