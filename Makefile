@@ -1,7 +1,11 @@
 # nsgate: build, install, test.
 #   make                      build launchers, the cffi module and the library tree under build/
-#   make install              install under PREFIX (default /usr/local), setuid root
+#   make install              install under PREFIX (default /usr/local), setuid root, and the
+#                             service nsgated under LIBEXECDIR (its socket: SOCKET)
 #   make install CAPS=1       the same with file capabilities (cap_setuid / cap_setgid) instead
+#   make install MODE=service helpers with no setuid bit and no file capabilities: they work only
+#                             through nsgated (the launchers try it first in every mode)
+#                             (all modes also install the service's systemd units and OpenRC script)
 #   make test                 install, then run the whole test suite (as root) and a short fuzz run
 #   make fuzz                 a long fuzz run of every parser (FUZZ_SECONDS in all, default 600)
 #   make demo                 install, then map a user namespace for a demo user
@@ -13,6 +17,8 @@ DESTDIR    ?=
 PYTHON     ?= /usr/bin/python3
 CC         ?= cc
 CAPS       ?= 0
+MODE       ?= setuid
+SOCKET     ?= /run/nsgate/io.socket
 LIBEXECDIR ?= $(PREFIX)/libexec/nsgate
 LIBDIR     ?= $(PREFIX)/lib/nsgate
 MANDIR     ?= $(PREFIX)/share/man
@@ -33,24 +39,36 @@ OWNER      := $(if $(filter 0,$(shell id -u)),-o 0 -g 0,)
 FUZZ_SECONDS      ?= 600
 FUZZ_TEST_SECONDS ?= 5
 
-.PHONY: all install uninstall test fuzz demo bench lint clean check-paths man deb rpm pkg-tree FORCE
+.PHONY: all install uninstall test fuzz demo bench lint clean check-paths check-mode man deb rpm \
+        pkg-tree FORCE
 
 all: $(addprefix $(BUILD)/bin/,$(HELPERS)) $(PYLIB)/.stamp
 
 check-paths:
-	@case "$(LIBDIR)$(PYTHON)" in *[!A-Za-z0-9/._+-]*) \
-	  echo "PREFIX and PYTHON may hold only [A-Za-z0-9/._+-]" >&2; exit 1;; esac
+	@case "$(LIBDIR)$(PYTHON)$(SOCKET)" in *[!A-Za-z0-9/._+-]*) \
+	  echo "PREFIX, PYTHON and SOCKET may hold only [A-Za-z0-9/._+-]" >&2; exit 1;; esac
 	@case "$(PYTHON)" in /*) ;; *) echo "PYTHON must be an absolute path" >&2; exit 1;; esac
+	@case "$(SOCKET)" in /*) ;; *) echo "SOCKET must be an absolute path" >&2; exit 1;; esac
 
-# The launchers embed PYTHON and LIBDIR: rebuild them whenever either changes.
+check-mode:
+	@case "$(MODE)" in setuid|service) ;; *) \
+	  echo "MODE is setuid (the default) or service" >&2; exit 1;; esac
+	@if [ "$(MODE)" = service ] && [ "$(CAPS)" = 1 ]; then \
+	  echo "MODE=service installs the helpers without privilege: CAPS=1 does not apply" >&2; \
+	  exit 1; fi
+
+# The launchers embed PYTHON, LIBDIR and SOCKET: rebuild them whenever one changes.
 $(BUILD)/launcher.config: FORCE | check-paths
 	@mkdir -p $(@D)
-	@echo '$(PYTHON) $(LIBDIR)' | cmp -s - $@ || echo '$(PYTHON) $(LIBDIR)' > $@
+	@echo '$(PYTHON) $(LIBDIR) $(SOCKET)' | cmp -s - $@ || \
+	  echo '$(PYTHON) $(LIBDIR) $(SOCKET)' > $@
 
-$(BUILD)/bin/%: csrc/launcher.c $(BUILD)/launcher.config
+LAUNCHER_SOURCES := csrc/launcher.c csrc/service_client.c
+
+$(BUILD)/bin/%: $(LAUNCHER_SOURCES) csrc/service_client.h $(BUILD)/launcher.config
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(HARDEN) -DNSGATE_HELPER='"$*"' -DNSGATE_PYTHON='"$(PYTHON)"' \
-	  -DNSGATE_LIBDIR='"$(LIBDIR)"' -o $@ $<
+	  -DNSGATE_LIBDIR='"$(LIBDIR)"' -DNSGATE_SOCKET='"$(SOCKET)"' -o $@ $(LAUNCHER_SOURCES)
 
 # Runtime dependencies, pinned, fetched once.
 $(BUILD)/deps/.stamp: requirements/runtime.txt
@@ -81,7 +99,18 @@ endif
 	cp $(BUILD)/ffi/_nsgate_sys*.so $(PYLIB)/
 	touch $@
 
-install: all man
+# Installed modes of the three helpers that need privilege (getsubids needs none).
+ifeq ($(MODE),service)
+PRIVILEGED_MODE := 0755
+else ifeq ($(CAPS),1)
+PRIVILEGED_MODE := 0755
+else
+PRIVILEGED_MODE := 4755
+endif
+SUBST := -e 's|@PYTHON@|$(PYTHON)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@LIBEXECDIR@|$(LIBEXECDIR)|' \
+         -e 's|@SOCKET@|$(SOCKET)|'
+
+install: check-mode all man
 	install -d -m 0755 $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(LIBDIR)
 	rm -rf $(DESTDIR)$(LIBDIR)/*
 	cp -r $(PYLIB)/. $(DESTDIR)$(LIBDIR)/
@@ -91,21 +120,20 @@ install: all man
 	$(if $(OWNER),chown -R 0:0 $(DESTDIR)$(LIBDIR))
 	chmod -R u+rwX,go+rX,go-w $(DESTDIR)$(LIBDIR)
 	install -s -m 0755 $(OWNER) $(BUILD)/bin/getsubids $(DESTDIR)$(LIBEXECDIR)/getsubids
-ifeq ($(CAPS),1)
-	install -s -m 0755 $(OWNER) $(BUILD)/bin/newuidmap $(DESTDIR)$(LIBEXECDIR)/newuidmap
-	install -s -m 0755 $(OWNER) $(BUILD)/bin/newgidmap $(DESTDIR)$(LIBEXECDIR)/newgidmap
+	for name in newuidmap newgidmap; do install -s -m $(PRIVILEGED_MODE) $(OWNER) \
+	  $(BUILD)/bin/$$name $(DESTDIR)$(LIBEXECDIR)/$$name || exit 1; done
+ifeq ($(MODE)$(CAPS),setuid1)
 	setcap cap_setuid+ep $(DESTDIR)$(LIBEXECDIR)/newuidmap
 	setcap cap_setgid+ep $(DESTDIR)$(LIBEXECDIR)/newgidmap
-else
-	install -s -m 4755 $(OWNER) $(BUILD)/bin/newuidmap $(DESTDIR)$(LIBEXECDIR)/newuidmap
-	install -s -m 4755 $(OWNER) $(BUILD)/bin/newgidmap $(DESTDIR)$(LIBEXECDIR)/newgidmap
 endif
+ifeq ($(MODE),service)
+	install -s -m 0755 $(OWNER) $(BUILD)/bin/lxc-user-nic $(DESTDIR)$(LIBEXECDIR)/lxc-user-nic
+else
 	install -s -m 4755 $(OWNER) $(BUILD)/bin/lxc-user-nic $(DESTDIR)$(LIBEXECDIR)/lxc-user-nic
-	sed -e 's|@PYTHON@|$(PYTHON)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@LIBEXECDIR@|$(LIBEXECDIR)|' \
-	  bin/nsgate.in > $(BUILD)/nsgate
-	sed -e 's|@PYTHON@|$(PYTHON)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@LIBEXECDIR@|$(LIBEXECDIR)|' \
-	  bin/nsgated.in > $(BUILD)/nsgated
+endif
+	sed $(SUBST) bin/nsgated.in > $(BUILD)/nsgated
 	install -m 0755 $(OWNER) $(BUILD)/nsgated $(DESTDIR)$(LIBEXECDIR)/nsgated
+	sed $(SUBST) bin/nsgate.in > $(BUILD)/nsgate
 	install -d -m 0755 $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 $(OWNER) $(BUILD)/nsgate $(DESTDIR)$(PREFIX)/bin/nsgate
 	for page in $(MAN_PAGES); do \
@@ -115,6 +143,39 @@ uninstall:
 	rm -rf $(DESTDIR)$(LIBDIR) $(DESTDIR)$(LIBEXECDIR)
 	rm -f $(DESTDIR)$(PREFIX)/bin/nsgate
 	for page in $(MAN_PAGES); do rm -f $(DESTDIR)$(MANDIR)/man$${page##*.}/$${page##*/}; done
+
+# --- The service's init files (issue 10): nsgate.socket and nsgate.service for systemd, an OpenRC
+# script as an example for other inits; filled in with LIBEXECDIR like bin/nsgate.in. Packages
+# set SYSTEMDUNITDIR to their distribution's unit directory.
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+OPENRCDIR      ?= $(PREFIX)/share/nsgate/openrc
+INIT_FILES     := $(BUILD)/init/nsgate.socket $(BUILD)/init/nsgate.service $(BUILD)/init/nsgated
+
+.PHONY: init install-init uninstall-init
+install: install-init
+uninstall: uninstall-init
+
+init: $(INIT_FILES)
+
+$(BUILD)/init/nsgate.socket $(BUILD)/init/nsgate.service: $(BUILD)/init/%: etc/systemd/% FORCE
+	@mkdir -p $(@D)
+	sed -e 's|@LIBEXECDIR@|$(LIBEXECDIR)|g' $< > $@
+
+$(BUILD)/init/nsgated: etc/openrc/nsgated FORCE
+	@mkdir -p $(@D)
+	sed -e 's|@LIBEXECDIR@|$(LIBEXECDIR)|g' $< > $@
+
+install-init: $(INIT_FILES)
+	install -d -m 0755 $(DESTDIR)$(SYSTEMDUNITDIR) $(DESTDIR)$(OPENRCDIR)
+	install -m 0644 $(OWNER) $(BUILD)/init/nsgate.socket $(BUILD)/init/nsgate.service \
+	  $(DESTDIR)$(SYSTEMDUNITDIR)/
+	install -m 0755 $(OWNER) $(BUILD)/init/nsgated $(DESTDIR)$(OPENRCDIR)/nsgated
+
+uninstall-init:
+	rm -f $(DESTDIR)$(SYSTEMDUNITDIR)/nsgate.socket $(DESTDIR)$(SYSTEMDUNITDIR)/nsgate.service
+	rm -f $(DESTDIR)$(OPENRCDIR)/nsgated
+	rmdir $(DESTDIR)$(OPENRCDIR) $(DESTDIR)$(PREFIX)/share/nsgate 2>/dev/null || true
+# --- end of the service's init files
 
 # Man pages: scdoc sources man/<name>.<section>.scd, installed under names no other package
 # uses (nsgate-newuidmap.1, nsgate-subuid.5, ..., nsgate.8).
@@ -144,19 +205,22 @@ deb: pkg-tree
 	cd $(PKGTREE) && dpkg-buildpackage -us -uc -b
 	rm -f $(BUILD)/nsgate_*.deb && mv $(BUILD)/pkg/nsgate_*.deb $(BUILD)/
 
-# Both variants: build/nsgate-VERSION-1.ARCH.rpm (setuid) and build/caps/… (--with caps).
+# Three variants: build/nsgate-VERSION-1.ARCH.rpm (setuid), build/caps/… (--with caps) and
+# build/service/… (--with service: no setuid helper, the helpers only talk to nsgated).
 rpm: pkg-tree
 	test "$$(sed -n 's/^Version: *//p' packaging/rpm/nsgate.spec)" = "$(VERSION)"
 	tar -C $(BUILD)/pkg -czf $(BUILD)/pkg/nsgate-$(VERSION).tar.gz nsgate-$(VERSION)
-	rm -rf $(BUILD)/rpm $(BUILD)/caps $(BUILD)/nsgate-*.rpm && mkdir -p $(BUILD)/caps
-	for with in setuid caps; do \
+	rm -rf $(BUILD)/rpm $(BUILD)/caps $(BUILD)/service $(BUILD)/nsgate-*.rpm
+	mkdir -p $(BUILD)/caps $(BUILD)/service
+	for with in setuid caps service; do \
 	  top=$(abspath $(BUILD))/rpm/$$with; mkdir -p $$top/SOURCES || exit 1; \
 	  cp $(BUILD)/pkg/nsgate-$(VERSION).tar.gz $$top/SOURCES/ || exit 1; \
 	  rpmbuild -bb --nodeps --define "_topdir $$top" \
-	    $$([ $$with = caps ] && echo --with caps) packaging/rpm/nsgate.spec || exit 1; \
+	    $$([ $$with = setuid ] || echo --with $$with) packaging/rpm/nsgate.spec || exit 1; \
 	done
 	cp $(BUILD)/rpm/setuid/RPMS/*/nsgate-*.rpm $(BUILD)/
 	cp $(BUILD)/rpm/caps/RPMS/*/nsgate-*.rpm $(BUILD)/caps/
+	cp $(BUILD)/rpm/service/RPMS/*/nsgate-*.rpm $(BUILD)/service/
 
 demo: install
 	$(PYTHON) -I tools/demo.py $(LIBEXECDIR) $(PREFIX)/bin/nsgate

@@ -1,12 +1,14 @@
 /*
  * nsgate launcher: the privilege boundary in front of one helper.
  *
- * Built once per helper with three compile-time constants:
+ * Built once per helper with four compile-time constants:
  *   NSGATE_HELPER  the helper's name ("newuidmap", ...), passed to Python as a fixed string
  *   NSGATE_PYTHON  the absolute path of the system interpreter
  *   NSGATE_LIBDIR  the root-owned directory holding the nsgate package
+ *   NSGATE_SOCKET  the socket of the nsgated service
  * Nothing is taken from argv[0] or the environment. This program decides nothing: it puts the
- * process into a known state and execs the interpreter in isolated mode. Every decision is Python's.
+ * process into a known state, hands the request to nsgated if it runs (service_client.c), and
+ * otherwise execs the interpreter in isolated mode. Every decision is Python's.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -21,6 +23,8 @@
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <unistd.h>
+
+#include "service_client.h"
 
 #define MAX_ARGS 4096
 #define MIN_FILES 32
@@ -65,11 +69,11 @@ static int fd_argument(int argc, char **argv)
 
 static void close_other_fds(int keep)
 {
-	unsigned int hi = keep > 2 ? (unsigned int)keep - 1 : ~0U;
+	unsigned int above = keep > 2 ? (unsigned int)keep + 1 : 3U;
 
-	if (syscall(SYS_close_range, 3U, hi, 0U) != 0)
+	if (keep > 3 && syscall(SYS_close_range, 3U, (unsigned int)keep - 1, 0U) != 0)
 		die("close_range failed: kernel too old?");
-	if (keep > 2 && syscall(SYS_close_range, (unsigned int)keep + 1, ~0U, 0U) != 0)
+	if (syscall(SYS_close_range, above, ~0U, 0U) != 0)
 		die("close_range failed: kernel too old?");
 }
 
@@ -184,6 +188,7 @@ int main(int argc, char **argv)
 	close_other_fds(fd_argument(argc, argv));
 	reset_signals();
 	reset_process_state();
+	use_service_if_running(argc, argv);
 	carry_file_capabilities();
 
 	args[n++] = NSGATE_PYTHON;

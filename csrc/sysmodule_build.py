@@ -22,6 +22,7 @@ int nsg_capget(uint64_t *effective, uint64_t *permitted, uint64_t *inheritable);
 int nsg_capset(uint64_t effective, uint64_t permitted, uint64_t inheritable);
 long nsg_fstatfs_type(int fd);
 int nsg_ioprio_set_default(void);
+int nsg_populate_write(unsigned long start, unsigned long length);
 
 int nsg_seccomp_allow_only(const char **names, int count, int refusal_errno);
 
@@ -45,6 +46,7 @@ SOURCE = r"""
 #include <linux/capability.h>
 #include <seccomp.h>
 #include <sys/fsuid.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -80,6 +82,12 @@ static int nsg_capset(uint64_t effective, uint64_t permitted, uint64_t inheritab
 static int nsg_ioprio_set_default(void)
 {
     return (int)syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, 0, 0);
+}
+
+/* Fault in [start, start + length) writable now, copying shared pages (Linux 5.14). */
+static int nsg_populate_write(unsigned long start, unsigned long length)
+{
+    return madvise((void *)start, length, 23 /* MADV_POPULATE_WRITE */);
 }
 
 static long nsg_fstatfs_type(int fd)

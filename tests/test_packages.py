@@ -32,14 +32,19 @@ HELPERS = ("newuidmap", "newgidmap", "getsubids", "lxc-user-nic")
 SETUID = ("newuidmap", "newgidmap", "lxc-user-nic")
 MAN_PAGES = ("man1/nsgate-newuidmap.1", "man1/nsgate-newgidmap.1", "man1/nsgate-getsubids.1",
              "man1/nsgate-lxc-user-nic.1", "man5/nsgate-subuid.5", "man5/nsgate-subgid.5",
-             "man5/nsgate-lxc-usernet.5", "man8/nsgate.8")
+             "man5/nsgate-lxc-usernet.5", "man8/nsgate.8", "man8/nsgated.8")
+# The service's files in the .deb: the units where bookworm's debhelper handles them, the OpenRC
+# script as an example.
+DEB_UNITS = ("/lib/systemd/system/nsgate.socket", "/lib/systemd/system/nsgate.service")
+DEB_OPENRC = "/usr/share/doc/nsgate/examples/openrc/nsgated"
+SOCKET_ENABLED = "/etc/systemd/system/sockets.target.wants/nsgate.socket"
 # What nsgate-divert replaces, and the package each original comes from on Debian 12.
 DIVERTED = {"/usr/bin/newuidmap": "uidmap", "/usr/bin/newgidmap": "uidmap",
             "/usr/bin/getsubids": "uidmap", "/usr/libexec/lxc/lxc-user-nic": "lxc"}
 # Everything of nsgate that must be gone after a purge.
 PACKAGE_PATHS = ("/usr/libexec/nsgate", "/usr/lib/nsgate", "/usr/bin/nsgate",
-                 "/usr/sbin/nsgate-divert", "/usr/share/doc/nsgate",
-                 *(f"/usr/share/man/{page}.gz" for page in MAN_PAGES))
+                 "/usr/sbin/nsgate-divert", "/usr/share/doc/nsgate", *DEB_UNITS,
+                 SOCKET_ENABLED, *(f"/usr/share/man/{page}.gz" for page in MAN_PAGES))
 # The end-to-end tests that run against an installed tree (NSGATE_PREFIX); the side-by-side
 # comparisons with the reference are left out (the reference is not what is installed here).
 E2E = ("tests/test_smoke.py", "tests/test_newidmap.py", "tests/test_getsubids.py",
@@ -66,9 +71,11 @@ def deb() -> Path:
 @pytest.fixture(scope="session")
 def rpms() -> dict[str, Path]:
     make("rpm")
-    setuid, caps = sorted(BUILD.glob("nsgate-*.rpm")), sorted((BUILD / "caps").glob("nsgate-*.rpm"))
-    assert len(setuid) == 1 and len(caps) == 1, (setuid, caps)
-    return {"setuid": setuid[0], "caps": caps[0]}
+    found = {"setuid": sorted(BUILD.glob("nsgate-*.rpm")),
+             "caps": sorted((BUILD / "caps").glob("nsgate-*.rpm")),
+             "service": sorted((BUILD / "service").glob("nsgate-*.rpm"))}
+    assert all(len(packages) == 1 for packages in found.values()), found
+    return {variant: packages[0] for variant, packages in found.items()}
 
 
 class DpkgSandbox:
@@ -200,6 +207,46 @@ def test_deb_installs_helpers_setuid_and_the_library_root_owned(installed: DpkgS
     assert box.exists("/usr/bin/nsgate") and box.exists("/usr/sbin/nsgate-divert")
     assert box.run("dpkg-query", "-W", "-f=${Status}", "nsgate").stdout == \
         "install ok installed"
+
+
+def test_deb_ships_the_service_and_enables_its_socket(installed: DpkgSandbox):
+    """nsgated, its units (nsgate.socket enabled by deb-systemd-helper, as Debian enables a
+    package's services; nothing started here, systemd is not running) and the OpenRC example."""
+    box = installed
+    st = box.stat("/usr/libexec/nsgate/nsgated")
+    assert st is not None and (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o755, 0, 0)
+    for path in DEB_UNITS:
+        st = box.stat(path)
+        assert st is not None and (stat.S_IMODE(st.st_mode), st.st_uid) == (0o644, 0), path
+    service = box.run("cat", DEB_UNITS[1]).stdout
+    assert "\nExecStart=/usr/libexec/nsgate/nsgated --idle-exit 60\n" in service
+    assert "\nListenSequentialPacket=/run/nsgate/io.socket\n" in box.run("cat", DEB_UNITS[0]).stdout
+    assert box.run("readlink", SOCKET_ENABLED).stdout.strip() == DEB_UNITS[0]
+    assert 'command="/usr/libexec/nsgate/nsgated"' in box.run("cat", DEB_OPENRC).stdout
+    box.run("dpkg", "--purge", "nsgate")
+    for path in (*DEB_UNITS, SOCKET_ENABLED, DEB_OPENRC):
+        assert not box.exists(path), f"{path} left after purge"
+
+
+def test_statoverride_gives_a_service_only_install(dpkg_box: DpkgSandbox, deb: Path):
+    """The Debian way to a system without setuid helpers (packaging/README.md): 0755 for the
+    three privileged helpers by dpkg-statoverride, set before the install (or with --update
+    after it), kept across upgrades. nsgate check then calls it an install for the service
+    only, an error while nothing listens."""
+    box = dpkg_box
+    for name in SETUID:
+        box.run("dpkg-statoverride", "--add", "root", "root", "0755",
+                f"/usr/libexec/nsgate/{name}")
+    box.run("dpkg", "-i", str(deb))
+    for name in HELPERS:
+        st = box.stat(f"/usr/libexec/nsgate/{name}")
+        assert st is not None and stat.S_IMODE(st.st_mode) == 0o755, name
+    result = box.run("/usr/bin/nsgate", "check", "--json", check=False)
+    report = json.loads(result.stdout)
+    codes = [f["code"] for f in report["findings"]]
+    assert "install" not in codes and "service-down" in codes, report["findings"]
+    assert report["service"]["helpers_need_service"] is True
+    assert result.returncode == 1
 
 
 def test_nsgate_check_finds_the_package_install_sound(installed: DpkgSandbox):
@@ -379,7 +426,7 @@ def rpm_files(package: Path) -> dict[str, tuple[int, str, str]]:
     return files
 
 
-@pytest.mark.parametrize("variant", ["setuid", "caps"])
+@pytest.mark.parametrize("variant", ["setuid", "caps", "service"])
 def test_rpm_layout_modes_and_capabilities(rpms: dict[str, Path], variant: str):
     package = rpms[variant]
     libexec = rpm_eval("%{_libexecdir}") + "/nsgate"
@@ -389,13 +436,18 @@ def test_rpm_layout_modes_and_capabilities(rpms: dict[str, Path], variant: str):
         path = f"{libexec}/{name}"
         mode, user, group = files[path]
         assert (user, group) == ("root", "root")
-        if name == "getsubids":
-            assert (stat.S_IMODE(mode), caps[path]) == (0o755, "")
+        if name == "getsubids" or variant == "service":
+            assert (stat.S_IMODE(mode), caps[path]) == (0o755, ""), name
         elif name == "lxc-user-nic" or variant == "setuid":
             assert (stat.S_IMODE(mode), caps[path]) == (0o4755, ""), name
         else:
             want = "cap_setuid=ep" if name == "newuidmap" else "cap_setgid=ep"
             assert (stat.S_IMODE(mode), caps[path]) == (0o755, want), name
+    assert stat.S_IMODE(files[f"{libexec}/nsgated"][0]) == 0o755
+    unitdir = "/usr/lib/systemd/system"  # %{_unitdir}, or the spec's fallback to it
+    for name in ("nsgate.socket", "nsgate.service"):
+        assert files[f"{unitdir}/{name}"][:2] == (0o100644, "root"), name
+    assert f"{rpm_eval('%{_datadir}')}/nsgate/openrc/nsgated" in files
     mandir = rpm_eval("%{_mandir}")
     for page in MAN_PAGES:
         assert any(p.startswith(f"{mandir}/{page}") for p in files), page
@@ -446,7 +498,7 @@ def test_man_page_is_installed_and_renders_without_warnings(page: str):
     name = Path(page).stem
     text = rendered(page)
     assert f"NAME {name} - " in text
-    if name != "nsgate":  # says which page it is not
+    if name not in ("nsgate", "nsgated"):  # says which page it is not
         assert "conflict" in text
 
 
@@ -494,7 +546,8 @@ def test_nsgate_page_documents_every_command_option_and_finding_code():
         assert f"nsgate {command}" in text, command
     for code in ("syntax", "grants-nothing", "shadow-grants", "overlap", "contains-real-id",
                  "unsafe-file", "no-bridge", "not-a-bridge", "stale-nic", "foreign-nic",
-                 "private-bridge", "lock-leftover", "install"):
+                 "private-bridge", "lock-leftover", "install", "service-socket",
+                 "service-down"):
         assert f"{code} (" in text, code
     for status in ("0 Success", "1 Errors were found", "2 Usage error"):
         assert status in text, status

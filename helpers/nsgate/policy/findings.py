@@ -22,6 +22,8 @@ CODES = {
     "private-bridge": ERROR,
     "install": ERROR,
     "lock-leftover": WARNING,
+    "service-socket": ERROR,
+    "service-down": ERROR,
 }
 
 

@@ -39,8 +39,14 @@ def harden_process() -> None:
     kernel.prctl(kernel.PR_SET_DUMPABLE, 0)
 
 
+# What serves a caller the helper cannot: nsgated acts with its own privilege (nsgate-protocol(7)).
+SERVICE_FIX = ("or start nsgate's service, which serves callers under no_new_privs: "
+               "systemctl enable --now nsgate.socket (or run nsgated)")
+
+
 def require_capability(cap: int) -> None:
-    """Fail before any side effect, naming the reason, when `cap` cannot be had (§11 items 6, 7)."""
+    """Fail before any side effect, naming the reason, when `cap` cannot be had (§11 items 6, 7);
+    the launcher tried nsgated first and could not reach it: name it where it would help."""
     _, permitted, _ = kernel.capabilities()
     if permitted & kernel.bit(cap):
         return
@@ -50,7 +56,8 @@ def require_capability(cap: int) -> None:
                       "helpers cannot gain privilege under it",
                       "it is set by NoNewPrivileges= (systemd), --security-opt no-new-privileges "
                       "(docker, podman), allowPrivilegeEscalation: false (Kubernetes) or "
-                      "setpriv --no-new-privs; run the container runtime without it")
+                      "setpriv --no-new-privs; run the container runtime without it",
+                      SERVICE_FIX)
     if kernel.prctl(kernel.PR_CAPBSET_READ, cap) == 0:
         raise Refusal(f"cannot get {name}: it is not in the capability bounding set of the "
                       "calling process",
@@ -60,7 +67,9 @@ def require_capability(cap: int) -> None:
                   "capabilities",
                   "the setuid bit or the file capabilities were lost (copied without them, or a "
                   "nosuid file system): reinstall nsgate (make install), or restore them with "
-                  "chmod 4755 on the helper")
+                  "chmod 4755 on the helper",
+                  "or, as helpers installed with MODE=service need, start nsgate's service: "
+                  "systemctl enable --now nsgate.socket (or run nsgated)")
 
 
 def limit_capabilities(keep: list[int]) -> None:

@@ -16,6 +16,7 @@ from nsgate.errors import Refusal
 
 S_IFMT, S_IFDIR, S_IFREG = 0o170000, 0o040000, 0o100000
 _checked: set[str] = set()
+_verified: dict[str, object] = {}  # module name: the module object whose files were checked
 
 
 def root_only(st: posix.stat_result, kind: int | None = S_IFREG) -> bool:
@@ -120,7 +121,11 @@ def verify_startup(libdir: str) -> None:
 
 
 def verify_loaded_modules() -> None:
-    for module in list(sys.modules.values()):
+    """Every module loaded and not yet checked (nsgated's workers check only what a request
+    loaded since their parent checked everything)."""
+    for name, module in list(sys.modules.items()):
+        if _verified.get(name) is module:
+            continue
         for attr in ("__file__", "__cached__"):
             path = getattr(module, attr, None)
             if isinstance(path, str) and path.startswith("/") and path not in _checked:
@@ -129,3 +134,4 @@ def verify_loaded_modules() -> None:
                 except OSError:
                     continue  # a __cached__ path that was never written
                 _check(path)
+        _verified[name] = module

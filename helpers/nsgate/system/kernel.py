@@ -66,6 +66,10 @@ def ioprio_set_default() -> None:
     _check(lib.nsg_ioprio_set_default(), "ioprio_set")
 
 
+def populate_write(start: int, length: int) -> None:
+    _check(lib.nsg_populate_write(start, length), "madvise(MADV_POPULATE_WRITE)")
+
+
 def seccomp_allow_only(syscalls: "tuple[str, ...]", refusal_errno: int) -> None:
     names = [ffi.new("char[]", name.encode()) for name in syscalls]
     array = ffi.new("const char *[]", names)

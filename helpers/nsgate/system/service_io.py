@@ -19,6 +19,7 @@ MAX_PACKET = 65536
 MAX_GROUPS = 256  # what getsockopt(2) through Python can return (1024 bytes)
 READ_SECONDS = 5
 _UCRED = struct.Struct("=iII")
+READY = b"r"  # a worker to its parent: prepared, waiting for a connection
 
 
 class Peer:
@@ -73,7 +74,12 @@ def activated_socket() -> socket.socket | None:
     if environ.get(b"LISTEN_FDS") != b"1":
         raise Refusal("nsgated was passed more or fewer sockets than one",
                       "nsgate.socket defines exactly one ListenSequentialPacket=")
-    sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    try:
+        sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    except OSError as err:
+        raise Refusal(f"nsgated was passed LISTEN_FDS=1 but no socket on fd "
+                      f"{SD_LISTEN_FDS_START}: {err.strerror}",
+                      "whatever started it must pass the listening socket as fd 3") from None
     if (sock.family != socket.AF_UNIX or sock.type != socket.SOCK_SEQPACKET
             or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
         raise Refusal("the socket nsgated was passed is not a listening SOCK_SEQPACKET unix "
@@ -149,9 +155,24 @@ def _receive_checked(conn: socket.socket) -> tuple[bytes, list[int], bool]:
     return data, fds, cut
 
 
-def _receive(sock: socket.socket, size: int, max_fds: int) -> tuple[bytes, list[int], int]:
+def discard_unread(conn: socket.socket) -> None:
+    """Drop what the caller sent that no one will read (its request and descriptors), before a
+    connection answered without serving it is closed: a unix socket closed with unread data
+    resets the connection, and the caller would read ECONNRESET, not the answer queued for it.
+    (A request sent after the close meets EPIPE; the answer still waits to be read.)"""
+    for _ in range(4):  # the one request, and a little more from a client that sends more
+        try:
+            _, fds, _ = _receive(conn, MAX_PACKET + 1, 2, socket.MSG_DONTWAIT)
+        except OSError:
+            return
+        for fd in fds:
+            posix.close(fd)
+
+
+def _receive(sock: socket.socket, size: int, max_fds: int,
+             how: int = 0) -> tuple[bytes, list[int], int]:
     data, ancillary, flags, _ = sock.recvmsg(size, socket.CMSG_SPACE(max_fds * 4),
-                                             socket.MSG_CMSG_CLOEXEC)
+                                             socket.MSG_CMSG_CLOEXEC | how)
     fds: list[int] = []
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -168,18 +189,6 @@ def send_answer(conn: socket.socket, packet: bytes) -> None:
         conn.send(packet, socket.MSG_NOSIGNAL)
     except OSError:
         pass  # the caller went away: it learns nothing, as with a helper killed before writing
-
-
-def discard_unread(conn: socket.socket) -> None:
-    """Drop what the caller sent and nobody read (descriptors in it close with it): a connection
-    closed with unread packets makes the caller's next read fail with ECONNRESET before it gets
-    to the answer queued for it."""
-    for _ in range(16):  # the kernel queues at most net.unix.max_dgram_qlen (10) + 1 packets
-        try:
-            if not conn.recv(1, socket.MSG_DONTWAIT):
-                return
-        except OSError:
-            return
 
 
 def verify_peer(peer: Peer) -> None:

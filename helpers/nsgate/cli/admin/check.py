@@ -38,17 +38,22 @@ def run(out: Out, args: Args, libdir: str, libexecdir: str) -> int:
         findings += usernet_lint.lint_nics(NICS, nics, usernet_lint.grants(usernet_data),
                                            set(links))
     findings += _lock_leftovers()
-    findings += _install_findings(libdir, libexecdir)
+    service_only = _service_only(libexecdir)
+    findings += _install_findings(libdir, libexecdir, service_only)
+    service, service_findings = _service(service_only)
+    findings += service_findings
     errors, warnings = count(findings, ERROR), count(findings, WARNING)
     for note in notes:
         print_note(note)
     if args.json:
         out.json({"findings": [f.as_dict() for f in findings], "errors": errors,
-                  "warnings": warnings})
+                  "warnings": warnings, "service": service})
     else:
         for finding in findings:
             out.say(f"{finding.where}: {out.severity(finding.severity)}: {finding.message} "
                     f"[{finding.code}]")
+        if not service_findings:
+            out.say(f"{service['socket']}: info: {service['status']} [service]")
         out.say(f"nsgate check: {errors} error{'s' * (errors != 1)}, {warnings} "
                 f"warning{'s' * (warnings != 1)}")
     return 1 if errors else 0
@@ -91,7 +96,38 @@ def _lenient_readers(kind: str) -> list[str]:
     return found
 
 
-def _install_findings(libdir: str, libexecdir: str) -> list[Finding]:
+def _service_only(libexecdir: str) -> bool:
+    """Whether the helpers are installed for the service only (none of them privileged)."""
+    from nsgate.policy import install_lint, service_lint
+    from nsgate.system import file_facts
+
+    helpers = []
+    for name, need in install_lint.HELPERS.items():
+        if need == "":
+            continue
+        path = f"{libexecdir}/{name}"
+        st = file_facts.lstat(path)
+        caps = install_lint.effective_capabilities(file_facts.capability_xattr(path))
+        helpers.append((st, service_lint.privileged(st, caps,
+                                                    need if isinstance(need, int) else None)))
+    return service_lint.service_only(helpers)
+
+
+def _service(service_only: bool) -> tuple[dict[str, object], list[Finding]]:
+    """The service's socket: its findings, and its state for the report."""
+    from nsgate.policy import service_lint
+    from nsgate.system import file_facts, socket_probe
+
+    path = service_lint.SOCKET
+    findings = service_lint.lint_socket(file_facts.lstat(service_lint.SOCKET_DIR),
+                                        file_facts.lstat(path))
+    state = socket_probe.state(path)
+    findings += service_lint.lint_reachable(state, service_only)
+    return {"socket": path, "state": state, "helpers_need_service": service_only,
+            "status": service_lint.status(state, service_only)}, findings
+
+
+def _install_findings(libdir: str, libexecdir: str, service_only: bool) -> list[Finding]:
     from nsgate.policy import install_lint
     from nsgate.system import file_facts, integrity
 
@@ -99,7 +135,7 @@ def _install_findings(libdir: str, libexecdir: str) -> list[Finding]:
     for name in install_lint.HELPERS:
         path = f"{libexecdir}/{name}"
         caps = install_lint.effective_capabilities(file_facts.capability_xattr(path))
-        findings += install_lint.lint_helper(name, file_facts.lstat(path), caps)
+        findings += install_lint.lint_helper(name, file_facts.lstat(path), caps, service_only)
     seen: set[str] = set()
     for directory in (libdir, libexecdir):
         for st in file_facts.ancestors(directory):
