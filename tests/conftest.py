@@ -168,8 +168,8 @@ def fresh_nsgated():
 
     started: list[Nsgated] = []
 
-    def start(*args: str) -> Nsgated:
-        service = Nsgated(*args)
+    def start(*args: str, **kwargs: object) -> Nsgated:
+        service = Nsgated(*args, **kwargs)  # type: ignore[arg-type]
         started.append(service)
         return service
 

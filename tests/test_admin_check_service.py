@@ -29,7 +29,10 @@ START = "systemctl enable --now nsgate.socket"
 
 @pytest.fixture(autouse=True)
 def no_service() -> Iterator[None]:
+    """No service, and no nic grants or records another module may have left."""
     shutil.rmtree(SOCKET_DIR, ignore_errors=True)
+    Path("/etc/lxc/lxc-usernet").unlink(missing_ok=True)
+    Path("/run/lxc/nics").unlink(missing_ok=True)
     yield
     shutil.rmtree(SOCKET_DIR, ignore_errors=True)
 
