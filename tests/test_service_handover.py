@@ -7,7 +7,6 @@ import os
 import socket
 
 import pytest
-
 from nsgate.system import service_io
 
 
