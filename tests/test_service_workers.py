@@ -90,7 +90,9 @@ def test_a_request_handed_to_a_worker_still_preparing_is_served_at_once(fresh_ns
         client = subprocess.Popen(as_user(ALICE, ["/usr/bin/python3", "-I", "-c", CLIENT,
                                                   str(LIBDIR), json.dumps(_GETSUBIDS)]),
                                   stdout=subprocess.PIPE)
-        wait_for(lambda: _handed_to(log.read_text(), service.pid), "the hand-over")
+        wait_for(lambda: _handed_to(log.read_text(), service.pid) or client.poll() is not None,
+                 "the hand-over")
+        assert client.poll() is None, log.read_text()[-3000:]
         # still inside the slowed madvise, and already at the service's policy:
         assert f"{second} <... madvise resumed>" not in log.read_text()
         assert os.sched_getscheduler(second) == os.SCHED_OTHER
@@ -128,7 +130,7 @@ def _preparing(log: str) -> list[int]:
 
 
 def _handed_to(log: str, parent: int) -> bool:
-    """The parent has handed a connection over and set the worker's policy (strace shows the
-    call once it returned)."""
-    return any(line.startswith(f"{parent} sched_setscheduler(") and " = " in line
+    """The parent has handed a connection over and set the worker's policy: the call has
+    returned (strace may show it in two lines, unfinished and resumed)."""
+    return any(line.startswith(f"{parent} ") and "sched_setscheduler" in line and " = " in line
                for line in log.splitlines())
