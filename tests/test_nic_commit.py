@@ -14,6 +14,7 @@ once. The setuid helper's own path, a batch of one, is the rest of the suite (te
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -21,6 +22,7 @@ import re
 import select
 import signal
 import socket
+import struct
 import subprocess
 import time
 from collections.abc import Callable
@@ -28,6 +30,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.service_support import CLIENT
+from tests.service_support import LIBDIR as SERVICE_LIBDIR
 from tests.support import ALICE, BOB, PATIENCE, PREFIX, User, lock_holders, proc_state, wait_for
 from tests.test_usernic import (  # noqa: F401 (fixtures)
     assert_created,
@@ -213,7 +217,7 @@ def test_eight_creates_quota_three_one_write(committer):
             assert_refused(result, b"quota 3 on br0 used by ")
             assert refused_names(result) == set(made)  # the batch's own reservations counted
             assert set(worker.ctr.links()) == {"lo"}
-    assert db_lines() == [f"nsgt-alice veth br0 {host}" for host in made]
+    assert sorted(db_lines() or []) == sorted(f"nsgt-alice veth br0 {host}" for host in made)
     assert nsgate_veths() == set(made)
     assert run.stop() == {"fsync": 1, "rename": 1}
 
@@ -274,7 +278,7 @@ def test_a_failing_create_rolls_back_only_its_own_line(committer):
     assert results[1].returncode == 1 and b"internal error" in results[1].stderr, results[1]
     made = [assert_created(results[i], workers[i].ctr) for i in (0, 2)]
     assert set(doomed_ctr.links()) == {"lo", "eth1", "eth1p"}  # nothing of nsgate's
-    assert db_lines() == [f"nsgt-alice veth br0 {host}" for host in made]
+    assert sorted(db_lines() or []) == sorted(f"nsgt-alice veth br0 {host}" for host in made)
     assert nsgate_veths() == set(made)
     assert run.stop() == {"fsync": 2, "rename": 2}
 
@@ -429,7 +433,7 @@ results = []
 for proc in procs:
     out, err = proc.communicate()
     results.append([proc.returncode, out.decode(), err.decode()])
-committer.close()
+committer.close(10)
 print(json.dumps(results))
 """
 
@@ -524,3 +528,154 @@ def test_the_committer_refuses_what_it_cannot_read_and_goes_on(committer):
     assert_created(worker.result(), worker.ctr)
     hostile.close()
     assert proc_state(bystander.pid) != "gone"
+
+
+# --- through nsgated ----------------------------------------------------------------------------
+
+IN_MOVED_TO = 0x80
+
+
+class RenameWatch:
+    """inotify on /run/lxc: how many times a file was renamed onto /run/lxc/nics (each database
+    write is one rename), as the kernel reports it."""
+
+    def __init__(self) -> None:
+        import ctypes
+
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        assert self.fd >= 0
+        assert self._libc.inotify_add_watch(self.fd, str(DB.parent).encode(), IN_MOVED_TO) >= 0
+
+    def renames(self) -> int:
+        data = b""
+        try:
+            while chunk := os.read(self.fd, 65536):
+                data += chunk
+        except BlockingIOError:
+            pass
+        os.close(self.fd)
+        count, position = 0, 0
+        while position < len(data):
+            _wd, mask, _cookie, size = struct.unpack_from("=iIII", data, position)
+            name = data[position + 16:position + 16 + size].rstrip(b"\0")
+            count += bool(mask & IN_MOVED_TO and name == b"nics")
+            position += 16 + size
+        return count
+
+
+def committer_of(service, other_than: int = 0) -> int:
+    """The pid of the service's committer (its child named nsgated-commit), once it has one
+    (other than `other_than`)."""
+    found: list[int] = []
+
+    def look() -> bool:
+        for pid in service.workers():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                comm = Path(f"/proc/{pid}/comm").read_text().strip()
+                if comm == "nsgated-commit" and pid != other_than:
+                    found.append(pid)
+                    return True
+        return False
+
+    wait_for(look, "nsgated's committer")
+    return found[0]
+
+
+def channel_queues(committer_pid: int, parent_pid: int) -> list[int]:
+    """The unread bytes (ss: Recv-Q) of each of the committer's channels to a worker: its
+    SOCK_SEQPACKET sockets but the control socket from the service's parent."""
+    out = subprocess.run(["ss", "-x", "-a", "-p", "-H"], capture_output=True, text=True,
+                         check=True, timeout=10).stdout
+    rows = [line.split() for line in out.splitlines() if line.startswith("u_seq")]
+    owner = {row[5]: row[-1] for row in rows}  # inode -> the users:(...) column
+    return [int(row[2]) for row in rows
+            if f"pid={committer_pid}," in row[-1]
+            and f"pid={parent_pid}," not in owner.get(row[7], "")]
+
+
+def ask_popen(user: User, args: list[str]) -> subprocess.Popen[bytes]:
+    request = {"helper": "lxc-user-nic", "args": args, "open": "launcher"}
+    return subprocess.Popen(setpriv(user, [PYTHON, "-I", "-c", CLIENT, str(SERVICE_LIBDIR),
+                                           json.dumps(request)]),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def answer_of(proc: subprocess.Popen[bytes]) -> subprocess.CompletedProcess[bytes]:
+    out, err = proc.communicate(timeout=PATIENCE)
+    assert proc.returncode == 0, err
+    answer = json.loads(out)
+    return subprocess.CompletedProcess(proc.args, answer["status"], answer["out"].encode(),
+                                       answer["err"].encode())
+
+
+def create_args(ctr: Proc) -> list[str]:
+    return ["create", "/var/lib/lxc", "c1", str(ctr.pid), "veth", "br0"]
+
+
+def test_nsgated_commits_concurrent_creates_in_one_write(fresh_nsgated):
+    """Eight creates reach the service's committer while it is stopped (the kernel shows their
+    intents queued on its sockets); resumed, it decides them in one batch: exactly the quota
+    succeed, the rest get the setuid helper's quota refusal, and /run/lxc/nics is written once.
+    No worker ever waits on the database lock itself."""
+    grant("nsgt-alice veth br0 3")
+    service = fresh_nsgated("--workers", "8")
+    committer_pid = committer_of(service)
+    ctrs = [Proc.container(ALICE) for _ in range(8)]
+    wait_for(lambda: len(channel_queues(committer_pid, service.pid)) >= 8,
+             "eight workers enrolled")
+    os.kill(committer_pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: proc_state(committer_pid) == "T", "the committer to stop")
+        clients = [ask_popen(ALICE, create_args(ctr)) for ctr in ctrs]
+        wait_for(lambda: sum(map(bool, channel_queues(committer_pid, service.pid))) == 8,
+                 "eight intents at the committer")
+        watch = RenameWatch()
+    finally:
+        os.kill(committer_pid, signal.SIGCONT)
+    results = [answer_of(client) for client in clients]
+    made = [assert_created(result, ctr)
+            for result, ctr in zip(results, ctrs, strict=True) if result.returncode == 0]
+    assert len(made) == 3, [r.stderr for r in results]
+    for result in results:
+        if result.returncode:
+            assert_refused(result, b"quota 3 on br0 used by ")
+            assert refused_names(result) == set(made)
+    assert sorted(db_lines() or []) == sorted(f"nsgt-alice veth br0 {host}" for host in made)
+    assert nsgate_veths() == set(made)
+    assert watch.renames() == 1
+    assert not lock_holders(LOCK)
+
+
+def test_nsgated_and_the_setuid_helper_give_the_same_answers(fresh_nsgated):
+    grant("nsgt-alice veth br0 1")
+    fresh_nsgated()
+    first, second = Proc.container(ALICE), Proc.container(ALICE)
+    served = answer_of(ask_popen(ALICE, create_args(first)))
+    made = assert_created(served, first)
+    local = subprocess.run(setpriv(ALICE, [NSGATE_NIC, *create_args(second)]),
+                           capture_output=True, timeout=PATIENCE)
+    refused = answer_of(ask_popen(ALICE, create_args(second)))
+    assert (refused.returncode, refused.stdout, refused.stderr) == \
+        (local.returncode, local.stdout, local.stderr)
+    assert local.stderr == (b"lxc-user-nic: quota 1 on br0 used by " + made.encode() + b"\n"
+                            b"lxc-user-nic: remove one of these nics (stop its container) or "
+                            b"ask for a larger quota in /etc/lxc/lxc-usernet\n")
+
+
+def test_a_killed_committer_is_replaced_and_creates_go_on(fresh_nsgated):
+    grant("nsgt-alice veth br0 5")
+    service = fresh_nsgated()
+    old = committer_of(service)
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: proc_state(old) == "gone", "the parent to reap the committer")
+    committer_of(service, other_than=old)
+    ctr = Proc.container(ALICE)
+    assert_created(answer_of(ask_popen(ALICE, create_args(ctr))), ctr)
+
+
+def test_nsgated_stops_its_committer(fresh_nsgated):
+    service = fresh_nsgated()
+    pid = committer_of(service)
+    assert service.stop()[0] == 0
+    wait_for(lambda: proc_state(pid) in ("gone", "Z"), "the committer to end")

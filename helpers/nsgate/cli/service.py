@@ -23,7 +23,7 @@ import time
 
 from nsgate.errors import Refusal
 from nsgate.policy import service_wire
-from nsgate.system import integrity, service_io
+from nsgate.system import integrity, nic_channel, nic_commit, nic_committer, service_io
 
 USAGE = ("usage: nsgated [--socket PATH] [--workers N] [--idle-exit SECONDS]\n"
          "       (runs in the foreground until SIGTERM; see nsgated(8))\n")
@@ -129,6 +129,8 @@ def _prepare(libdir: str) -> None:
         detach,
         handed,
         kernel,
+        nic_channel,
+        nic_commit,
         ovs,
         port_security,
         private_bridge,
@@ -199,6 +201,9 @@ class Service:
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         # what came while the previous program exec'd this one, blocked (_restart): now handled
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+        # lxc-user-nic creates are decided and recorded by one committer, in batches: a child
+        # of its own, so that no step of it (a hung fsync, a lock held elsewhere) stops accepts
+        self.committer = nic_committer.CommitterProcess()
 
     # --- the loop -------------------------------------------------------------------------
     def run(self) -> int:
@@ -329,16 +334,26 @@ class Service:
 
     def _spawn(self) -> None:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        nic_end, committer_end = nic_channel.pair()
         pid = posix.fork()
         if pid == 0:
             try:
+                posix.close(committer_end)
                 self._become_worker(parent_end)
+                nic_commit.CHANNEL = nic_end
                 from nsgate.cli import service_worker
 
                 service_worker.run(child_end)
             finally:
                 posix._exit(1)
         child_end.close()
+        posix.close(nic_end)
+        try:
+            pidfd = posix.pidfd_open(pid)
+        except OSError:
+            posix.close(committer_end)  # it died already: reaped as an idle worker's death
+        else:
+            self.committer.enroll([(committer_end, pidfd)])
         self.idle.append(Worker(pid, parent_end))
 
     def _become_worker(self, parent_end: socket.socket) -> None:
@@ -351,6 +366,7 @@ class Service:
             signal.signal(sig, signal.SIG_IGN)
         for sock in (self.listener, self.wake_r, self.wake_w, parent_end):
             sock.close()
+        self.committer.forget()
         for worker in self.idle:
             if worker.ctl is not None:
                 worker.ctl.close()
@@ -384,6 +400,9 @@ class Service:
                     posix.close(self.janitor_stop)
                     self.janitor_stop = -1
                 continue
+            if pid == self.committer.pid:
+                self._replace_committer()
+                continue
             worker = self.busy.pop(pid, None)
             if worker is not None:
                 if worker.uid >= 0:
@@ -398,6 +417,19 @@ class Service:
                         idle.ctl.close()
                     self.deaths.append(time.monotonic())
                     break
+
+    def _replace_committer(self) -> None:
+        """The committer died (it never should): a new one, and new idle workers, whose
+        channels lead to it; requests in flight through the old one are refused by it being
+        gone, and its batch is settled by its members (system/nic_committer.py)."""
+        self.committer.forget()
+        self.committer = nic_committer.CommitterProcess()
+        for worker in self.idle:
+            if worker.ctl is not None:
+                worker.ctl.close()  # it exits; not counted as a death
+                worker.ctl = None
+            self.busy[worker.pid] = worker
+        self.idle = []
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -565,6 +597,7 @@ class Service:
                     posix.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        self.committer.close(STOP_SECONDS)
         # the workers' last SIGCHLDs must not find the wakeup fd closed as the interpreter exits
         signal.set_wakeup_fd(-1)
         return 0

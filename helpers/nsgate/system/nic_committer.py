@@ -31,6 +31,7 @@ from nsgate.system import files, nic_channel, nic_commit, port_security, program
 MEMBER_SECONDS = nic_channel.MEMBER_SECONDS
 ENROLL = b"E"
 MAX_ENROLL = 64  # channels per control message: 128 descriptors, below SCM_MAX_FD
+COMM = b"nsgated-commit"  # its name in ps and /proc/PID/comm
 _IDLE, _QUEUED, _RESERVED = "idle", "queued", "reserved"
 _READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
 
@@ -65,10 +66,12 @@ class Committer:
         self._poll.register(sock.fileno(), _READABLE)
 
     def serve(self, control: int) -> None:
-        """Serve until the control socket closes (the service is gone) and no batch is out."""
+        """Serve until the control socket has closed (the service is gone or restarted) and
+        every worker enrolled has closed its channel: a request already handed to a worker of
+        the old service is still served."""
         self._control = _socket.socket(fileno=control)
         self._poll.register(control, _READABLE)
-        while self._control is not None:
+        while self._control is not None or self._members:
             self._events(-1)
             self._events(0)  # whatever else is ready joins this batch
             while self._queue:
@@ -237,6 +240,14 @@ def _kill_and_wait(pidfd: int) -> None:
         pass
 
 
+def _name_self(name: bytes) -> None:
+    fd = posix.open("/proc/self/comm", posix.O_WRONLY | posix.O_CLOEXEC)
+    try:
+        posix.write(fd, name)
+    finally:
+        posix.close(fd)
+
+
 class CommitterProcess:
     """The committer as a child of the service: `enroll` hands it workers' channels."""
 
@@ -247,13 +258,14 @@ class CommitterProcess:
         if pid == 0:
             status = 1
             try:
-                control = child.detach()
-                gc.collect()  # no garbage of the service's may close a descriptor reused here
-                programs.keep_only_fds(control)
                 signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # it reaps nft's runner itself
                 for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     signal.signal(signum, signal.SIG_IGN)  # it ends when the service does
+                _name_self(COMM)
+                control = child.detach()
+                gc.collect()  # no garbage of the service's may close a descriptor reused here
+                programs.keep_only_fds(control)
                 Committer(rtnl.Rtnl()).serve(control)
                 status = 0
             finally:
@@ -264,20 +276,39 @@ class CommitterProcess:
 
     def enroll(self, channels: "list[tuple[int, int]]") -> None:
         """Hand over (committer's end of a channel, pidfd of its worker) pairs, and close them
-        here."""
+        here. If the committer is gone, its workers learn it from their channels, and the
+        service replaces it when it reaps it."""
         try:
             for start in range(0, len(channels), MAX_ENROLL):
                 part = channels[start:start + MAX_ENROLL]
                 nic_channel.send(self._control, ENROLL, [fd for pair in part for fd in pair])
+        except OSError:
+            pass
         finally:
             for pair in channels:
                 for fd in pair:
                     files.close_quietly(fd)
 
-    def close(self) -> None:
-        """Stop it: it finishes the batch it has out, then exits; reaped here."""
+    def forget(self) -> None:
+        """In a process forked from the service (a worker): let go of the control socket, so
+        the committer's end of it closes when the service's does."""
         self._control.close()
-        try:
-            posix.waitpid(self.pid, 0)
-        except ChildProcessError:
-            pass
+
+    def close(self, seconds: float) -> None:
+        """Stop it: it exits once its workers' channels have closed, which it is given
+        `seconds` for; then it is killed (the lock went with the reservations, so a batch it
+        leaves is settled by its members). Reaped here."""
+        self._control.close()
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                pid, _ = posix.waitpid(self.pid, posix.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid:
+                return
+            if time.monotonic() > deadline:
+                posix.kill(self.pid, signal.SIGKILL)
+                posix.waitpid(self.pid, 0)
+                return
+            time.sleep(0.01)
