@@ -582,16 +582,19 @@ def committer_of(service, other_than: int = 0) -> int:
     return found[0]
 
 
-def channel_queues(committer_pid: int, parent_pid: int) -> list[int]:
-    """The unread bytes (ss: Recv-Q) of each of the committer's channels to a worker: its
-    SOCK_SEQPACKET sockets but the control socket from the service's parent."""
+def intents_sent(service, committer_pid: int) -> int:
+    """How many of the service's workers have sent something the committer has not read yet:
+    their SOCK_SEQPACKET sockets with data queued (ss: Send-Q) towards a peer that is not the
+    service's parent (a worker's READY to it) nor a client (whose sockets no worker writes to
+    before its answer). The committer's end may still be on its way to it (not yet enrolled)."""
     out = subprocess.run(["ss", "-x", "-a", "-p", "-H"], capture_output=True, text=True,
                          check=True, timeout=10).stdout
     rows = [line.split() for line in out.splitlines() if line.startswith("u_seq")]
     owner = {row[5]: row[-1] for row in rows}  # inode -> the users:(...) column
-    return [int(row[2]) for row in rows
-            if f"pid={committer_pid}," in row[-1]
-            and f"pid={parent_pid}," not in owner.get(row[7], "")]
+    workers = {pid for pid in service.workers() if pid != committer_pid}
+    return sum(1 for row in rows
+               if int(row[3]) and any(f"pid={pid}," in row[-1] for pid in workers)
+               and f"pid={service.pid}," not in owner.get(row[7], "pid=0,"))
 
 
 def ask_popen(user: User, args: list[str]) -> subprocess.Popen[bytes]:
@@ -619,17 +622,15 @@ def test_nsgated_commits_concurrent_creates_in_one_write(fresh_nsgated):
     succeed, the rest get the setuid helper's quota refusal, and /run/lxc/nics is written once.
     No worker ever waits on the database lock itself."""
     grant("nsgt-alice veth br0 3")
-    service = fresh_nsgated("--workers", "8")
+    service = fresh_nsgated()
     committer_pid = committer_of(service)
     ctrs = [Proc.container(ALICE) for _ in range(8)]
-    wait_for(lambda: len(channel_queues(committer_pid, service.pid)) >= 8,
-             "eight workers enrolled")
     os.kill(committer_pid, signal.SIGSTOP)
     try:
         wait_for(lambda: proc_state(committer_pid) == "T", "the committer to stop")
         clients = [ask_popen(ALICE, create_args(ctr)) for ctr in ctrs]
-        wait_for(lambda: sum(map(bool, channel_queues(committer_pid, service.pid))) == 8,
-                 "eight intents at the committer")
+        wait_for(lambda: intents_sent(service, committer_pid) == 8,
+                 "eight intents on their way to the committer")
         watch = RenameWatch()
     finally:
         os.kill(committer_pid, signal.SIGCONT)
@@ -648,15 +649,17 @@ def test_nsgated_commits_concurrent_creates_in_one_write(fresh_nsgated):
 
 
 def test_nsgated_and_the_setuid_helper_give_the_same_answers(fresh_nsgated):
+    """A refusal through the committer is the in-process helper's, byte for byte (the service
+    stopped, the launcher runs the helper in-process)."""
     grant("nsgt-alice veth br0 1")
-    fresh_nsgated()
+    service = fresh_nsgated()
     first, second = Proc.container(ALICE), Proc.container(ALICE)
-    served = answer_of(ask_popen(ALICE, create_args(first)))
-    made = assert_created(served, first)
+    made = assert_created(answer_of(ask_popen(ALICE, create_args(first))), first)
+    served = answer_of(ask_popen(ALICE, create_args(second)))
+    assert service.stop()[0] == 0
     local = subprocess.run(setpriv(ALICE, [NSGATE_NIC, *create_args(second)]),
                            capture_output=True, timeout=PATIENCE)
-    refused = answer_of(ask_popen(ALICE, create_args(second)))
-    assert (refused.returncode, refused.stdout, refused.stderr) == \
+    assert (served.returncode, served.stdout, served.stderr) == \
         (local.returncode, local.stdout, local.stderr)
     assert local.stderr == (b"lxc-user-nic: quota 1 on br0 used by " + made.encode() + b"\n"
                             b"lxc-user-nic: remove one of these nics (stop its container) or "
