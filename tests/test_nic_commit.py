@@ -32,7 +32,17 @@ import pytest
 
 from tests.service_support import CLIENT
 from tests.service_support import LIBDIR as SERVICE_LIBDIR
-from tests.support import ALICE, BOB, PATIENCE, PREFIX, User, lock_holders, proc_state, wait_for
+from tests.support import (
+    ALICE,
+    BOB,
+    PATIENCE,
+    PREFIX,
+    User,
+    lock_holders,
+    proc_state,
+    wait_for,
+    write_etc,
+)
 from tests.test_usernic import (  # noqa: F401 (fixtures)
     assert_created,
     assert_refused,
@@ -682,3 +692,14 @@ def test_nsgated_stops_its_committer(fresh_nsgated):
     pid = committer_of(service)
     assert service.stop()[0] == 0
     wait_for(lambda: proc_state(pid) in ("gone", "Z"), "the committer to end")
+
+
+def test_more_grants_than_a_channel_carries_are_refused_by_the_worker(committer):
+    write_etc("lxc/lxc-usernet", "nsgt-alice veth br0 1\n" * 513)
+    run = committer()
+    worker = Worker(ALICE, Proc.container(ALICE))
+    result = worker.result()
+    assert_refused(result, b"513 lines of /etc/lxc/lxc-usernet apply to this request: nsgated "
+                           b"passes at most 512 on")
+    assert not nsgate_veths() and not db_lines()
+    run.stop()

@@ -8,8 +8,10 @@ create, in order, each step before any change:
   as the caller. Then, with every id root so the caller can no longer stop or kill the helper,
   out of the caller's cgroups and scheduling so it cannot freeze or starve it (system/detach.py),
   with only the capabilities the action needs (confine): have Open vSwitch confirm its bridge,
-  lock the database, prune stale lines, check the quota, create the pair with the peer born in
-  the netns by fd, set it up, attach it, record it, unlock. Any failure rolls all of it back.
+  lock the database, prune stale lines, check the quota, record the nic (system/nic_commit.py:
+  a batch of one here, every create waiting at once in nsgated's committer), create the pair
+  with the peer born in the netns by fd, set it up, attach it, unlock. Any failure rolls all of
+  it back.
   The result line is written after all privilege is dropped, in one write.
 """
 

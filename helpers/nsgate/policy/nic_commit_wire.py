@@ -100,6 +100,8 @@ def valid_type(nic_type: bytes) -> bool:
 
 
 def encode_intent(intent: nic_batch.Intent) -> bytes:
+    if len(intent.grants) > MAX_GRANTS:
+        raise WireError("too many grants")
     flags = (_PRIVATE if intent.private else 0) | (_GUARDED if intent.guarded else 0)
     fields = [_u32(intent.uid), bytes((flags,)), intent.nic_type, intent.bridge]
     for grant in intent.grants:

@@ -79,9 +79,9 @@ class RemoteSession:
         try:
             packet = wire.encode_intent(intent)
         except wire.WireError:
-            raise Refusal(f"too many lines of {len(intent.grants)} apply to this request",
-                          f"nsgated passes at most {wire.MAX_GRANTS} of them on: merge them "
-                          "into fewer lines") from None
+            raise Refusal(f"{len(intent.grants)} lines of /etc/lxc/lxc-usernet apply to this "
+                          f"request: nsgated passes at most {wire.MAX_GRANTS} on",
+                          "merge them into fewer lines, or use the setuid helper") from None
         try:
             send(self._sock, packet)
             answer, fds = self._wait(OUTCOME_SECONDS)
