@@ -703,3 +703,39 @@ def test_more_grants_than_a_channel_carries_are_refused_by_the_worker(committer)
                            b"passes at most 512 on")
     assert not nsgate_veths() and not db_lines()
     run.stop()
+
+
+MANY_REQUESTS = r"""
+import socket, sys
+sys.path.insert(0, sys.argv[1])
+from nsgate.policy import service_wire as w
+for _ in range(int(sys.argv[2])):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.connect("/run/nsgate/io.socket")
+    s.send(w.encode_request("getsubids", [b"nsgt-alice"], -1))
+    status, out, err = w.decode_answer(s.recv(70000))
+    assert (status, out) == (0, b"0: nsgt-alice 200000 65536\n"), (status, out, err)
+    s.close()
+print("ok")
+"""
+
+
+def test_a_stalled_committer_never_stops_the_service(fresh_nsgated):
+    """While the committer is stopped, the service serves on: more workers are forked than its
+    control socket can queue enrollments for (each request's worker is replaced), and the
+    parent neither blocks nor fails; resumed, the committer serves creates again."""
+    grant("nsgt-alice veth br0 5")
+    service = fresh_nsgated()
+    committer_pid = committer_of(service)
+    os.kill(committer_pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: proc_state(committer_pid) == "T", "the committer to stop")
+        result = subprocess.run(setpriv(ALICE, [PYTHON, "-I", "-c", MANY_REQUESTS,
+                                                str(SERVICE_LIBDIR), "400"]),
+                                capture_output=True, timeout=PATIENCE)
+        assert result.stdout == b"ok\n", result.stderr.decode()[-2000:]
+    finally:
+        os.kill(committer_pid, signal.SIGCONT)
+    ctr = Proc.container(ALICE)
+    assert_created(answer_of(ask_popen(ALICE, create_args(ctr))), ctr)
+    assert committer_of(service) == committer_pid

@@ -225,6 +225,7 @@ class Service:
             self._dispatch_waiting()
             if not self.busy or not self.idle:
                 self._fill_pool()  # forks wait until no request is in flight (or none is left)
+            self.committer.flush()  # channels the busy committer could not take yet
             if self._code_upgraded():
                 return self._restart()
             if self._idle_long_enough():

@@ -31,6 +31,7 @@ from nsgate.system import files, nic_channel, nic_commit, port_security, program
 MEMBER_SECONDS = nic_channel.MEMBER_SECONDS
 ENROLL = b"E"
 MAX_ENROLL = 64  # channels per control message: 128 descriptors, below SCM_MAX_FD
+MAX_PENDING = 256  # channels waiting to be enrolled while the committer is busy
 COMM = b"nsgated-commit"  # its name in ps and /proc/PID/comm
 _IDLE, _QUEUED, _RESERVED = "idle", "queued", "reserved"
 _READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
@@ -240,6 +241,11 @@ def _kill_and_wait(pidfd: int) -> None:
         pass
 
 
+def _close_pair(pair: tuple[int, int]) -> None:
+    for fd in pair:
+        files.close_quietly(fd)
+
+
 def _name_self(name: bytes) -> None:
     fd = posix.open("/proc/self/comm", posix.O_WRONLY | posix.O_CLOEXEC)
     try:
@@ -271,34 +277,50 @@ class CommitterProcess:
             finally:
                 posix._exit(status)
         child.close()
+        parent.setblocking(False)  # a stalled committer never blocks the service
         self.pid = pid
         self._control = parent
+        self._pending: list[tuple[int, int]] = []
 
     def enroll(self, channels: "list[tuple[int, int]]") -> None:
-        """Hand over (committer's end of a channel, pidfd of its worker) pairs, and close them
-        here. If the committer is gone, its workers learn it from their channels, and the
-        service replaces it when it reaps it."""
-        try:
-            for start in range(0, len(channels), MAX_ENROLL):
-                part = channels[start:start + MAX_ENROLL]
+        """Hand over (committer's end of a channel, pidfd of its worker) pairs; they are
+        closed here once sent. What the committer cannot take now (it is busy, its control
+        socket full) waits for `flush`; beyond MAX_PENDING the oldest are dropped: their
+        workers find their committer gone, which they say."""
+        self._pending += channels
+        while len(self._pending) > MAX_PENDING:
+            _close_pair(self._pending.pop(0))
+        self.flush()
+
+    def flush(self) -> None:
+        """Send what `enroll` could not yet (call it from the service's loop)."""
+        while self._pending:
+            part = self._pending[:MAX_ENROLL]
+            try:
                 nic_channel.send(self._control, ENROLL, [fd for pair in part for fd in pair])
-        except OSError:
-            pass
-        finally:
-            for pair in channels:
-                for fd in pair:
-                    files.close_quietly(fd)
+            except BlockingIOError:
+                return
+            except OSError:  # the committer is gone: the service replaces it when it reaps it
+                part = list(self._pending)
+            del self._pending[:len(part)]
+            for pair in part:
+                _close_pair(pair)
 
     def forget(self) -> None:
-        """In a process forked from the service (a worker): let go of the control socket, so
-        the committer's end of it closes when the service's does."""
+        """Let go of the control socket and what waits to be sent on it: in a process forked
+        from the service (a worker), so the committer's end of the control socket and of other
+        workers' channels close when the service's do; in the service, for a committer that
+        died."""
         self._control.close()
+        for pair in self._pending:
+            _close_pair(pair)
+        self._pending = []
 
     def close(self, seconds: float) -> None:
         """Stop it: it exits once its workers' channels have closed, which it is given
         `seconds` for; then it is killed (the lock went with the reservations, so a batch it
         leaves is settled by its members). Reaped here."""
-        self._control.close()
+        self.forget()
         deadline = time.monotonic() + seconds
         while True:
             try:

@@ -133,7 +133,12 @@ def hand_over(ctl: socket.socket, conn: socket.socket, peer: Peer) -> None:
 def take_over(ctl: socket.socket) -> tuple[socket.socket, Peer] | None:
     """In a worker: wait for the connection to serve; None when the parent is gone or retires
     the worker."""
-    data, fds, _flags = _receive(ctl, MAX_PACKET, 2)
+    try:
+        data, fds, _flags = _receive(ctl, MAX_PACKET, 2)
+    except ConnectionResetError:
+        # The parent closes its end right after the hand-over; had it not read this worker's
+        # READY by then, the kernel reports ECONNRESET before the hand-over queued behind it.
+        data, fds, _flags = _receive(ctl, MAX_PACKET, 2)
     if not data or len(fds) != 2:
         for fd in fds:
             posix.close(fd)
