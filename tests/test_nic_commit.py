@@ -604,6 +604,7 @@ def intents_sent(service, committer_pid: int) -> int:
     workers = {pid for pid in service.workers() if pid != committer_pid}
     return sum(1 for row in rows
                if int(row[3]) and any(f"pid={pid}," in row[-1] for pid in workers)
+               and f"pid={service.pid}," not in row[-1]
                and f"pid={service.pid}," not in owner.get(row[7], "pid=0,"))
 
 

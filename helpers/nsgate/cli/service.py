@@ -488,6 +488,7 @@ class Service:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         for sock in (self.listener, self.wake_r, self.wake_w):
             sock.close()
+        self.committer.forget()
         for worker in self.idle:
             if worker.ctl is not None:
                 worker.ctl.close()
