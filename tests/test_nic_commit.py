@@ -14,7 +14,6 @@ once. The setuid helper's own path, a batch of one, is the rest of the suite (te
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.service_support import CLIENT
+from tests.service_support import CLIENT, children, is_committer
 from tests.service_support import LIBDIR as SERVICE_LIBDIR
 from tests.support import (
     ALICE,
@@ -580,13 +579,9 @@ def committer_of(service, other_than: int = 0) -> int:
     found: list[int] = []
 
     def look() -> bool:
-        for pid in service.workers():
-            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-                comm = Path(f"/proc/{pid}/comm").read_text().strip()
-                if comm == "nsgated-commit" and pid != other_than:
-                    found.append(pid)
-                    return True
-        return False
+        found[:] = [pid for pid in children(service.pid)
+                    if is_committer(pid) and pid != other_than]
+        return bool(found)
 
     wait_for(look, "nsgated's committer")
     return found[0]
@@ -601,7 +596,7 @@ def intents_sent(service, committer_pid: int) -> int:
                          check=True, timeout=10).stdout
     rows = [line.split() for line in out.splitlines() if line.startswith("u_seq")]
     owner = {row[5]: row[-1] for row in rows}  # inode -> the users:(...) column
-    workers = {pid for pid in service.workers() if pid != committer_pid}
+    workers = set(service.workers())
     return sum(1 for row in rows
                if int(row[3]) and any(f"pid={pid}," in row[-1] for pid in workers)
                and f"pid={service.pid}," not in row[-1]
