@@ -7,9 +7,9 @@ Fixtures (conftest.py): `nsgated` (module-wide; started on first use, stopped af
 
 For the lifetime and fault tests: what the kernel shows of the service (`children`,
 `pool_ready`: the parent waiting in epoll_wait with its idle workers each waiting for a
-hand-over), `traced` (strace attached to a process, to watch it or to kill it at its N-th system
-call), and `Activator` (tests/socket_activator.py: the socket held and the service started on
-demand, as systemd's nsgate.socket does).
+hand-over and its nic committer in poll), `traced` (strace attached to a process, to watch it or
+to kill it at its N-th system call), and `Activator` (tests/socket_activator.py: the socket held
+and the service started on demand, as systemd's nsgate.socket does).
 """
 
 from __future__ import annotations
@@ -114,9 +114,22 @@ def subscribed_to_links(pid: int) -> bool:
                if target.startswith("socket:["))
 
 
+COMMITTER = "nsgated-commit"  # the comm of the service's nic committer
+POLLING = "poll_schedule_timeout"  # the committer's loop, waiting for its workers' messages
+
+
+def is_committer(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == COMMITTER
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def workers_of(pid: int) -> list[int]:
-    """The children of service `pid` but its nic janitor: its workers (idle or serving)."""
-    return [child for child in children(pid) if not subscribed_to_links(child)]
+    """The children of service `pid` but its nic janitor and its nic committer: its workers
+    (idle or serving)."""
+    return [child for child in children(pid)
+            if not subscribed_to_links(child) and not is_committer(child)]
 
 
 def pool_ready(pid: int, workers: int) -> bool:
@@ -124,10 +137,12 @@ def pool_ready(pid: int, workers: int) -> bool:
     for a hand-over, and its nic janitor (if it runs) waits for link deletions: no request is
     being accepted or served, no nic being cleaned up."""
     pool = children(pid)
+    committers = [child for child in pool if is_committer(child)]
     waiting = [child for child in pool if wchan(child) == RECEIVING]
     return (wchan(pid) == IDLE_PARENT and len(waiting) == workers
+            and all(wchan(child).startswith(POLLING) for child in committers)
             and all(wchan(child) == IDLE_PARENT and subscribed_to_links(child)
-                    for child in pool if child not in waiting))
+                    for child in pool if child not in waiting and child not in committers))
 
 
 def worker_count(args: tuple[str, ...]) -> int:
