@@ -32,10 +32,12 @@ from tests.support import (
     SANDBOX,
     User,
     as_user,
+    lock_waiters,
     proc_state,
     wait_for,
     wchan,
 )
+from tests.usernic_support import LOCK
 
 SOCKET = Path("/run/nsgate/io.socket")
 NSGATED = NSGATE / "nsgated"
@@ -130,6 +132,27 @@ def workers_of(pid: int) -> list[int]:
     (idle or serving)."""
     return [child for child in children(pid)
             if not subscribed_to_links(child) and not is_committer(child)]
+
+
+def confined(pid: int) -> bool:
+    """Whether `pid` runs under a seccomp filter: a worker does once its helper confined itself
+    (an idle worker does not)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return "\nSeccomp:\t2\n" in status
+
+
+def creates_waiting_for_the_lock(pid: int) -> set[int]:
+    """The workers of service `pid` whose lxc-user-nic create waits for the nic database's lock:
+    while the service's committer waits for the lock, each such worker, confined, waits for the
+    committer's answer (in a socket receive)."""
+    committers = {child for child in children(pid) if is_committer(child)}
+    if not lock_waiters(LOCK) & committers:
+        return set()
+    return {worker for worker in workers_of(pid)
+            if wchan(worker) == RECEIVING and confined(worker)}
 
 
 def pool_ready(pid: int, workers: int) -> bool:

@@ -29,12 +29,14 @@ import pytest
 
 from tests.ovs_support import Bridge, OpenVSwitch
 from tests.service_support import (
+    POLLING,
     Activator,
     Asking,
     Nsgated,
     answers,
     ask,
     children,
+    is_committer,
     pool_ready,
     strays,
     syscalls,
@@ -48,6 +50,7 @@ from tests.support import (
     Target,
     proc_state,
     wait_for,
+    wchan,
     write_etc,
 )
 from tests.usernic_support import (
@@ -70,6 +73,8 @@ BRIDGE = "nsgtflt0"
 NIC = "eth7"
 SERVED = {"status": 0, "out": "", "err": ""}
 CLOSED = {"closed": True}
+GONE = {"status": 1, "out": "",
+        "err": "lxc-user-nic: /run/lxc/nics is busy: nsgated's nic committer is gone; try again\n"}
 Answer = dict[str, object]
 
 
@@ -290,6 +295,86 @@ def test_worker_killed_at_each_step_of_lxc_user_nic_create(nic_world):
             assert answer["status"] == 0 and answer["out"].startswith(f"{NIC}:"), answer
         back_to(lines, veths)
     assert seen == {"old", "created", "new"}, seen
+    answer = create_request(container)()
+    assert answer["status"] == 0, answer
+    assert service.proc.poll() is None
+
+
+def committer_of(service: Nsgated, other_than: int = 0) -> int:
+    """The service's nic committer (once it has one other than `other_than`)."""
+    found: list[int] = []
+
+    def look() -> bool:
+        found[:] = [pid for pid in children(service.pid)
+                    if is_committer(pid) and pid != other_than]
+        return bool(found)
+
+    wait_for(look, "nsgated's nic committer")
+    return found[0]
+
+
+def committer_done(committer: int) -> bool:
+    """The committer waits for intents again, its batch finished and the lock free."""
+    return wchan(committer).startswith(POLLING) and lock_is_free()
+
+
+def test_committer_killed_at_each_step_of_lxc_user_nic_create(nic_world):
+    """The service's nic committer killed at each system call of its part in a create (taking
+    the lock, reading and writing the database, answering the worker, collecting its report;
+    what else it does meanwhile, the enrollment of the next worker, the end of the last, varies
+    from run to run, so the state is judged by what is found). Killed before it answers the
+    worker: the worker refuses (its committer is gone) having made nothing, and the database is
+    the old one or holds the create's line alone, whose nic was never made (stale: the next
+    create prunes it, the quota does not count it), as when a setuid helper is killed between
+    its write and its veth; the lock goes with the committer. Once it has answered: the worker
+    holds the reservation and the lock and finishes the create: the exact new state. Always: the
+    service starts a new committer, the lock is free, and the next create is served."""
+    service, container, lines = nic_world
+    veths = set(alice_veths())
+    service.settle()
+    committer = committer_of(service)
+    log = SANDBOX / "committer-trace"
+    with traced(committer, log=log):
+        answer = create_request(container)()
+        wait_for(lambda: committer_done(committer), "the committer to finish the batch")
+    assert answer["status"] == 0, answer
+    calls = syscalls(log)
+    back_to(lines, veths)
+    intent = position(calls, r'^recvmsg\(\d+, .*iov_base="I\\0')
+    assert intent < position(calls, r'^rename\(".*/\.nics\.') < position(
+        calls, r'^sendmsg\(\d+, .*iov_base="R\\0')
+    seen = set()
+    for _, name, nth in kill_points(calls, intent, every=4):
+        service.settle()
+        old = committer_of(service)
+        with traced(old, "-e", f"inject={name}:signal=KILL:when={nth}"):
+            answer = create_request(container)()
+            wait_for(lambda old=old: proc_state(old) == "gone" or committer_done(old),
+                     "the committer to die or finish")
+        killed = proc_state(old) == "gone"
+        if killed:
+            committer_of(service, other_than=old)  # the service starts another
+        service.settle()
+        wait_for(lock_is_free, "the lock to be free")
+        assert len(temp_files()) <= killed, (name, nth)  # a write it was killed in
+        now, live = db_lines() or [], alice_veths()
+        new_lines, new_veths = now[len(lines):], set(live) - veths
+        assert now[:len(lines)] == lines, (name, nth, now)
+        if answer["status"]:
+            assert killed and answer == GONE, (name, nth, answer)
+            assert new_veths == set() and NIC not in container.links(), (name, nth, live)
+            if new_lines:
+                (line,) = new_lines  # recorded, never made: stale
+                assert re.fullmatch(rf"nsgt-alice veth {BRIDGE} veth23001_\w{{4}}", line)
+            seen.add("recorded" if new_lines else "old")
+        else:
+            assert answer["out"].startswith(f"{NIC}:"), answer
+            (line,) = new_lines
+            assert new_veths == {line.split()[3]}, (name, nth, line, live)
+            assert live[line.split()[3]].get("master") == BRIDGE
+            seen.add("new, killed after" if killed else "new")
+        back_to(lines, veths)
+    assert {"old", "recorded", "new, killed after"} <= seen, seen
     answer = create_request(container)()
     assert answer["status"] == 0, answer
     assert service.proc.poll() is None

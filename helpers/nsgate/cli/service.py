@@ -446,7 +446,10 @@ class Service:
                     self.janitor_stop = -1
                 continue
             if pid == self.committer.pid:
-                self._replace_committer()
+                if self.stopping:
+                    self.committer.reaped()
+                else:
+                    self._replace_committer()
                 continue
             worker = self.busy.pop(pid, None)
             if worker is not None:
@@ -621,6 +624,7 @@ class Service:
         for worker in self.idle:
             if worker.ctl is not None:
                 worker.ctl.close()
+        self.committer.forget()  # it ends once the requests in flight are done with it
         for queue in self.waiting.values():
             for conn, peer, _ in queue:
                 posix.close(peer.pidfd)

@@ -316,13 +316,17 @@ class CommitterProcess:
             _close_pair(pair)
         self._pending = []
 
+    def reaped(self) -> None:
+        """The service reaped it (while stopping): nothing left to wait for."""
+        self.pid = 0
+
     def close(self, seconds: float) -> None:
         """Stop it: it exits once its workers' channels have closed, which it is given
         `seconds` for; then it is killed (the lock went with the reservations, so a batch it
         leaves is settled by its members). Reaped here."""
         self.forget()
         deadline = time.monotonic() + seconds
-        while True:
+        while self.pid:
             try:
                 pid, _ = posix.waitpid(self.pid, posix.WNOHANG)
             except ChildProcessError:
