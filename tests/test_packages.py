@@ -95,6 +95,9 @@ for dir in usr var; do
         -o lowerdir=/$dir,upperdir={top}/$dir-upper,workdir={top}/$dir-work /$dir
 done
 mkdir {top}/etc && cp -a /etc/. {top}/etc/ && mount --bind {top}/etc /etc
+# the suite's own `make install` under /usr/local is not the system the package lands on (its
+# units there would shadow the package's for deb-systemd-helper)
+if [ -d /usr/local/lib/systemd ]; then mount -t tmpfs nsgate-pkg-local /usr/local/lib/systemd; fi
 rm -f /var/lib/man-db/auto-update   # no mandb run on every dpkg call
 echo ready
 exec sleep 3600

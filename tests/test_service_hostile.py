@@ -23,12 +23,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.service_support import SOCKET, HeldClient, Nsgated, ask
+from tests.service_support import SOCKET, HeldClient, Nsgated, ask, creates_waiting_for_the_lock
 from tests.support import (
     ALICE,
     BOB,
     CAROL,
     as_user,
+    lock_holders,
     lock_waiters,
     private_dev_log,
     proc_state,
@@ -655,14 +656,17 @@ def test_a_worker_killed_while_it_serves(service, nic_world):
     with nics_lock_held():
         client = HeldClient(ALICE, "lxc-user-nic", create_args(ctr.pid))
         client.send()
-        wait_for(lambda: len(lock_waiters(LOCK)) == 1, "the create to wait for the lock")
-        worker = next(iter(lock_waiters(LOCK)))
+        wait_for(lambda: len(creates_waiting_for_the_lock(service.pid)) == 1,
+                 "the create to wait for the lock (its worker for the nic committer)")
+        (worker,) = creates_waiting_for_the_lock(service.pid)
         assert worker in service.workers()
         still_serves()
         os.kill(worker, signal.SIGKILL)
         assert client.answer() == {"closed": True}
+    # the committer takes the lock, and releases the dead worker's reservation
+    wait_for(lambda: not lock_holders(LOCK) and not lock_waiters(LOCK) and not db_lines(),
+             "the committer to finish the batch")
     assert host_links() == before and set(ctr.links()) == {"lo"}
-    assert not db_lines()
     assert ask(ALICE, "lxc-user-nic", create_args(ctr.pid))["status"] == 0
     assert "eth0" in ctr.links()
     still_serves()
@@ -705,13 +709,15 @@ def test_a_hung_worker_is_ended_by_the_request_bound(fresh_nsgated, nic_world):
     with nics_lock_held():
         client = HeldClient(ALICE, "lxc-user-nic", create_args(ctr.pid))
         client.send()
-        wait_for(lambda: len(lock_waiters(LOCK)) == 1, "the create to wait for the lock")
-        worker = next(iter(lock_waiters(LOCK)))
+        wait_for(lambda: len(creates_waiting_for_the_lock(service.pid)) == 1,
+                 "the create to wait for the lock (its worker for the nic committer)")
+        (worker,) = creates_waiting_for_the_lock(service.pid)
         still_serves()
         wait_for(lambda: proc_state(worker) == "gone", "the service to end the request")
         assert client.answer() == {"closed": True}
-        assert lock_waiters(LOCK) == set()
-    assert host_links() == before and not db_lines()
+    wait_for(lambda: not lock_holders(LOCK) and not lock_waiters(LOCK) and not db_lines(),
+             "the committer to finish the batch")
+    assert host_links() == before
     assert ask(ALICE, "lxc-user-nic", create_args(ctr.pid))["status"] == 0
     assert service.proc.poll() is None
     still_serves()
