@@ -23,7 +23,7 @@ import time
 
 from nsgate.errors import Refusal
 from nsgate.policy import service_wire
-from nsgate.system import integrity, service_io
+from nsgate.system import integrity, nic_channel, nic_commit, nic_committer, service_io
 
 USAGE = ("usage: nsgated [--socket PATH] [--workers N] [--idle-exit SECONDS]\n"
          "               [--request-seconds SECONDS]\n"
@@ -137,6 +137,8 @@ def _prepare(libdir: str) -> None:
         detach,
         handed,
         kernel,
+        nic_channel,
+        nic_commit,
         ovs,
         port_security,
         private_bridge,
@@ -209,6 +211,9 @@ class Service:
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         # what came while the previous program exec'd this one, blocked (_restart): now handled
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+        # lxc-user-nic creates are decided and recorded by one committer, in batches: a child
+        # of its own, so that no step of it (a hung fsync, a lock held elsewhere) stops accepts
+        self.committer = nic_committer.CommitterProcess()
 
     # --- the loop -------------------------------------------------------------------------
     def run(self) -> int:
@@ -230,6 +235,7 @@ class Service:
             self._dispatch_waiting()
             if not self.busy or not self.idle:
                 self._fill_pool()  # forks wait until no request is in flight (or none is left)
+            self.committer.flush()  # channels the busy committer could not take yet
             if self._code_upgraded():
                 return self._restart()
             if self._idle_long_enough():
@@ -361,20 +367,37 @@ class Service:
         except OSError:
             return False
         try:
-            pid = posix.fork()
+            nic_end, committer_end = nic_channel.pair()
         except OSError:
             parent_end.close()
             child_end.close()
             return False
+        try:
+            pid = posix.fork()
+        except OSError:
+            parent_end.close()
+            child_end.close()
+            posix.close(nic_end)
+            posix.close(committer_end)
+            return False
         if pid == 0:
             try:
+                posix.close(committer_end)
                 self._become_worker(parent_end)
+                nic_commit.CHANNEL = nic_end
                 from nsgate.cli import service_worker
 
                 service_worker.run(child_end)
             finally:
                 posix._exit(1)
         child_end.close()
+        posix.close(nic_end)
+        try:
+            pidfd = posix.pidfd_open(pid)
+        except OSError:
+            posix.close(committer_end)  # it died already: reaped as an idle worker's death
+        else:
+            self.committer.enroll([(committer_end, pidfd)])
         self.idle.append(Worker(pid, parent_end))
         return True
 
@@ -388,6 +411,7 @@ class Service:
             signal.signal(sig, signal.SIG_IGN)
         for sock in (self.listener, self.wake_r, self.wake_w, parent_end):
             sock.close()
+        self.committer.forget()
         for worker in self.idle:
             if worker.ctl is not None:
                 worker.ctl.close()
@@ -421,6 +445,12 @@ class Service:
                     posix.close(self.janitor_stop)
                     self.janitor_stop = -1
                 continue
+            if pid == self.committer.pid:
+                if self.stopping:
+                    self.committer.reaped()
+                else:
+                    self._replace_committer()
+                continue
             worker = self.busy.pop(pid, None)
             if worker is not None:
                 if worker.uid >= 0:
@@ -435,6 +465,19 @@ class Service:
                         idle.ctl.close()
                     self.deaths.append(time.monotonic())
                     break
+
+    def _replace_committer(self) -> None:
+        """The committer died (it never should): a new one, and new idle workers, whose
+        channels lead to it; requests in flight through the old one are refused by it being
+        gone, and its batch is settled by its members (system/nic_committer.py)."""
+        self.committer.forget()
+        self.committer = nic_committer.CommitterProcess()
+        for worker in self.idle:
+            if worker.ctl is not None:
+                worker.ctl.close()  # it exits; not counted as a death
+                worker.ctl = None
+            self.busy[worker.pid] = worker
+        self.idle = []
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -492,6 +535,7 @@ class Service:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         for sock in (self.listener, self.wake_r, self.wake_w):
             sock.close()
+        self.committer.forget()
         for worker in self.idle:
             if worker.ctl is not None:
                 worker.ctl.close()
@@ -580,6 +624,7 @@ class Service:
         for worker in self.idle:
             if worker.ctl is not None:
                 worker.ctl.close()
+        self.committer.forget()  # it ends once the requests in flight are done with it
         for queue in self.waiting.values():
             for conn, peer, _ in queue:
                 posix.close(peer.pidfd)
@@ -602,6 +647,7 @@ class Service:
                     posix.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        self.committer.close(STOP_SECONDS)
         # the workers' last SIGCHLDs must not find the wakeup fd closed as the interpreter exits
         signal.set_wakeup_fd(-1)
         return 0
