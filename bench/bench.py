@@ -35,10 +35,10 @@ order rotated by one place per round, so drift and warm-up affect every contesta
       as if served. (k) also checks, after every round, that the test user's database lines
       name exactly the veths that exist;
   (l) nsgated's memory when idle, read at the end of each service phase once its pool is full
-      and asleep: the parent's RSS and PSS, and the sum of PSS over the parent and its idle
-      workers, the figure judged (a worker shares most pages with its parent: RSS counts them
-      once per process, PSS divides them among the processes, so the sum is the memory the
-      service holds);
+      and asleep: the parent's RSS and PSS, and the sum of PSS over the parent and all its
+      children (the idle workers, the nic janitor and committer), the figure judged (a worker
+      shares most pages with its parent: RSS counts them once per process, PSS divides them
+      among the processes, so the sum is the memory the service holds);
   (m) what the launchers' try of the service costs when nothing listens (so nothing gets
       slower without it): seteuid, socket, connect failing, close, seteuid back, as
       csrc/service_client.c does, timed in Python as the test user in 1,000-call batches
@@ -782,7 +782,8 @@ class ServiceMemory:
     """(l): nsgated idle, its pool full and prepared. RSS counts every page a process maps,
     shared or not, so the parent's and its workers' RSS cannot be added up (a worker shares
     pages with its parent); PSS divides each page among the processes that map it, so the sum
-    of PSS over the parent and its workers is the memory the service holds, once."""
+    of PSS over the parent and its children (workers, the nic janitor and committer) is the
+    memory the service holds, once."""
     parent_rss_kb: int
     parent_pss_kb: int
     workers: int
@@ -1140,9 +1141,10 @@ def memory_summary(samples: list[ServiceMemory]) -> str:
     idle = max(samples, key=lambda item: item.pss_sum_kb)
     return (f"(l) nsgated idle (largest of {len(samples)} readings, one at the end of each "
             f"service phase): parent RSS {idle.parent_rss_kb / 1024:.1f} MiB (PSS "
-            f"{idle.parent_pss_kb / 1024:.1f} MiB); parent and its {idle.workers} idle children "
-            f"together PSS {idle.pss_sum_kb / 1024:.1f} MiB (the target is judged on this sum: "
-            "RSS counts every shared page once per process, PSS divides it among them)")
+            f"{idle.parent_pss_kb / 1024:.1f} MiB); parent and its {idle.workers} children (the "
+            "idle workers, the nic janitor and committer) together PSS "
+            f"{idle.pss_sum_kb / 1024:.1f} MiB (the target is judged on this sum: RSS counts "
+            "every shared page once per process, PSS divides it among them)")
 
 
 # ---------------------------------------------------------------------------------------------
