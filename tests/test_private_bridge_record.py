@@ -31,6 +31,9 @@ from tests.usernic_support import (
     wait_until,
 )
 
+pytestmark = pytest.mark.usefixtures("transport")
+
+
 RECORD = DB_DIR / "nsgate-bridges"
 BRIDGE = f"nsgu{ALICE.uid}"
 CONTENT = f"{ALICE.uid} {BRIDGE}\n"  # what the record would say if it were followed
