@@ -222,10 +222,8 @@ def service_traced(*options: str) -> Iterator[list[tuple[int, str]]]:
     the processes that served it did: those gone once it is done (its worker and that worker's
     children), not the parent nor the workers still idle. It waits for the pool to settle
     first (all --workers prepared), so the request goes to a worker it traces."""
-    service = _shared[0]
-    count = int(service.args[service.args.index("--workers") + 1]) \
-        if "--workers" in service.args else 2
-    wait_for(lambda: len(idle_workers(service)) == count, "nsgated's workers to be idle")
+    service = module_service()
+    settled()
     workers = set(idle_workers(service))
     out = SANDBOX / "service.trace"
     out.unlink(missing_ok=True)
@@ -264,3 +262,12 @@ def _tracer(pid: int) -> int:
 def trace_text(events: list[tuple[int, str]]) -> str:
     """service_traced's lines as `strace -f` prints them (`[pid N] ` first)."""
     return "".join(f"[pid {pid}] {line}\n" for pid, line in events)
+
+
+def settled() -> None:
+    """Wait until the module-wide service serves nothing (its workers all idle): what a request
+    whose client is gone does is done by then."""
+    service = module_service()
+    count = int(service.args[service.args.index("--workers") + 1]) \
+        if "--workers" in service.args else 2
+    wait_for(lambda: len(idle_workers(service)) == count, "nsgated's workers to be idle")

@@ -81,8 +81,9 @@ def as_user(user: User, argv: Sequence[str | bytes], *, gid: int | None = None,
             extra: tuple[str, ...] = ()) -> list[str | bytes]:
     """argv run as `user` with its groups, as a login would give them (under no_new_privs when
     it runs an nsgate helper through the service transport)."""
+    privs = () if "--no-new-privs" in extra else transport_privs(argv)
     return ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid if gid is None else gid}",
-            "--init-groups", *transport_privs(argv), *extra, "--", *argv]
+            "--init-groups", *privs, *extra, "--", *argv]
 
 
 def run_as(user: User, argv: list[str], *, gid: int | None = None,
