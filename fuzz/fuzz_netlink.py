@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The rtnetlink codec (nsgate.policy.netlink_codec): split_messages, iter_attrs, parse_attrs,
-parse_link, parse_outcome and Answer, on answers from a namespace the caller controls.
+parse_link, parse_outcome and Answer, on answers from a namespace the caller controls, and
+link_deletions, on the link notifications the service's janitor reads.
 
 Input: `seq(4) port(4)` then datagrams, each `length(2, little-endian) bytes` (the last one cut
 where the input ends). Properties: no exception but CodecError; a datagram is split exactly as
@@ -8,7 +9,9 @@ the netlink format says (lengths, zero padding), and refused exactly when it bre
 is read as the oracle reads its attributes (the first of a type, exact sizes, strings ended by
 one NUL) and reads back the same once encoded again; an NLMSG_ERROR too short for errno and
 header is never an acknowledgement; an answer holds exactly the data messages of its sequence
-number up to the end and ends with that end's errno.
+number up to the end and ends with that end's errno; a notification gives exactly its RTM_DELLINK
+links, read as the oracle reads them, and is refused whole for any other type of message or a
+malformed RTM_DELLINK.
 """
 
 from __future__ import annotations
@@ -205,7 +208,7 @@ def _encode(link: codec.Link) -> bytes:
 
 
 def _check_message(msg: codec.Message) -> None:
-    if msg.kind == codec.RTM_NEWLINK:
+    if msg.kind in (codec.RTM_NEWLINK, codec.RTM_DELLINK):
         expected = oracle_link(msg.payload)
         try:
             link = codec.parse_link(msg.payload)
@@ -253,12 +256,40 @@ def _oracle_feed(expected: list | None, seq: int, port: int,
     return payloads, end
 
 
+def oracle_deletions(messages: list | None) -> list[dict] | None:
+    """The RTM_DELLINK links of a link notification; None if it must be refused."""
+    if messages is None:
+        return None
+    links = []
+    for kind, _, _, _, payload in messages:
+        if kind == codec.RTM_DELLINK:
+            link = oracle_link(payload)
+            if link is None:
+                return None
+            links.append(link)
+        elif kind != codec.RTM_NEWLINK:
+            return None
+    return links
+
+
+def _check_deletions(gram: bytes, expected: list | None) -> None:
+    wanted = oracle_deletions(expected)
+    try:
+        links = codec.link_deletions(gram)
+    except codec.CodecError:
+        assert wanted is None, ("refused a well-formed notification", gram)
+        return
+    assert wanted is not None, ("accepted a notification it must refuse", gram)
+    assert [_view(link) for link in links] == wanted
+
+
 def check(data: bytes) -> None:
     seq, port, grams = datagrams(data)
     answer = codec.Answer(seq, port)
     payloads: list[bytes] = []
     for gram in grams:
         expected = oracle_messages(gram)
+        _check_deletions(gram, expected)
         try:
             messages = codec.split_messages(gram)
         except codec.CodecError:

@@ -4,7 +4,10 @@ Run as root in a fresh network namespace (`unshare --net python3 -m tests.netlin
 builds bridges, veth pairs (one with its peer in another namespace), bridge
 ports with flags set, then asks the kernel as the helpers do (a socket with NETLINK_CAP_ACK and
 NETLINK_EXT_ACK) and prints, as JSON, every request's sequence number, the socket's port id and
-the datagrams of the answer (hex). Written with the standard library only, not with the codec.
+the datagrams of the answer (hex). Last, "link-notifications": what a socket subscribed to
+RTNLGRP_LINK from the start received, through a port leaving its bridge and the deletion of a
+bridge port, a bridge, and a veth whose peer's namespace went. Written with the standard library
+only, not with the codec.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ SOL_NETLINK, NETLINK_CAP_ACK, NETLINK_EXT_ACK = 270, 10, 11
 RTM_NEWLINK, RTM_GETLINK, RTM_SETLINK = 16, 18, 19
 F_REQUEST, F_ACK, F_DUMP, F_CREATE, F_EXCL = 0x1, 0x4, 0x300, 0x400, 0x200
 AF_BRIDGE = 7
+RTMGRP_LINK = 1  # the bind() mask of the group RTNLGRP_LINK
 
 
 def ip(*args: str) -> None:
@@ -106,10 +110,38 @@ def capture() -> list[dict]:
     ]
 
 
+def subscribe() -> socket.socket:
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK,
+                         socket.NETLINK_ROUTE)
+    sock.bind((0, RTMGRP_LINK))
+    return sock
+
+
+def deletions(listener: socket.socket, other: subprocess.Popen[bytes]) -> dict:
+    ip("link", "set", "vc", "nomaster")
+    ip("link", "del", "va")
+    ip("link", "del", "br0")
+    other.kill()
+    other.wait()
+    while "vh0" in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True,
+                                  check=True).stdout:
+        pass  # the veth goes once the kernel has cleaned the peer's namespace up
+    datagrams = []
+    while True:
+        try:
+            datagrams.append(listener.recv(1 << 20).hex())
+        except BlockingIOError:
+            break
+    return {"what": "link-notifications", "seq": 0, "port": 0, "datagrams": datagrams}
+
+
 def main() -> None:
+    listener = subscribe()
     other = setup()
     try:
-        json.dump(capture(), sys.stdout)
+        answers = capture()
+        answers.append(deletions(listener, other))
+        json.dump(answers, sys.stdout)
     finally:
         other.kill()
         other.wait()

@@ -30,9 +30,12 @@ START = "systemctl enable --now nsgate.socket"
 
 @pytest.fixture(autouse=True)
 def no_service() -> Iterator[None]:
-    """No /run/nsgate for the test (a module-wide nsgated, if up, is stopped meanwhile)."""
+    """No service (a module-wide nsgated, if up, is stopped meanwhile), and no nic grants or
+    records another module may have left."""
     with shared_nsgated_paused():
         shutil.rmtree(SOCKET_DIR, ignore_errors=True)
+        Path("/etc/lxc/lxc-usernet").unlink(missing_ok=True)
+        Path("/run/lxc/nics").unlink(missing_ok=True)
         yield
         shutil.rmtree(SOCKET_DIR, ignore_errors=True)
 

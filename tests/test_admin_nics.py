@@ -1,5 +1,6 @@
 """`nsgate nics list` and `nsgate nics gc`: the nic database with liveness (interfaces that exist
-in this network namespace), and pruning of the stale lines only, under lxc-user-nic's lock."""
+in this network namespace), and pruning of the stale lines only (and of the private bridges with
+no port left), under lxc-user-nic's lock."""
 
 from __future__ import annotations
 
@@ -102,6 +103,27 @@ def test_gc_with_nothing_stale_leaves_the_file_alone():
     inode = NICS.stat().st_ino
     assert nsgate("nics", "gc").stdout == "/run/lxc/nics: no stale lines\n"
     assert NICS.stat().st_ino == inode and NICS.read_text() == "".join(x + "\n" for x in LIVE)
+
+
+def test_gc_removes_the_recorded_private_bridges_with_no_port_left():
+    """nsgu<uid> bridges nsgate recorded in /run/lxc/nsgate-bridges: one without ports goes
+    with its line, one with a port stays, a line whose bridge is gone is forgotten; a bridge
+    of that name nsgate did not record, and a line it cannot read, are left alone."""
+    for name in ("nsgu23001", "nsgu23002", "nsgu23003"):
+        ip("link", "add", name, "type", "bridge")
+    ip("link", "set", "nsgtv0", "master", "nsgu23002")
+    record = NICS.parent / "nsgate-bridges"
+    record.write_text("23001 nsgu23001\n23002 nsgu23002\n23004 nsgu23004\njunk\n")
+    os.chmod(record, 0o644)
+    write_nics(LIVE)
+    result = nsgate("nics", "gc")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == ("/run/lxc/nics: no stale lines\n"
+                             "removed private bridge nsgu23001: no port left\n")
+    assert {"nsgu23002", "nsgu23003"} <= links() and "nsgu23001" not in links()
+    assert record.read_text() == "23002 nsgu23002\njunk\n"
+    st = record.stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o644)
 
 
 def test_gc_needs_root():

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.service_support import answers, shared_nsgated, shared_nsgated_paused
+from tests.service_support import listener_inode, shared_nsgated, shared_nsgated_paused
 from tests.support import ALICE, NSGATE, SANDBOX, SHADOW, run_as
 from tests.test_lxc_real import lxc, nsgate_lxc_user_nic  # noqa: F401 - fixtures
 from tests.test_lxc_service_mode import service_only  # noqa: F401 - the fixture
@@ -50,7 +50,7 @@ ALICE_MAPS = [(0, 200000, 65536), (0, 200000, 65536)]  # conftest.clean_config's
 def service(request) -> Iterator[bool]:
     """nsgated up for the module's tests, then stopped for them (True while it serves)."""
     with shared_nsgated() if request.param == "served" else shared_nsgated_paused():
-        assert answers() == (request.param == "served")
+        assert (listener_inode() is not None) == (request.param == "served")
         yield request.param == "served"
 
 

@@ -30,5 +30,10 @@ def test_demo_on_a_system_without_subordinate_id_files():
         assert ["exit", "1"] in lines  # the refused request
         assert "nsgate explain nsgate-demo" in result.stdout
         assert "Traceback" not in result.stdout + result.stderr
+        # the service part: a no_new_privs caller served by nsgated, then the refusal's fix
+        served = result.stdout.split("nsgated running:", 1)[1]
+        assert f"exit 0; uid_map: 0 {uid} 1" in served
+        stopped = served.split("nsgated stopped:", 1)[1]
+        assert "exit 1" in stopped and "systemctl enable --now nsgate.socket" in stopped
     finally:
         subprocess.run(["userdel", "nsgate-demo"], capture_output=True)

@@ -213,6 +213,38 @@ def test_malformed_links_are_refused(payload: bytes) -> None:
         codec.parse_link(payload)
 
 
+# --- link notifications (RTNLGRP_LINK), read by the service's janitor --------------------------
+
+DELLINK = 17
+
+
+def test_link_deletions_are_the_dellink_messages_of_both_families() -> None:
+    port_left = ifinfo(7, family=7) + nla(3, b"veth1\0") + nla(10, u32(3))
+    gone = ifinfo(7) + nla(3, b"veth1\0")
+    data = (msg(NEWLINK, 0, 0, LINK, port=0) + msg(DELLINK, 0, 0, port_left, port=0)
+            + msg(DELLINK, 0, 5, gone, port=812))  # seq and port: the deleting request's
+    links = codec.link_deletions(data)
+    assert [(link.family, link.name, link.index, link.master) for link in links] == [
+        (codec.AF_BRIDGE, "veth1", 7, 3), (codec.AF_UNSPEC, "veth1", 7, 0)]
+    assert codec.link_deletions(b"") == []
+    assert codec.link_deletions(msg(NEWLINK, 0, 0, b"")) == []  # other changes: not read
+
+
+@pytest.mark.parametrize("data", [
+    msg(ERROR, 0, 0, struct.pack("=i", 0) + bytes(16)),
+    msg(DONE, 0, 0, bytes(4)),
+    msg(1, 0, 0, b""),  # NLMSG_NOOP
+    msg(18, 0, 0, LINK),  # RTM_GETLINK
+    msg(DELLINK, 0, 0, ifinfo(7)),  # no name
+    msg(DELLINK, 0, 0, ifinfo(0) + nla(3, b"x\0")),  # no ifindex
+    msg(DELLINK, 0, 0, LINK)[:-2],  # cut short
+    msg(DELLINK, 0, 0, LINK) + b"\0\0\0",  # stray bytes
+], ids=["error", "done", "noop", "getlink", "nameless", "index-0", "short", "stray"])
+def test_anything_else_refuses_the_whole_notification(data: bytes) -> None:
+    with pytest.raises(CodecError):
+        codec.link_deletions(msg(DELLINK, 0, 0, LINK) + data)
+
+
 # --- requests -----------------------------------------------------------------------------------
 
 

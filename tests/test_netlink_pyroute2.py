@@ -4,7 +4,8 @@ never import it). The same bytes go to both and must give the same messages, lin
 and errors:
 
 - real kernel answers captured in a fresh netns (tests/netlink_capture.py: bridges, veths, a
-  peer in another netns, bridge ports with flags, errors with the kernel's text);
+  peer in another netns, bridge ports with flags, errors with the kernel's text), and the link
+  notifications (RTNLGRP_LINK) of creating and deleting them;
 - link messages that pyroute2's own ifinfmsg encoder builds from hypothesis-drawn values (which
   both decoders must also give back);
 - those bytes damaged at random: the codec either refuses them (CodecError) or reads exactly
@@ -160,7 +161,7 @@ def pyroute2_view(data: bytes) -> list[dict]:
             raise ValueError(f"pyroute2: {header['error']!r}")
         entry: dict = {"header": (header["type"], header["flags"], header["sequence_number"],
                                   header["pid"])}
-        if header["type"] == codec.RTM_NEWLINK:
+        if header["type"] in (codec.RTM_NEWLINK, codec.RTM_DELLINK):
             entry["link"] = _pyroute2_link(msg)
         elif isinstance(msg, nlmsgerr):
             entry["outcome"] = (-msg["error"], _pyroute2_extack(data, offset, header["flags"]))
@@ -174,7 +175,7 @@ def codec_view(data: bytes) -> list[dict]:
     view = []
     for msg in codec.split_messages(data):
         entry: dict = {"header": (msg.kind, msg.flags, msg.seq, msg.port)}
-        if msg.kind == codec.RTM_NEWLINK:
+        if msg.kind in (codec.RTM_NEWLINK, codec.RTM_DELLINK):
             entry["link"] = _codec_link(msg.payload)
         elif msg.kind == NLMSG_ERROR or (msg.kind == NLMSG_DONE and msg.flags & NLM_F_ACK_TLVS):
             outcome = codec.parse_outcome(msg)
@@ -203,6 +204,8 @@ def test_real_answers_decode_alike(captured: list[dict]) -> None:
             assert ours == pyroute2_view(data), answer["what"]
             views += ours
         seen[answer["what"]] = views
+        if answer["what"] == "link-notifications":
+            continue  # no answer to a request (test_real_link_notifications)
         whole = codec.Answer(answer["seq"], answer["port"])
         assert [whole.feed(bytes.fromhex(d)) for d in answer["datagrams"]][-1] is True
     links = {entry["link"]["name"].decode(): entry["link"]
@@ -227,6 +230,31 @@ def test_real_answers_decode_alike(captured: list[dict]) -> None:
     assert outcomes["get-missing"] == [(19, None)] and outcomes["new-existing"] == [(17, None)]
     assert outcomes["set-mtu-too-small"][0][0] == 22
     assert outcomes["set-mtu-too-small"][0][1]  # the kernel's text, read alike by both
+
+
+def test_real_link_notifications(captured: list[dict]) -> None:
+    """What the janitor reads (codec.link_deletions): every RTM_DELLINK of the datagrams, as
+    pyroute2 reads them; a port that leaves its bridge (family AF_BRIDGE, `master` the bridge)
+    and the links that go (AF_UNSPEC), in order."""
+    (notifications,) = [a for a in captured if a["what"] == "link-notifications"]
+    deleted = []
+    for datagram in notifications["datagrams"]:
+        data = bytes.fromhex(datagram)
+        ours = [(link.family, _raw(link.name), link.index, link.master)
+                for link in codec.link_deletions(data)]
+        theirs = [(e["link"]["family"], e["link"]["name"], e["link"]["index"],
+                   e["link"]["master"])
+                  for e in pyroute2_view(data) if e["header"][0] == codec.RTM_DELLINK]
+        assert ours == theirs
+        deleted += ours
+    (dump,) = [a for a in captured if a["what"] == "dump"]
+    index = {e["link"]["name"]: e["link"]["index"]
+             for d in dump["datagrams"] for e in codec_view(bytes.fromhex(d)) if "link" in e}
+    assert [(family, name, master) for family, name, _, master in deleted] == [
+        (codec.AF_BRIDGE, b"vc", index[b"br0"]), (codec.AF_BRIDGE, b"va", index[b"br1"]),
+        (codec.AF_UNSPEC, b"va", 0), (codec.AF_UNSPEC, b"vb", 0), (codec.AF_UNSPEC, b"br0", 0),
+        (codec.AF_UNSPEC, b"vh0", 0)]
+    assert all(index[name] == link_index for _, name, link_index, _ in deleted)
 
 
 # --- messages pyroute2 encodes -----------------------------------------------------------------

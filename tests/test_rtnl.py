@@ -307,7 +307,7 @@ def test_link_names_multipart_dump_and_small_buffer() -> None:
         with Rtnl(buffer_size=64) as tiny:  # every datagram is larger: the buffer must grow
             out["tiny_names"] = sorted(tiny.link_names())
             out["tiny_link"] = view(tiny.link("nsg299"))
-            out["tiny_buffer"] = len(tiny._socket._buffer)
+            out["tiny_buffer"] = len(tiny._socket._reader._buffer)
     """)
     assert len(out["names"]) == 301
     assert out["names"] == out["ip_names"] == out["tiny_names"]
@@ -355,3 +355,124 @@ def test_probe_net_admin() -> None:
     assert out["sender_unprivileged"] is False
     assert out["both_root"] is True
     assert out["own_netns"] is True
+
+
+def test_ports_of_a_bridge() -> None:
+    out = run_in_netns("""
+        sh("ip", "link", "add", "nsgbr0", "type", "bridge")
+        sh("ip", "link", "add", "nsgbr1", "type", "bridge")
+        for name, bridge in (("nsgp0", "nsgbr0"), ("nsgp1", "nsgbr0"), ("nsgp2", "nsgbr1")):
+            plain(name)
+            sh("ip", "link", "set", name, "master", bridge)
+        with Rtnl() as rtnl:
+            out["ports0"] = sorted(l.name for l in rtnl.links(master=rtnl.link("nsgbr0").index))
+            out["ports1"] = sorted(l.name for l in rtnl.links(master=rtnl.link("nsgbr1").index))
+            sh("ip", "link", "set", "nsgp2", "nomaster")
+            out["none"] = rtnl.links(master=rtnl.link("nsgbr1").index)
+            out["all"] = len(rtnl.links())
+    """)
+    assert out["ports0"] == ["nsgp0", "nsgp1"] and out["ports1"] == ["nsgp2"]
+    assert out["none"] == [] and out["all"] == 9  # lo, 2 bridges, 3 veth pairs
+
+
+EVENTS = """
+import select, socket, struct
+from nsgate.system.link_events import LinkEvents
+
+
+def readable(sock):
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+def view_of(found):
+    return {"links": sorted(found.links.values()), "bridges": sorted(found.bridges),
+            "overrun": found.overrun}
+"""
+
+
+def run_with_events(body: str) -> dict:
+    return run_in_netns(EVENTS + textwrap.dedent(body))
+
+
+def test_link_events_report_deletions_and_ports_leaving_a_bridge() -> None:
+    out = run_with_events("""
+        with LinkEvents() as events, Rtnl() as rtnl:
+            sh("ip", "link", "add", "nsgbr0", "type", "bridge")
+            plain("nsgv0")
+            plain("nsgv1")
+            sh("ip", "link", "set", "nsgv0", "master", "nsgbr0")
+            sh("ip", "link", "set", "nsgv1", "master", "nsgbr0")
+            sh("ip", "link", "set", "nsgbr0", "up")
+            out["after_creates"] = readable(events)  # RTM_NEWLINK never gets through
+            bridge = rtnl.link("nsgbr0").index
+            out["bridge"] = bridge
+            sh("ip", "link", "set", "nsgv1", "nomaster")
+            sh("ip", "link", "del", "nsgv0")
+            out["readable"] = readable(events)
+            out["first"] = view_of(events.drain())
+            out["empty"] = view_of(events.drain())
+    """)
+    assert out["after_creates"] is False and out["readable"] is True
+    assert out["first"] == {"links": ["nsgv0", "nsgv0p"], "bridges": [out["bridge"]],
+                            "overrun": False}
+    assert out["empty"] == {"links": [], "bridges": [], "overrun": False}
+
+
+def test_link_events_overrun_is_reported() -> None:
+    out = run_with_events("""
+        batch = "".join(f"link add nsg{i} type veth peer name nsg{i}p\\n" for i in range(300))
+        subprocess.run(["ip", "-batch", "-"], input=batch, text=True, check=True)
+        with LinkEvents() as events:
+            batch = "".join(f"link del nsg{i}\\n" for i in range(300))
+            subprocess.run(["ip", "-batch", "-"], input=batch, text=True, check=True)
+            found = events.drain()
+            out["overrun"] = found.overrun
+            out["some"] = 0 < len(found.links) < 600
+            out["after"] = view_of(events.drain())
+    """)
+    assert out["overrun"] is True and out["some"] is True
+    assert out["after"] == {"links": [], "bridges": [], "overrun": False}
+
+
+def test_link_events_hear_only_the_kernel() -> None:
+    """Without CAP_NET_ADMIN over the namespace's user namespace nothing can be sent to it,
+    neither to its port nor to the group; the socket is connected to the kernel, so not even
+    root can unicast to it; and what root sends to the group is not believed: it counts as lost
+    notifications (a full pass, never a removal)."""
+    out = run_with_events("""
+        forged = struct.pack("=IHHII", 16 + 16 + 12, 17, 0, 0, 0) + struct.pack(
+            "=BxHiII", 0, 1, 42, 0, 0) + struct.pack("=HH", 12, 3) + b"nsgfake0" + bytes(4)
+
+        with LinkEvents() as events:
+            port = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+            port.bind((0, 0))
+
+            def unprivileged():
+                os.setresgid(65534, 65534, 65534)
+                os.setresuid(65534, 65534, 65534)
+                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+                sock.bind((0, 0))
+                errors = {}
+                for name, address in (("unicast", (events._sock.getsockname()[0], 0)),
+                                      ("group", (0, 1))):
+                    try:
+                        sock.sendto(forged, address)
+                        errors[name] = 0
+                    except OSError as err:
+                        errors[name] = err.errno
+                return errors
+
+            out["unprivileged"] = in_child(unprivileged)
+            out["after_unprivileged"] = readable(events)
+            try:
+                port.sendto(forged, (events._sock.getsockname()[0], 0))  # root, to its port
+                out["root_unicast"] = 0
+            except OSError as err:
+                out["root_unicast"] = err.errno
+            port.sendto(forged, (0, 1))  # root, to the group
+            out["root"] = view_of(events.drain())
+    """)
+    assert out["unprivileged"] == {"unicast": errno.EPERM, "group": errno.EPERM}
+    assert out["after_unprivileged"] is False
+    assert out["root_unicast"] == errno.ECONNREFUSED
+    assert out["root"] == {"links": [], "bridges": [], "overrun": True}

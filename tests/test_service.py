@@ -68,3 +68,4 @@ def test_lxc_user_nic_create_through_the_service(nsgated):
         Proc.stop_all()
         ip("link", "del", "nsgtsvc0")
         clean_db()
+        Path("/etc/lxc/lxc-usernet").unlink()

@@ -49,8 +49,8 @@ from tests.test_install import make_install
 
 SOCKET = Path("/run/nsgate/io.socket")
 HELPER_IDS = {"newuidmap": 0, "newgidmap": 1, "getsubids": 2, "lxc-user-nic": 3}
-NO_ANSWER = (b"the nsgate service ended the request without an answer: it was done completely "
-             b"or not at all\n")
+NO_ANSWER = (b"the nsgate service ended the request without an answer: what was done is what a "
+             b"helper killed there leaves (nsgate-protocol(7))\n")
 SERVICE_FIX = b"systemctl enable --now nsgate.socket (or run nsgated)"
 
 

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 UNITS = PREFIX / "lib" / "systemd" / "system"
 OPENRC = PREFIX / "share" / "nsgate" / "openrc" / "nsgated"
 NSGATED = PREFIX / "libexec" / "nsgate" / "nsgated"
-EXPOSURE = "2.9"
+EXPOSURE = "3.0"
 
 
 def unit(name: str) -> dict[str, list[str]]:

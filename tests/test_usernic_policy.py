@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from nsgate.errors import Refusal
-from nsgate.policy import nic_request, nicdb, nicnames, usernet
+from nsgate.policy import nic_request, nicdb, nicnames, private_bridges, usernet
 
 # Pure tests: the autouse fixtures of conftest.py only reset /etc, which nothing here reads.
 _COMMON = {
@@ -614,6 +614,18 @@ def test_db_prune_drops_exactly_the_dead_valid_lines(lines, live):
 
 
 @fast(200)
+@given(lines=db_files, devs=st.sets(st.sampled_from([b"veth1000_wl7j", b"veth3NMhB6", b"br0",
+                                                      b"none", b"u", b"veth", b"ovsbr"])))
+def test_db_lines_naming_finds_exactly_the_valid_lines_of_those_interfaces(lines, devs):
+    """The janitor's candidates: the lines whose interface the kernel said was deleted."""
+    raw_lines = nicdb.split_lines(b"".join(line + b"\n" for line in lines))
+    found = nicdb.lines_naming(raw_lines, devs)
+    assert {position: line.raw for position, line in found.items()} == {
+        position: raw for position, raw in enumerate(raw_lines)
+        if oracle_db_line(raw) is not None and oracle_db_line(raw)[3] in devs}
+
+
+@fast(200)
 @given(lines=db_files, nic_type=st.sampled_from([b"veth", b"macvlan", b"br0"]),
        bridge=st.sampled_from([b"br0", b"none", b"ovsbr", b"veth"]))
 def test_db_nics_by_owner_counts_only_valid_matching_lines(lines, nic_type, bridge):
@@ -940,3 +952,47 @@ def test_request_name_templates():
         nic_request.parse([b"delete", b"x", b"x", b"/proc/1/ns/net", b"veth", b"br0", b"a%d"])
 
 
+
+
+# --------------------------------------------------------------------------------------------
+# The private bridges' record: which recorded bridge goes when (policy/private_bridges.py)
+# --------------------------------------------------------------------------------------------
+
+
+def test_record_lines_name_the_uid_s_own_bridge_only():
+    assert private_bridges.record_line(1001) == b"1001 nsgu1001"
+    assert private_bridges.recorded_bridge(b"1001 nsgu1001") == b"nsgu1001"
+    for raw in (b"1001 nsgu1002", b"1001  nsgu1001", b"1001 nsgu1001 ", b" 1001 nsgu1001",
+                b"01001 nsgu1001", b"1001 nsgu01001", b"1001 br0", b"# 1001 nsgu1001", b"",
+                b"x nsgux", b"1001\tnsgu1001"):
+        assert private_bridges.recorded_bridge(raw) is None, raw
+
+
+def test_reap_removes_portless_bridges_forgets_gone_ones_and_keeps_the_rest():
+    record = [b"1 nsgu1", b"2 nsgu2", b"junk", b"3 nsgu3", b"4 nsgu4", b"1 nsgu1", b"5 nsgu5"]
+    states = {b"nsgu1": private_bridges.UNUSED, b"nsgu2": private_bridges.GONE,
+              b"nsgu3": private_bridges.IN_USE, b"nsgu4": private_bridges.FOREIGN}
+    kept, remove, forget = private_bridges.reap(record, states)
+    assert kept == [b"junk", b"3 nsgu3", b"4 nsgu4", b"5 nsgu5"]  # nsgu5: not judged
+    assert remove == [b"nsgu1"]  # once, with its duplicate line
+    assert forget == [b"nsgu2"]
+    assert private_bridges.reap(record, {}) == (record, [], [])
+
+
+@fast(200)
+@given(uids=st.lists(st.integers(0, 5), max_size=8),
+       states=st.dictionaries(st.integers(0, 5),
+                              st.sampled_from([private_bridges.GONE, private_bridges.UNUSED,
+                                               private_bridges.IN_USE, private_bridges.FOREIGN])))
+def test_reap_keeps_exactly_the_lines_of_bridges_that_stay(uids, states):
+    record = [b"%d nsgu%d" % (uid, uid) for uid in uids]
+    by_name = {b"nsgu%d" % uid: state for uid, state in states.items()}
+    kept, remove, forget = private_bridges.reap(record, by_name)
+    goes = {private_bridges.UNUSED, private_bridges.GONE}
+    assert kept == [raw for raw, uid in zip(record, uids, strict=True)
+                    if states.get(uid) not in goes]
+    assert set(remove) == {b"nsgu%d" % uid for uid in uids
+                           if states.get(uid) == private_bridges.UNUSED}
+    assert set(forget) == {b"nsgu%d" % uid for uid in uids
+                           if states.get(uid) == private_bridges.GONE}
+    assert len(remove) == len(set(remove)) and len(forget) == len(set(forget))

@@ -86,6 +86,7 @@ CLASSES = (
     "C15 no_new_privs / missing privilege",
     "C10 PID reuse",
     "C11 symlinks and swaps",
+    "S1 hostile service clients",
 )
 
 

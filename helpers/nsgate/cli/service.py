@@ -5,6 +5,11 @@ connected, counts requests in flight per user, and hands each connection to a wo
 in advance (cli/service_worker.py), which serves it with the helpers' own code and exits. The
 parent forks replacements when it is idle, ends requests that run too long, restarts itself when
 the installed code changes, and, when systemd started it for its socket, exits when idle.
+
+Beside the workers runs one more child, the nic janitor (system/nic_janitor.py): it watches link
+deletions and removes the nic lines and private bridges they leave behind. It stops when the
+parent closes its end of a pipe (on stop, on restart, or when the parent dies), and is started
+again if it dies (at most JANITOR_RESTARTS times a minute).
 """
 
 import collections
@@ -21,16 +26,23 @@ from nsgate.policy import service_wire
 from nsgate.system import integrity, service_io
 
 USAGE = ("usage: nsgated [--socket PATH] [--workers N] [--idle-exit SECONDS]\n"
-         "       (runs in the foreground until SIGTERM; see nsgated(8))\n")
+         "               [--request-seconds SECONDS]\n"
+         "       (runs in the foreground until SIGTERM; see nsgated(8))\n"
+         "  --request-seconds  end a request still running, or still waiting for its turn,\n"
+         "                     after this long (default 60)\n")
 DEFAULT_SOCKET = "/run/nsgate/io.socket"
 PER_USER_IN_FLIGHT = 8
 PER_USER_WAITING = 64
 TOTAL_IN_FLIGHT = 64
+TOTAL_WAITING = 1024  # each holds two descriptors (the connection, the caller's pidfd)
 REQUEST_SECONDS = 60.0
 STOP_SECONDS = 10.0
+HAND_OVER_TRIES = 3
 TICK_SECONDS = 1.0
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
 OWNED_MARK = "NSGATED_OWNS_SOCKET"
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP)
+JANITOR_RESTARTS = 5
 
 
 class Options:
@@ -38,6 +50,7 @@ class Options:
         self.socket = DEFAULT_SOCKET
         self.workers = 2
         self.idle_exit = 0.0
+        self.request_seconds = REQUEST_SECONDS
 
 
 def parse(argv: list[str], socket_path: str = DEFAULT_SOCKET) -> Options:
@@ -48,7 +61,7 @@ def parse(argv: list[str], socket_path: str = DEFAULT_SOCKET) -> Options:
         flag = rest.pop(0)
         if flag in ("-h", "--help"):
             raise Refusal("help", usage=True)
-        if flag not in ("--socket", "--workers", "--idle-exit") or not rest:
+        if flag not in ("--socket", "--workers", "--idle-exit", "--request-seconds") or not rest:
             raise Refusal(f"unknown or incomplete option {flag!r}", usage=True)
         value = rest.pop(0)
         if flag == "--socket":
@@ -60,10 +73,13 @@ def parse(argv: list[str], socket_path: str = DEFAULT_SOCKET) -> Options:
                 number = int(value)
             except ValueError:
                 raise Refusal(f"{flag} needs a number, not {value!r}", usage=True) from None
-            if number < 0 or (flag == "--workers" and not 1 <= number <= 32):
+            if number < 0 or (flag == "--workers" and not 1 <= number <= 32) or (
+                    flag == "--request-seconds" and number < 1):
                 raise Refusal(f"{flag} {number} is out of range", usage=True)
             if flag == "--workers":
                 options.workers = number
+            elif flag == "--request-seconds":
+                options.request_seconds = float(number)
             else:
                 options.idle_exit = float(number)
     return options
@@ -178,13 +194,19 @@ class Service:
         self.fingerprint = self._code_fingerprint()
         self.code_changed_at = 0.0
         self.deaths: collections.deque[float] = collections.deque(maxlen=10)
+        self.janitor_pid = 0
+        self.janitor_stop = -1  # the write end of the janitor's stop pipe
+        self.janitor_starts: collections.deque[float] = collections.deque(
+            maxlen=JANITOR_RESTARTS + 1)
         self.wake_r, self.wake_w = socket.socketpair()
         self.wake_r.setblocking(False)
         self.wake_w.setblocking(False)
         signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
+        for sig in HANDLED_SIGNALS:
             signal.signal(sig, _note_signal)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        # what came while the previous program exec'd this one, blocked (_restart): now handled
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
 
     # --- the loop -------------------------------------------------------------------------
     def run(self) -> int:
@@ -192,6 +214,7 @@ class Service:
         selector.register(self.listener, selectors.EVENT_READ, "accept")
         selector.register(self.wake_r, selectors.EVENT_READ, "signal")
         self._fill_pool()
+        self._keep_janitor()
         while True:
             for key, _ in selector.select(self._timeout()):
                 if key.data == "signal":
@@ -200,12 +223,13 @@ class Service:
                 elif not self.stopping:
                     self._accept_all()
             self._reap()
+            self._keep_janitor()
             self._expire()
             self._dispatch_waiting()
             if not self.busy or not self.idle:
                 self._fill_pool()  # forks wait until no request is in flight (or none is left)
             if self._code_upgraded():
-                self._restart()
+                return self._restart()
             if self._idle_long_enough():
                 return self._stop(selector)
 
@@ -240,13 +264,21 @@ class Service:
         except Refusal as refusal:
             _answer_and_close(conn, refusal.text("nsgated"))
             return
-        queue = self.waiting.setdefault(peer.uid, collections.deque())
-        if len(queue) >= PER_USER_WAITING:
+        try:
+            # Before it is counted: the ids of a user namespace (65,536 of them for one user
+            # with subordinate ids) are no users' of ours, and take no user's turn.
+            service_io.verify_peer(peer)
+            if len(self.waiting.get(peer.uid, ())) >= PER_USER_WAITING:
+                raise Refusal(f"uid {peer.uid} has {PER_USER_IN_FLIGHT + PER_USER_WAITING} "
+                              "requests in flight already: try again when they are done")
+            if sum(map(len, self.waiting.values())) >= TOTAL_WAITING:
+                raise Refusal(f"the service has {TOTAL_WAITING} requests waiting already: try "
+                              "again when they are done")
+        except Refusal as refusal:
             posix.close(peer.pidfd)
-            _answer_and_close(conn, Refusal(
-                f"uid {peer.uid} has {PER_USER_IN_FLIGHT + PER_USER_WAITING} requests in "
-                "flight already: try again when they are done").text("nsgated"))
+            _answer_and_close(conn, refusal.text("nsgated"))
             return
+        queue = self.waiting.setdefault(peer.uid, collections.deque())
         queue.append((conn, peer, time.monotonic()))
         self._dispatch_waiting()
 
@@ -255,33 +287,52 @@ class Service:
             queue = self.waiting[uid]
             while queue and self.in_flight[uid] < PER_USER_IN_FLIGHT and (
                     len(self.busy) < TOTAL_IN_FLIGHT):
-                if not self.idle:
-                    self._spawn()
+                if not self.idle and not self._spawn():
+                    return  # they wait for a worker to end, or the next tick
                 conn, peer, _ = queue.popleft()
                 self._hand_over(conn, peer)
             if not queue:
                 del self.waiting[uid]
 
     def _hand_over(self, conn: socket.socket, peer: service_io.Peer) -> None:
+        """To an idle worker, one that said it is prepared first; one that died unnoticed
+        (killed while idle, not reaped yet) is passed over for the next, or a new one."""
+        try:
+            for _ in range(HAND_OVER_TRIES):
+                worker = self._take_idle()
+                if worker is None:
+                    break
+                if self._give(worker, conn, peer):
+                    self.in_flight[peer.uid] += 1
+                    conn.close()
+                    return
+            _answer_and_close(conn, "nsgated: no worker could take the request; nothing was "
+                              "done: try again\n")
+        finally:
+            posix.close(peer.pidfd)
+
+    def _take_idle(self) -> Worker | None:
+        if not self.idle and not self._spawn():
+            return None
         ready = [worker for worker in self.idle if worker.is_ready()]
         worker = ready[0] if ready else self.idle[0]  # else: it serves once prepared
         self.idle.remove(worker)
+        return worker
+
+    def _give(self, worker: Worker, conn: socket.socket, peer: service_io.Peer) -> bool:
         assert worker.ctl is not None
         try:
             service_io.hand_over(worker.ctl, conn, peer)
         except OSError:
-            _answer_and_close(conn, "nsgated: a worker failed before it took the request; "
-                              "nothing was done: try again\n")
             posix.kill(worker.pid, signal.SIGKILL)
-            self.busy[worker.pid] = worker
+            worker.uid = -1
+            return False
         else:
             worker.uid = peer.uid
-            worker.deadline = time.monotonic() + REQUEST_SECONDS
-            self.busy[worker.pid] = worker
-            self.in_flight[peer.uid] += 1
-            conn.close()
+            worker.deadline = time.monotonic() + self.options.request_seconds
+            return True
         finally:
-            posix.close(peer.pidfd)
+            self.busy[worker.pid] = worker  # until reaped
             worker.ctl.close()
             worker.ctl = None
 
@@ -295,11 +346,22 @@ class Service:
             if len(self.deaths) == self.deaths.maxlen and (
                     time.monotonic() - self.deaths[0] < 10.0):
                 return  # workers die as they start: do not fork in a loop; retried next tick
-            self._spawn()
+            if not self._spawn():
+                return
 
-    def _spawn(self) -> None:
-        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = posix.fork()
+    def _spawn(self) -> bool:
+        """One more idle worker; False when the system has none to give (no pid left to the
+        service, no memory, no descriptor): retried as workers end and at the next tick."""
+        try:
+            parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except OSError:
+            return False
+        try:
+            pid = posix.fork()
+        except OSError:
+            parent_end.close()
+            child_end.close()
+            return False
         if pid == 0:
             try:
                 self._become_worker(parent_end)
@@ -310,6 +372,7 @@ class Service:
                 posix._exit(1)
         child_end.close()
         self.idle.append(Worker(pid, parent_end))
+        return True
 
     def _become_worker(self, parent_end: socket.socket) -> None:
         signal.set_wakeup_fd(-1)
@@ -324,10 +387,21 @@ class Service:
         for worker in self.idle:
             if worker.ctl is not None:
                 worker.ctl.close()
+        self._drop_waiting()
+        if self.janitor_stop >= 0:
+            posix.close(self.janitor_stop)
         import resource
 
         resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(
             resource.RLIMIT_NOFILE)[1]))
+
+    def _drop_waiting(self) -> None:
+        """In a fork (a worker, the janitor): the requests waiting for their turn are not its
+        to hold, neither their connections nor their callers' pidfds."""
+        for queue in self.waiting.values():
+            for conn, peer, _ in queue:
+                conn.close()
+                posix.close(peer.pidfd)
 
     def _reap(self) -> None:
         while True:
@@ -337,6 +411,12 @@ class Service:
                 return
             if pid == 0:
                 return
+            if pid == self.janitor_pid:
+                self.janitor_pid = 0
+                if self.janitor_stop >= 0:  # (closed already when stopping)
+                    posix.close(self.janitor_stop)
+                    self.janitor_stop = -1
+                continue
             worker = self.busy.pop(pid, None)
             if worker is not None:
                 if worker.uid >= 0:
@@ -362,11 +442,56 @@ class Service:
                     pass
                 worker.deadline = 0.0
         for queue in self.waiting.values():
-            while queue and now - queue[0][2] > REQUEST_SECONDS:
+            while queue and now - queue[0][2] > self.options.request_seconds:
                 conn, peer, _ = queue.popleft()
                 posix.close(peer.pidfd)
                 _answer_and_close(conn, "nsgated: the request waited too long for its turn; "
                                   "nothing was done: try again\n")
+
+    # --- the nic janitor ---------------------------------------------------------------------
+    def _keep_janitor(self) -> None:
+        """Start the janitor, or start it again if it died (not more than JANITOR_RESTARTS
+        times in a minute: then it waits for the minute to pass, tried again each tick)."""
+        if self.stopping or self.janitor_pid:
+            return
+        starts = self.janitor_starts
+        if len(starts) == starts.maxlen and time.monotonic() - starts[0] < 60.0:
+            return
+        starts.append(time.monotonic())
+        stop_read, stop_write = posix.pipe2(posix.O_CLOEXEC)
+        pid = posix.fork()
+        if pid == 0:
+            status = 1
+            try:
+                posix.close(stop_write)
+                self._become_janitor()
+                from nsgate.system import nic_janitor
+
+                integrity.verify_loaded_modules()  # what the janitor imported too
+                nic_janitor.run(stop_read)
+                status = 0
+            except Refusal as refusal:
+                sys.stderr.write(refusal.text("nsgated"))
+            except BaseException:  # noqa: BLE001 - a fork of the parent must never return
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                posix._exit(status)
+        posix.close(stop_read)
+        self.janitor_pid, self.janitor_stop = pid, stop_write
+
+    def _become_janitor(self) -> None:
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_DFL)  # killed, it leaves the files whole
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        for sock in (self.listener, self.wake_r, self.wake_w):
+            sock.close()
+        for worker in self.idle:
+            if worker.ctl is not None:
+                worker.ctl.close()
+        self._drop_waiting()
 
     # --- lifetime ----------------------------------------------------------------------------
     def _idle_long_enough(self) -> bool:
@@ -398,10 +523,10 @@ class Service:
         return bool(self.code_changed_at) and (
             time.monotonic() - self.code_changed_at >= TICK_SECONDS)
 
-    def _restart(self) -> None:
+    def _restart(self) -> int:
         """Exec the installed nsgated anew on the same socket: no connection is lost, requests
         in flight finish in their workers, idle workers (old code) exit as their channel
-        closes."""
+        closes. Returns only if the exec failed (the code was removed): then it stops, 1."""
         for worker in self.idle:
             if worker.ctl is not None:
                 worker.ctl.close()
@@ -410,6 +535,10 @@ class Service:
                 posix.close(peer.pidfd)
                 _answer_and_close(conn, "nsgated: the service restarted for an upgrade; "
                                   "nothing was done: try again\n")
+        self.waiting.clear()
+        # A signal from here on waits, blocked across the exec, for the new program's handlers:
+        # not lost with the wakeup fd, and not acted on by the default action before them.
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         signal.set_wakeup_fd(-1)
         fd = self.listener.fileno()
         if fd != service_io.SD_LISTEN_FDS_START:
@@ -421,7 +550,17 @@ class Service:
         environ[b"LISTEN_PID"] = str(posix.getpid()).encode()
         if self.owned:
             environ[OWNED_MARK.encode()] = b"1"
-        posix.execve(self.script, [self.script, *self.argv], environ)
+        try:
+            posix.execve(self.script, [self.script, *self.argv], environ)
+        except OSError as err:
+            sys.stderr.write(f"nsgated: cannot restart: {self.script}: {err.strerror}; the "
+                             "requests in flight finish, the service stops\n")
+        if self.owned:
+            try:
+                posix.unlink(self.options.socket)
+            except OSError:
+                pass
+        return 1
 
     def _stop(self, selector: selectors.BaseSelector) -> int:
         """SIGTERM: no new connections; requests in flight finish (bounded); the socket goes
@@ -442,19 +581,25 @@ class Service:
                 posix.close(peer.pidfd)
                 _answer_and_close(conn, "nsgated: the service is stopping; nothing was done\n")
         self.waiting.clear()
+        if self.janitor_stop >= 0:
+            posix.close(self.janitor_stop)  # the janitor stops at the end of its pass
+            self.janitor_stop = -1
         deadline = time.monotonic() + STOP_SECONDS
-        while self.busy and time.monotonic() < deadline:
+        while (self.busy or self.janitor_pid) and time.monotonic() < deadline:
             selector.select(0.05)
             self._reap()
             try:
                 self.wake_r.recv(256)
             except BlockingIOError:
                 pass
-        for worker in self.busy.values():
+        for pid in [*self.busy, self.janitor_pid]:
             try:
-                posix.kill(worker.pid, signal.SIGKILL)
+                if pid:
+                    posix.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        # the workers' last SIGCHLDs must not find the wakeup fd closed as the interpreter exits
+        signal.set_wakeup_fd(-1)
         return 0
 
 
@@ -463,5 +608,7 @@ def _note_signal(_signum: int, _frame: object) -> None:
 
 
 def _answer_and_close(conn: socket.socket, text: str) -> None:
+    """A refusal from the service itself, for a request no worker read."""
     service_io.send_answer(conn, service_wire.encode_answer(1, b"", text.encode()))
+    service_io.discard_unread(conn)
     conn.close()

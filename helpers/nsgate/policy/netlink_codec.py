@@ -57,6 +57,7 @@ IFLA_BRPORT_ISOLATED = 33
 AF_UNSPEC = 0
 AF_BRIDGE = 7
 IFF_UP = 0x1
+RTNLGRP_LINK = 1  # the multicast group of link notifications (RTM_NEWLINK, RTM_DELLINK)
 
 NLMSGHDR = _struct.Struct("=IHHII")  # length, type, flags, sequence, port id
 IFINFOMSG = _struct.Struct("=BxHiII")  # family, (pad), device type, index, flags, change mask
@@ -354,3 +355,19 @@ class Answer:
             elif msg.kind != NLMSG_NOOP:
                 self.payloads.append(msg.payload)
         return self.done
+
+
+def link_deletions(data: bytes) -> list[Link]:
+    """The RTM_DELLINK messages of one RTNLGRP_LINK datagram, as links: of family AF_UNSPEC a
+    link that left the namespace (deleted or moved away), of family AF_BRIDGE a port that left
+    the bridge `master`. RTM_NEWLINK messages (every other change) are skipped unread; a
+    message of any other type, or a malformed RTM_DELLINK, refuses the whole datagram. The
+    header's sequence and port numbers are those of the request that caused the change, if
+    any, so they are not checked."""
+    deleted = []
+    for msg in split_messages(data):
+        if msg.kind == RTM_DELLINK:
+            deleted.append(parse_link(msg.payload))
+        elif msg.kind != RTM_NEWLINK:
+            raise CodecError(f"message type {msg.kind} in a link notification")
+    return deleted

@@ -68,6 +68,17 @@ def numbered(raw_lines: list[bytes]) -> dict[int, NicLine]:
     return {position: NicLine(raw) for position, raw in enumerate(raw_lines)}
 
 
+def lines_naming(raw_lines: list[bytes], devs: set[bytes]) -> dict[int, NicLine]:
+    """The valid lines whose interface is one of `devs`, by position."""
+    found = {}
+    for position, raw in enumerate(raw_lines):
+        if raw.rstrip(b" \t").endswith(tuple(devs)):  # cheap first: the name ends the line
+            line = NicLine(raw)
+            if line.valid and line.dev in devs:
+                found[position] = line
+    return found
+
+
 def prune(raw_lines: list[bytes], candidates: dict[int, NicLine],
           live: set[bytes]) -> tuple[list[bytes], dict[int, NicLine]]:
     """(kept, stale): the file's lines without the stale ones, and those by position. Stale is a

@@ -12,6 +12,7 @@ HELPERS = ("newuidmap", "newgidmap", "getsubids", "lxc-user-nic")
 NOT_TRIED = -1
 _HEADER = struct.Struct("=6sHIIi")  # magic, version, helper | status, argc | out, target | err
 _ANSWER = struct.Struct("=6sHiII")
+_VERSIONED = struct.Struct("=6sH")  # what every version of the protocol starts with
 
 
 class WireError(Exception):
@@ -53,15 +54,18 @@ def decode_request(packet: bytes, fds: int) -> Request:
     """The request in `packet`, which arrived with `fds` descriptors."""
     if len(packet) > MAX_PACKET:
         raise WireError("the request is longer than 65536 bytes")
-    if len(packet) < _HEADER.size:
+    if len(packet) < _VERSIONED.size:
         raise WireError("the request is shorter than its header")
-    magic, version, helper_id, argc, target = _HEADER.unpack_from(packet)
+    magic, version = _VERSIONED.unpack_from(packet)
     if magic != MAGIC:
         raise WireError("the request does not start with the protocol's magic")
-    if version != VERSION:
+    if version != VERSION:  # judged before the rest: another version may have another header
         raise WireError(f"the request is of protocol version {version}; nsgated speaks "
                         f"version {VERSION}: the helpers and the service are of different "
                         "installs")
+    if len(packet) < _HEADER.size:
+        raise WireError("the request is shorter than its header")
+    _, _, helper_id, argc, target = _HEADER.unpack_from(packet)
     if helper_id >= len(HELPERS):
         raise WireError(f"unknown helper number {helper_id}")
     if argc > MAX_ARGS:

@@ -32,6 +32,24 @@ class NetlinkError(OSError):
     its answer could not be read (EBADMSG, EPROTO)."""
 
 
+class DatagramReader:
+    """Whole datagrams off a netlink socket: the true size of the next one is peeked first, so
+    none is ever truncated (the buffer grows to fit)."""
+
+    def __init__(self, buffer_size: int = _BUFFER_SIZE) -> None:
+        self._buffer = bytearray(buffer_size)
+
+    def receive(self, sock: _socket.socket) -> tuple[bytes, tuple[int, int]]:
+        """The next datagram and its sender (port id, multicast groups)."""
+        while True:
+            size = sock.recv_into(self._buffer, 0, _socket.MSG_PEEK | _socket.MSG_TRUNC)
+            if size <= len(self._buffer):
+                break
+            self._buffer = bytearray(size)
+        size, sender = sock.recvfrom_into(self._buffer)
+        return bytes(self._buffer[:size]), (int(sender[0]), int(sender[1]))
+
+
 class NetlinkSocket:
     """One netlink socket of `protocol`, connected to the kernel. Each request waits for its
     complete answer: the kernel's acknowledgement (ask for one with NLM_F_ACK) or the end of a
@@ -50,7 +68,7 @@ class NetlinkSocket:
             sock.close()
             raise
         self._sock = sock
-        self._buffer = bytearray(buffer_size)  # grown when a datagram is larger (_receive)
+        self._reader = DatagramReader(buffer_size)
         self._seq = 0
 
     def fileno(self) -> int:
@@ -70,18 +88,12 @@ class NetlinkSocket:
         self.close()
 
     def _receive(self, what: str) -> bytes:
-        """One whole datagram from the kernel. Its true size is peeked first, so it is never
-        truncated."""
-        while True:
-            size = self._sock.recv_into(self._buffer, 0, _socket.MSG_PEEK | _socket.MSG_TRUNC)
-            if size <= len(self._buffer):
-                break
-            self._buffer = bytearray(size)
-        size, sender = self._sock.recvfrom_into(self._buffer)
-        if tuple(sender) != _KERNEL:  # cannot happen on a connected socket: fail closed
+        """One whole datagram from the kernel."""
+        data, sender = self._reader.receive(self._sock)
+        if sender != _KERNEL:  # cannot happen on a connected socket: fail closed
             raise NetlinkError(errno.EPROTO, f"{what}: a datagram from port {sender[0]}, not "
                                "from the kernel")
-        return bytes(self._buffer[:size])
+        return data
 
     def request(self, kind: int, flags: int, body: bytes, what: str) -> list[bytes]:
         """Send one request; the payloads of the data messages answering it, in order."""

@@ -47,20 +47,20 @@ def ensure_dir() -> None:
 
 
 class Locked:
-    """The database lock, held from construction until `release()`."""
+    """The database lock, held from construction until `release()`; waited for at most
+    `seconds`, then refused."""
 
-    def __init__(self) -> None:
+    def __init__(self, seconds: float = LOCK_WAIT_SECONDS) -> None:
         ensure_dir()
         try:
             self.fd = posix.open(LOCK_PATH, posix.O_RDWR | posix.O_CREAT | _OPEN, 0o600)
         except OSError as err:
             raise _untrusted(LOCK_PATH, err) from None
         _check_owned_by_root(LOCK_PATH, posix.fstat(self.fd), S_IFREG)
-        if not files.wait_for_lock(lambda: fcntl.flock(self.fd, fcntl.LOCK_EX),
-                                   LOCK_WAIT_SECONDS):
+        if not files.wait_for_lock(lambda: fcntl.flock(self.fd, fcntl.LOCK_EX), seconds):
             posix.close(self.fd)  # also releases the lock, should it have just been granted
             raise Refusal(f"{DB_PATH} is busy: another lxc-user-nic has held its lock for over "
-                          f"{LOCK_WAIT_SECONDS:.0f} s; try again")
+                          f"{seconds:g} s; try again")
 
     def release(self) -> None:
         files.close_quietly(self.fd)  # closing the last fd releases the flock
@@ -82,13 +82,15 @@ def read(path: str = DB_PATH) -> bytes:
         posix.close(fd)
 
 
-def replace(content: bytes) -> None:
-    """Atomically replace the database with `content`. Call with the lock held."""
-    temp = f"{DB_DIR}/.nics.{posix.getpid()}"
+def replace(content: bytes, path: str = DB_PATH, mode: int | None = None) -> None:
+    """Atomically replace the database (or another file of its directory, the private bridges'
+    record) with `content`, mode 0600 unless `mode` (a chmod the helper's confinement does not
+    allow). Call with the lock held."""
+    temp = f"{DB_DIR}/.{path.rpartition('/')[2]}.{posix.getpid()}"
     try:
-        files.write_new(temp, content)
-        posix.rename(temp, DB_PATH)
+        files.write_new(temp, content, mode=mode)
+        posix.rename(temp, path)
     except OSError as err:
         files.remove_quietly(temp)
-        raise Refusal(f"cannot write {DB_PATH}: {err.strerror}",
-                      "nothing was changed: the database keeps its previous content") from None
+        raise Refusal(f"cannot write {path}: {err.strerror}",
+                      "nothing was changed: the file keeps its previous content") from None

@@ -4,13 +4,16 @@ A grant whose bridge is the reserved name `nsgate-private` (a name no real bridg
 user nics on a bridge of its own, `nsgu<uid>` (within IFNAMSIZ for every uid), which nsgate
 creates on first use and records in /run/lxc/nsgate-bridges (`<uid> <bridge>` per line) so that
 it never adopts a bridge it did not make. The bridge has no address (containers do not reach the
-host through it) and accepts no router advertisements. Call with the database lock held.
+host through it) and accepts no router advertisements. It goes, with its record, when it has no
+port left (`remove_unused`: `nsgate nics gc`, the service's janitor). Call with the database
+lock held.
 """
 
+import errno
 import posix
 
 from nsgate.errors import Refusal
-from nsgate.policy import nicnames
+from nsgate.policy import nicdb, nicnames, private_bridges
 from nsgate.system import files, nicdb_store, ports, rtnl
 
 RESERVED_NAME = b"nsgate-private"
@@ -37,7 +40,7 @@ def _record(line: bytes) -> None:
 def ensure(net: "rtnl.Rtnl", uid: int) -> ports.Attachment:
     """The caller's private bridge, created and recorded on first use."""
     name = bridge_name(uid)
-    record = f"{uid} {name}".encode()
+    record = private_bridges.record_line(uid)
     link = net.link(name)
     if link is not None:
         if link.kind != "bridge" or record not in _recorded():
@@ -54,3 +57,36 @@ def ensure(net: "rtnl.Rtnl", uid: int) -> ports.Attachment:
         net.delete_link(index)
         raise
     return ports.Attachment(name, index, shared=False)
+
+
+def _state(net: "rtnl.Rtnl", name: bytes) -> tuple[str, int]:
+    """What the link of a recorded bridge is (private_bridges.GONE...), and its ifindex."""
+    link = net.link(name.decode())
+    if link is None:
+        return private_bridges.GONE, 0
+    if link.kind != "bridge":
+        return private_bridges.FOREIGN, link.index
+    in_use = bool(net.links(master=link.index))
+    return (private_bridges.IN_USE if in_use else private_bridges.UNUSED), link.index
+
+
+def remove_unused(net: "rtnl.Rtnl",
+                  names: "set[bytes] | None" = None) -> tuple[list[bytes], list[bytes]]:
+    """(removed, forgotten): delete the recorded private bridges (of `names`, or all) that have
+    no port left, then drop their lines, and those of bridges already gone, from the record in
+    one atomic write. The bridges are deleted before their lines go: killed in between, a line
+    stays that names a bridge that is gone (ensure() makes it again; the next pass forgets it)."""
+    raw_lines = nicdb.split_lines(nicdb_store.read(RECORD_PATH))
+    found = {name: _state(net, name) for name in private_bridges.recorded_bridges(raw_lines)
+             if names is None or name in names}
+    kept, removed, forgotten = private_bridges.reap(
+        raw_lines, {name: state for name, (state, _) in found.items()})
+    for name in removed:
+        try:
+            net.delete_link(found[name][1])
+        except rtnl.NetlinkError as err:
+            if err.errno != errno.ENODEV:  # gone already: as good as deleted
+                raise
+    if removed or forgotten:
+        nicdb_store.replace(nicdb.join_lines(kept), RECORD_PATH, 0o644)
+    return removed, forgotten

@@ -98,9 +98,13 @@ class Rtnl:
                          + codec.u32(codec.IFLA_EXT_MASK, codec.RTEXT_FILTER_SKIP_STATS),
                          f"RTM_GETLINK index {index}")
 
-    def links(self) -> list[Link]:
-        """Every link, from one consistent dump (retried if links came or went meanwhile)."""
+    def links(self, *, master: int = 0) -> list[Link]:
+        """Every link, from one consistent dump (retried if links came or went meanwhile); with
+        `master`, the ports of that bridge only (the kernel filters the dump, and links of
+        another master are dropped here too, should a kernel not)."""
         body = codec.ifinfomsg() + codec.u32(codec.IFLA_EXT_MASK, codec.RTEXT_FILTER_SKIP_STATS)
+        if master:
+            body += codec.u32(codec.IFLA_MASTER, master)
         attempts = 3
         while True:
             try:
@@ -111,7 +115,8 @@ class Rtnl:
                 if err.errno != errno.EINTR or not attempts:
                     raise
                 continue
-            return [self._parse(payload, "RTM_GETLINK dump") for payload in answers]
+            links = [self._parse(payload, "RTM_GETLINK dump") for payload in answers]
+            return [link for link in links if link.master == master] if master else links
 
     def link_names(self) -> set[str]:
         """The names of all links (one dump): liveness of many names at once."""

@@ -74,7 +74,12 @@ def activated_socket() -> socket.socket | None:
     if environ.get(b"LISTEN_FDS") != b"1":
         raise Refusal("nsgated was passed more or fewer sockets than one",
                       "nsgate.socket defines exactly one ListenSequentialPacket=")
-    sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    try:
+        sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    except OSError as err:
+        raise Refusal(f"nsgated was passed LISTEN_FDS=1 but no socket on fd "
+                      f"{SD_LISTEN_FDS_START}: {err.strerror}",
+                      "whatever started it must pass the listening socket as fd 3") from None
     if (sock.family != socket.AF_UNIX or sock.type != socket.SOCK_SEQPACKET
             or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
         raise Refusal("the socket nsgated was passed is not a listening SOCK_SEQPACKET unix "
@@ -150,9 +155,24 @@ def _receive_checked(conn: socket.socket) -> tuple[bytes, list[int], bool]:
     return data, fds, cut
 
 
-def _receive(sock: socket.socket, size: int, max_fds: int) -> tuple[bytes, list[int], int]:
+def discard_unread(conn: socket.socket) -> None:
+    """Drop what the caller sent that no one will read (its request and descriptors), before a
+    connection answered without serving it is closed: a unix socket closed with unread data
+    resets the connection, and the caller would read ECONNRESET, not the answer queued for it.
+    (A request sent after the close meets EPIPE; the answer still waits to be read.)"""
+    for _ in range(4):  # the one request, and a little more from a client that sends more
+        try:
+            _, fds, _ = _receive(conn, MAX_PACKET + 1, 2, socket.MSG_DONTWAIT)
+        except OSError:
+            return
+        for fd in fds:
+            posix.close(fd)
+
+
+def _receive(sock: socket.socket, size: int, max_fds: int,
+             how: int = 0) -> tuple[bytes, list[int], int]:
     data, ancillary, flags, _ = sock.recvmsg(size, socket.CMSG_SPACE(max_fds * 4),
-                                             socket.MSG_CMSG_CLOEXEC)
+                                             socket.MSG_CMSG_CLOEXEC | how)
     fds: list[int] = []
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -172,9 +192,9 @@ def send_answer(conn: socket.socket, packet: bytes) -> None:
 
 
 def verify_peer(peer: Peer) -> None:
-    """Refuse a peer that is not simply a user: real and effective ids that differ (a set-id
-    program connecting on someone's behalf), ids changed since it connected, another user
-    namespace than ours, or gone. Reads /proc/<pid> and then proves, through the pidfd, that the
+    """Refuse a peer that is not simply a user: another user namespace than ours, real and
+    effective ids that differ (a set-id program connecting on someone's behalf), ids changed
+    since it connected, or gone. Reads /proc/<pid> and then proves, through the pidfd, that the
     process read is still the peer."""
     try:
         dirfd = posix.open(f"/proc/{peer.pid}", posix.O_RDONLY | posix.O_DIRECTORY
@@ -192,6 +212,10 @@ def verify_peer(peer: Peer) -> None:
         signal.pidfd_send_signal(peer.pidfd, 0)
     except OSError:
         raise _gone() from None
+    ours = posix.stat("/proc/self/ns/user")
+    if (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino):  # its ids are not ours
+        raise Refusal("nsgated serves callers of the initial user namespace only",
+                      "inside a user namespace, use nsgate's setuid helpers")
     uids, gids = status.get(b"Uid", []), status.get(b"Gid", [])
     if len(uids) < 2 or len(gids) < 2:
         raise _gone()
@@ -203,10 +227,6 @@ def verify_peer(peer: Peer) -> None:
     if uids[1] != peer.uid or gids[1] != peer.gid:
         raise Refusal("refusing a caller whose ids changed after it connected",
                       "connect with the ids the request is made with")
-    ours = posix.stat("/proc/self/ns/user")
-    if (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino):
-        raise Refusal("nsgated serves callers of the initial user namespace only",
-                      "inside a user namespace, use nsgate's setuid helpers")
 
 
 def _gone() -> Refusal:

@@ -1,4 +1,5 @@
-"""nsgate nics list|gc: the nic database with liveness, and pruning it under lxc-user-nic's lock."""
+"""nsgate nics list|gc: the nic database with liveness, and pruning it under lxc-user-nic's lock
+(stale lines, and private bridges with no port left: system/nic_gc.py)."""
 
 from nsgate.cli.admin.common import NICS, Args, Out, link_kinds, require_root
 from nsgate.errors import Refusal
@@ -54,23 +55,17 @@ def list_nics(out: Out, args: Args) -> int:
 
 def gc(out: Out) -> int:
     require_root("nsgate nics gc")
-    from nsgate.system import nicdb_store, rtnl
+    from nsgate.system import nic_gc, rtnl
 
-    lock = nicdb_store.Locked()
-    try:
-        raw_lines = nicdb.split_lines(nicdb_store.read())
-        with rtnl.Rtnl() as net:
-            live = {name.encode("utf-8", "surrogateescape") for name in net.link_names()}
-        kept, stale = nicdb.prune(raw_lines, nicdb.numbered(raw_lines), live)
-        if stale:
-            nicdb_store.replace(nicdb.join_lines(kept))
-    finally:
-        lock.release()
-    removed = [line.raw for line in stale.values()]
+    with rtnl.Rtnl() as net:
+        collected = nic_gc.collect(net)
+    removed = collected.lines
     if not removed:
         out.say(f"{NICS}: no stale lines")
-        return 0
-    out.say(f"removed {len(removed)} stale line{'s' * (len(removed) != 1)} from {NICS}:")
-    for raw in removed:
-        out.say(f"  {text(raw)}")
+    else:
+        out.say(f"removed {len(removed)} stale line{'s' * (len(removed) != 1)} from {NICS}:")
+        for raw in removed:
+            out.say(f"  {text(raw)}")
+    for name in collected.bridges:
+        out.say(f"removed private bridge {text(name)}: no port left")
     return 0
