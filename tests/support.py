@@ -41,8 +41,9 @@ TEST_GROUPS = [("nsgt-alice", 23001, []), ("nsgt-bob", 23002, []), ("nsgt-carol"
 # --- the transport: how a helper run reaches its privilege ------------------------------------
 # "setuid": no service runs, the launcher's setuid bit serves in-process. "service": nsgated runs,
 # and every command that runs one of nsgate's helpers runs under no_new_privs, where the kernel
-# ignores the setuid bit: only the service can have served it. tests/conftest.py's `transport`
-# fixture (module-wide, parametrised) sets it; a module opts in with
+# ignores the setuid bit: only the service can have served it (getsubids, which needs no
+# privilege, is served because the service is up: its launcher asks it first). The `transport`
+# fixture of tests/conftest.py (module-wide, parametrised) sets it; a module opts in with
 # `pytestmark = pytest.mark.usefixtures("transport")`.
 TRANSPORTS = ("setuid", "service")
 _transport = ["setuid"]
