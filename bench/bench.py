@@ -2,7 +2,7 @@
 
 Run as root:  /usr/bin/python3 -I bench/bench.py [--prefix /usr/local] [--rounds N]
               [--big-rounds N] [--nic-rounds N] [--concurrent-rounds N] [--f-links N]
-              [--json FILE]
+              [--json FILE] [--service-only]
 Exit status: 0 when every README performance target is met; 1 when one is missed (each missed
 target named on stderr, so a regression fails `make bench`) or the benchmark failed.
 
@@ -25,6 +25,26 @@ order rotated by one place per round, so drift and warm-up affect every contesta
       once by the timer, timed from the first spawn to the last exit), quota 5: the time, and
       how many nics each tool lets through (anything beyond 5 is a quota violation); as a
       yardstick, 16 floors (c) spawned at once the same way.
+  (h) to (k): (a), (d), (f) and (g) again with nsgated running (the same installed launchers,
+      which try the service first, against the same references in the same rounds):
+      nsgated is started by the benchmark for each of these phases, as root in its sandbox,
+      with its default options, listening on the launchers' socket in the benchmark's own
+      /run/nsgate, and stopped after it (SIGTERM; it must exit 0 and remove its socket);
+      during a phase /usr/bin/python3 is bound over with a script that fails loudly, so a
+      launcher that fell back to its in-process path ends the benchmark instead of being timed
+      as if served. (k) also checks, after every round, that the test user's database lines
+      name exactly the veths that exist;
+  (l) nsgated's memory when idle, read at the end of each service phase once its pool is full
+      and asleep: the parent's RSS and PSS, and the sum of PSS over the parent and its idle
+      workers, the figure judged (a worker shares most pages with its parent: RSS counts them
+      once per process, PSS divides them among the processes, so the sum is the memory the
+      service holds);
+  (m) what the launchers' try of the service costs when nothing listens (so nothing gets
+      slower without it): seteuid, socket, connect failing, close, seteuid back, as
+      csrc/service_client.c does, timed in Python as the test user in 1,000-call batches
+      (an upper bound: the interpreter's call overhead is in it), with no socket file and with
+      a stale one nobody listens on; judged against (a).
+`--service-only` runs (h) to (m) and the references of (h) to (k), for quick iteration.
 (c) runs in the rounds of (a)/(d) and again in those of (e), so both ratios to the floor use a
 floor measured alongside. (e) and (g) run on a network namespace holding only lo and br0; (f)'s
 filler veths are made after (e) and removed before (g).
@@ -49,27 +69,29 @@ overlay over /etc (upper layer on that tmpfs), exactly like tests/conftest.py; t
 the subid files and /etc/lxc/lxc-usernet live only in the overlay. The relaunch also makes a
 private network namespace (`--net`, lo brought up) in which the benchmark creates br0, the
 filler veths of (f) and every container's veth, remounts sysfs (so /sys/class/net, which the
-reference reads, shows that namespace) and mounts a tmpfs on /run/lxc (over a copy-on-write
-overlay of /run when the host has no /run/lxc to mount on). When the benchmark ends, its pid,
-mount and network namespaces end with it: every process it started is killed, every mount and
-every link is gone.
+reference reads, shows that namespace) and mounts a tmpfs on /run/lxc and on /run/nsgate (over
+a copy-on-write overlay of /run when the host lacks either directory to mount on). When the
+benchmark ends, its pid, mount and network namespaces end with it: every process it started
+(nsgated too) is killed, every mount and every link is gone.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import grp
 import json
 import marshal
 import os
 import platform
 import pwd
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,7 +120,9 @@ FILLER_START, FILLER_COUNT = 100_000, 4_096
 BIG_START = 4_100_000_000
 
 TARGETS = {"a_floor_ratio": 1.3, "b_speedup": 10.0, "b_rss_mib": 30.0, "d_floors": 2.0,
-           "e_floor_ratio": 5.0, "f_ratio": 0.5, "g_ratio": 1.0}
+           "e_floor_ratio": 5.0, "f_ratio": 0.5, "g_ratio": 1.0,
+           "h_ratio": 1.0, "i_ratio": 1.1, "j_ratio": 0.25, "k_ratio": 1.0, "l_pss_mib": 40.0,
+           "m_share": 0.01}
 
 # lxc-user-nic, (e) to (g).
 USERNIC_REFERENCE = Path("/usr/libexec/lxc/lxc-user-nic")  # Debian's liblxc-common (lxc 5.0.2)
@@ -107,6 +131,10 @@ BIG_QUOTA = 1_000_000  # (e), (f): `nsgb-user veth br0 1000000`, never reached
 CONCURRENT, CONCURRENT_QUOTA = 16, 5  # (g)
 NIC_DIR = Path("/run/lxc")
 NIC_DB = NIC_DIR / "nics"
+SERVICE_DIR = Path("/run/nsgate")  # the installed launchers' SOCKET (make install's default)
+SERVICE_SOCKET = SERVICE_DIR / "io.socket"
+SERVICE_WORKERS = 2  # nsgated's default --workers, as the bench starts it
+SERVICE_START_SECONDS = 30.0  # bounds waits on the service (start, settle, stop); never timed
 SYS_NET = Path("/sys/class/net")
 SETTLE_SECONDS = 2.0  # after stopping many containers: see NicLab.park
 FILLER_TEARDOWN_SECONDS = 300.0  # the kernel deleting (f)'s filler veths (10,000: ~1 minute?)
@@ -533,11 +561,13 @@ def check_nic(what: str, out: str, container: Target) -> str:
 
 @dataclass(frozen=True)
 class QuotaRound:
-    """(g), one round: the creates that succeeded, the veths that exist afterwards, the test
-    user's lines in the database afterwards."""
+    """(g), (k), one round: the creates that succeeded, the veths that exist afterwards, the
+    test user's lines in the database afterwards, and whether those lines name exactly those
+    veths."""
     succeeded: int
     nics: int
     db_lines: int
+    consistent: bool = True
 
     @property
     def over_quota(self) -> int:
@@ -563,7 +593,7 @@ class NicLab:
         run_quiet(["mount", "--rbind", "/sys/fs/cgroup", str(cgroups)])
         run_quiet(["mount", "-t", "sysfs", "nsgb-sysfs", "/sys"])
         run_quiet(["mount", "--rbind", str(cgroups), "/sys/fs/cgroup"])
-        private_run_lxc(scratch)
+        private_run(scratch)
         Path("/etc/lxc").mkdir(mode=0o755, exist_ok=True)  # in the overlay
         run_quiet(["ip", "link", "add", BRIDGE, "type", "bridge"])
         run_quiet(["ip", "link", "set", BRIDGE, "mtu", str(BRIDGE_MTU), "up"])
@@ -669,6 +699,13 @@ class NicLab:
         self.check_clean(what)
         return sample
 
+    def creator(self, what: str, helper: Path, db: bytes) -> Callable[[Timer], Sample]:
+        return lambda timer: self.create_once(timer, what, helper, db)
+
+    def concurrent_creator(self, what: str, helper: Path,
+                           log: list[QuotaRound]) -> Callable[[Timer], Sample]:
+        return lambda timer: self.concurrent_once(timer, what, helper, log)
+
     def concurrent_once(self, timer: Timer, what: str, helper: Path,
                         log: list[QuotaRound]) -> Sample:
         """(g): 16 creates at once on 16 fresh containers, quota 5, an empty database."""
@@ -688,9 +725,11 @@ class NicLab:
             made = links() - self.baseline
             if not hosts <= made:
                 raise BenchError(f"{what}: reported {sorted(hosts)}, but links are {made}")
-            owned = [line for line in NIC_DB.read_bytes().splitlines()
+            owned = [line.split() for line in NIC_DB.read_bytes().splitlines()
                      if line.split(b" ", 1)[0] == USER.name.encode()]
-            log.append(QuotaRound(len(hosts), len(made), len(owned)))
+            named = sorted(fields[3].decode() for fields in owned if len(fields) == 4)
+            log.append(QuotaRound(len(hosts), len(made), len(owned),
+                                  len(named) == len(owned) and named == sorted(made)))
         finally:
             self.remove_new_links()
             self.park(containers)
@@ -699,22 +738,236 @@ class NicLab:
                       "")
 
 
-def private_run_lxc(scratch: Path) -> None:
-    """A private tmpfs (mode 0755) on /run/lxc. Without a /run/lxc on the host to mount on, a
-    copy-on-write overlay of /run (upper layer on the scratch tmpfs) provides one."""
-    if NIC_DIR.is_symlink() or (NIC_DIR.exists() and not NIC_DIR.is_dir()):
-        raise BenchError(f"{NIC_DIR} is not a directory: the benchmark cannot mount on it")
-    if not NIC_DIR.exists():
+def private_run(scratch: Path) -> None:
+    """Private tmpfs (mode 0755) on /run/lxc (the nics database) and /run/nsgate (nsgated's
+    socket). Where the host has no such directory to mount on, a copy-on-write overlay of /run
+    (upper layer on the scratch tmpfs) provides it."""
+    places = (NIC_DIR, SERVICE_DIR)
+    for place in places:
+        if place.is_symlink() or (place.exists() and not place.is_dir()):
+            raise BenchError(f"{place} is not a directory: the benchmark cannot mount on it")
+    if not all(place.exists() for place in places):
         upper, work = scratch / "run-upper", scratch / "run-work"
         for path in (upper, work):
             path.mkdir()
             os.chmod(path, 0o755)
         run_quiet(["mount", "-t", "overlay", "nsgb-run", "-o",
                    f"lowerdir=/run,upperdir={upper},workdir={work}", "/run"])
-        NIC_DIR.mkdir(mode=0o755)
-    run_quiet(["mount", "-t", "tmpfs", "-o", "mode=0755", "nsgb-lxc", str(NIC_DIR)])
-    if mount_points().get(str(NIC_DIR), ("", ""))[1] != "tmpfs":
-        raise BenchError(f"{NIC_DIR} is not the tmpfs after mounting it")
+        for place in places:
+            place.mkdir(mode=0o755, exist_ok=True)
+    for place in places:
+        run_quiet(["mount", "-t", "tmpfs", "-o", "mode=0755", f"nsgb-{place.name}", str(place)])
+        if mount_points().get(str(place), ("", ""))[1] != "tmpfs":
+            raise BenchError(f"{place} is not the tmpfs after mounting it")
+
+
+# ---------------------------------------------------------------------------------------------
+# nsgated: the service cases (h) to (l), and what the launchers' try of it costs without it (m).
+
+
+def answers(path: Path) -> bool:
+    """Whether something accepts connections on `path`."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+@dataclass(frozen=True)
+class ServiceMemory:
+    """(l): nsgated idle, its pool full and prepared. RSS counts every page a process maps,
+    shared or not, so the parent's and its workers' RSS cannot be added up (a worker shares
+    pages with its parent); PSS divides each page among the processes that map it, so the sum
+    of PSS over the parent and its workers is the memory the service holds, once."""
+    parent_rss_kb: int
+    parent_pss_kb: int
+    workers: int
+    pss_sum_kb: int
+
+
+def _status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise BenchError(f"/proc/{pid}/status has no {field}")
+
+
+def _pss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    raise BenchError(f"/proc/{pid}/smaps_rollup has no Pss")
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as listing:
+            children += [int(child) for child in listing.read().split()]
+    return children
+
+
+class Nsgated:
+    """The installed nsgated, started by the benchmark as root in its sandbox (its own
+    /run/nsgate, so the installed launchers find it), with its default options, as a system runs
+    it; its output goes to a log on the scratch tmpfs, shown if it fails."""
+
+    def __init__(self, nsgate_dir: Path, log: Path) -> None:
+        if answers(SERVICE_SOCKET):
+            raise BenchError(f"something already listens on {SERVICE_SOCKET}")
+        self.log_path = log
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen([str(nsgate_dir / "nsgated")], stdin=subprocess.DEVNULL,
+                                         stdout=out, stderr=out, start_new_session=True)
+        deadline = time.monotonic() + SERVICE_START_SECONDS
+        while not answers(SERVICE_SOCKET):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise BenchError(f"nsgated did not start listening: {self.log()}")
+            time.sleep(0.01)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace").strip() or "(no output)"
+
+    def family(self) -> list[int]:
+        """The parent and every descendant (its workers, and whatever else it forked)."""
+        family, todo = [], [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            family.append(pid)
+            try:
+                todo += _children(pid)
+            except FileNotFoundError:
+                continue
+        return family
+
+    def settle(self) -> None:
+        """Wait until the service is idle as a system sees it between requests: the pool
+        refilled to its size, every worker asleep, with its pages prepared (no process's RSS
+        changed over a tenth of a second)."""
+        deadline = time.monotonic() + SERVICE_START_SECONDS
+        before: dict[int, int] = {}
+        while True:
+            if self.proc.poll() is not None:
+                raise BenchError(f"nsgated exited with status {self.proc.returncode}: "
+                                 f"{self.log()}")
+            try:
+                family = self.family()
+                asleep = all(_state(pid) == "S" for pid in family)  # not a zombie: it has RSS
+                now = {pid: _status_kb(pid, "VmRSS") for pid in family} if asleep else {}
+            except FileNotFoundError:  # a worker exited between two reads
+                now = {}
+            if len(now) > SERVICE_WORKERS and now == before:
+                return
+            if time.monotonic() > deadline:
+                raise BenchError(f"nsgated did not settle: {now}")
+            before = now
+            time.sleep(0.1)
+
+    def memory(self) -> ServiceMemory:
+        """(l), once settled."""
+        self.settle()
+        family = self.family()
+        parent = self.proc.pid
+        return ServiceMemory(_status_kb(parent, "VmRSS"), _pss_kb(parent), len(family) - 1,
+                             sum(_pss_kb(pid) for pid in family))
+
+    def stop(self) -> None:
+        """SIGTERM: nsgated stops, removes its socket and exits 0."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            status = self.proc.wait(timeout=SERVICE_START_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise BenchError(f"nsgated did not stop on SIGTERM: {self.log()}") from None
+        if status != 0:
+            raise BenchError(f"nsgated exited with status {status}: {self.log()}")
+        if SERVICE_SOCKET.exists():
+            raise BenchError(f"nsgated left {SERVICE_SOCKET} behind")
+
+
+@contextlib.contextmanager
+def serving(nsgate_dir: Path, scratch: Path,
+            memory: list[ServiceMemory]) -> Iterator[Nsgated]:
+    """nsgated runs for the phase, and a launcher cannot fall back to its in-process path
+    unnoticed: /usr/bin/python3 is bound over with a script that fails loudly (only a launcher
+    that did not reach the service runs it; nsgated, its workers and the timer started their
+    interpreters before). At the end of the phase the idle service's memory is read (l)."""
+    service = Nsgated(nsgate_dir, scratch / "nsgated.log")
+    guard = scratch / "no-fallback"
+    guard.write_text("#!/bin/sh\necho 'bench: the launcher fell back to the in-process path: "
+                     "nsgated did not serve it' >&2\nexit 99\n")
+    guard.chmod(0o755)
+    try:
+        run_quiet(["mount", "--bind", str(guard), PYTHON])
+        try:
+            service.settle()
+            yield service
+            memory.append(service.memory())
+        except BenchError as err:
+            raise BenchError(f"{err}\nnsgated's output: {service.log()}") from None
+        finally:
+            run_quiet(["umount", PYTHON])
+    finally:
+        service.stop()
+
+
+# (m): what a launcher pays, nothing listening, before its in-process path: one round of the
+# try is what use_service_if_running does then (csrc/service_client.c): seteuid to the caller,
+# socket, connect (failing), close, seteuid back. Timed in Python as the test user, so each
+# figure is an upper bound (the interpreter's call overhead is in it); the setuid launcher's
+# seteuid(0) back is a seteuid to the user's own uid here, the same kernel path.
+TRY_CODE = r"""
+import os, socket, sys, time
+path, rounds, calls = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+uid = os.getuid()
+for _ in range(rounds):
+    start = time.perf_counter_ns()
+    for _ in range(calls):
+        os.seteuid(uid)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            s.connect(path)
+        except OSError:
+            pass
+        s.close()
+        os.seteuid(uid)
+    print((time.perf_counter_ns() - start) / calls)
+"""
+TRY_CALLS = 1000
+
+
+def service_try(scratch: Path, rounds: int, results: Results) -> None:
+    """(m): the try with no socket file (ENOENT: the service was never installed or started)
+    and with a socket nobody listens on (ECONNREFUSED: one left by a service that died)."""
+    stale = scratch / "stale.socket"
+    left = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    left.bind(str(stale))
+    left.close()  # bound, never listening: what remains of a service killed with SIGKILL
+    os.chmod(stale, 0o666)
+    try:
+        for impl, path in (("no socket", SERVICE_SOCKET), ("stale socket", stale)):
+            if answers(path):
+                raise BenchError(f"(m): something listens on {path}")
+            result = subprocess.run(
+                as_user([PYTHON, "-I", "-S", "-c", TRY_CODE, str(path), str(rounds),
+                         str(TRY_CALLS)]), capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                raise BenchError(f"(m) {impl}: the timing process failed: {result.stderr}")
+            results[("m", impl)] = [Sample(float(line) / 1e6, 0, 0, 0, "")
+                                    for line in result.stdout.split()]
+    finally:
+        stale.unlink()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -774,8 +1027,62 @@ class Verdict:
     passed: bool
 
 
-def verdicts(stats: dict[tuple[str, str], Stats],
-             quota: dict[str, list[QuotaRound]]) -> list[Verdict]:
+Quota = dict[tuple[str, str], list[QuotaRound]]  # (case, impl) -> rounds of (g) or (k)
+
+
+@dataclass
+class Extras:
+    """What a run measures besides timed samples: the quota rounds of (g) and (k), and the idle
+    service's memory (l), read at the end of every service phase."""
+    quota: Quota
+    memory: list[ServiceMemory]
+
+    @classmethod
+    def empty(cls) -> Extras:
+        return cls({(case, impl): [] for case in "gk" for impl in ("nsgate", "reference")}, [])
+
+
+def ratio_verdict(stats: dict[tuple[str, str], Stats], case: str, goal: float) -> Verdict:
+    ratio = stats[case, "nsgate"].median_ms / stats[case, "reference"].median_ms
+    return Verdict(f"({case}) nsgate / reference", f"{ratio:.2f}x", f"<= {goal}x",
+                   ratio <= goal)
+
+
+def quota_verdict(case: str, rounds: list[QuotaRound]) -> Verdict:
+    over = sum(item.over_quota for item in rounds)
+    astray = sum(not item.consistent for item in rounds)
+    measured = f"{over} nics in {len(rounds)} rounds"
+    if astray:
+        measured += f", db != links in {astray}"
+    return Verdict(f"({case}) nsgate over quota", measured, "0", over == 0 and not astray)
+
+
+def verdicts(stats: dict[tuple[str, str], Stats], extras: Extras) -> list[Verdict]:
+    """Every target whose figures the run has (--service-only runs (h) to (m) alone)."""
+    checks = []
+    if ("a", "nsgate") in stats:
+        checks += without_service_verdicts(stats, extras.quota)
+    if ("h", "nsgate") in stats:
+        checks += [ratio_verdict(stats, "h", TARGETS["h_ratio"]),
+                   ratio_verdict(stats, "i", TARGETS["i_ratio"]),
+                   ratio_verdict(stats, "j", TARGETS["j_ratio"]),
+                   ratio_verdict(stats, "k", TARGETS["k_ratio"]),
+                   quota_verdict("k", extras.quota["k", "nsgate"])]
+    if extras.memory:
+        idle = max(extras.memory, key=lambda item: item.pss_sum_kb)
+        checks.append(Verdict("(l) nsgated idle PSS", f"{idle.pss_sum_kb / 1024:.1f} MiB",
+                              f"<= {TARGETS['l_pss_mib']:.0f} MiB",
+                              idle.pss_sum_kb <= TARGETS["l_pss_mib"] * 1024))
+    if ("m", "no socket") in stats and ("a", "nsgate") in stats:
+        tried = max(stats["m", impl].median_ms for impl in ("no socket", "stale socket"))
+        share = tried / stats["a", "nsgate"].median_ms
+        checks.append(Verdict("(m) the try / (a)", f"{tried * 1000:.1f} us = {share:.2%}",
+                              f"<= {TARGETS['m_share']:.0%}", share <= TARGETS["m_share"]))
+    return checks
+
+
+def without_service_verdicts(stats: dict[tuple[str, str], Stats],
+                             quota: Quota) -> list[Verdict]:
     floor = stats["c", "python3"].median_ms
     a_ratio = stats["a", "nsgate"].median_ms / floor
     b_speedup = stats["b", "reference"].median_ms / stats["b", "nsgate"].median_ms
@@ -784,7 +1091,7 @@ def verdicts(stats: dict[tuple[str, str], Stats],
     e_ratio = stats["e", "nsgate"].median_ms / floor
     f_ratio = stats["f", "nsgate"].median_ms / stats["f", "reference"].median_ms
     g_ratio = stats["g", "nsgate"].median_ms / stats["g", "reference"].median_ms
-    g_over = sum(item.over_quota for item in quota["nsgate"])
+    g_over = sum(item.over_quota for item in quota["g", "nsgate"])
     return [
         Verdict("(a) nsgate / floor", f"{a_ratio:.2f}x", f"<= {TARGETS['a_floor_ratio']}x",
                 a_ratio <= TARGETS["a_floor_ratio"]),
@@ -801,7 +1108,7 @@ def verdicts(stats: dict[tuple[str, str], Stats],
                 f_ratio <= TARGETS["f_ratio"]),
         Verdict("(g) nsgate / reference", f"{g_ratio:.2f}x", f"<= {TARGETS['g_ratio']:.1f}x",
                 g_ratio <= TARGETS["g_ratio"]),
-        Verdict("(g) nsgate over quota", f"{g_over} nics in {len(quota['nsgate'])} rounds",
+        Verdict("(g) nsgate over quota", f"{g_over} nics in {len(quota['g', 'nsgate'])} rounds",
                 "0", g_over == 0),
     ]
 
@@ -815,21 +1122,33 @@ def exit_status(checks: list[Verdict]) -> tuple[int, list[str]]:
 
 
 def quota_summary(rounds: list[QuotaRound]) -> str:
-    """(g): what a tool let through, over all rounds."""
+    """(g), (k): what a tool let through, over all rounds."""
     def spread(values: list[int]) -> str:
         low, high = min(values), max(values)
         return f"{low}" if low == high else f"{low}..{high}"
 
     over = sum(item.over_quota for item in rounds)
+    astray = sum(not item.consistent for item in rounds)
     return (f"{spread([r.succeeded for r in rounds])} of {CONCURRENT} creates succeeded, "
             f"{spread([r.nics for r in rounds])} veths and {spread([r.db_lines for r in rounds])} "
-            f"db lines per round; {over} nics over quota in {len(rounds)} rounds")
+            f"db lines per round; {over} nics over quota in {len(rounds)} rounds; the db named "
+            f"exactly the veths made in {len(rounds) - astray} of them")
+
+
+def memory_summary(samples: list[ServiceMemory]) -> str:
+    """(l): the largest of the idle readings, with what the parent alone holds."""
+    idle = max(samples, key=lambda item: item.pss_sum_kb)
+    return (f"(l) nsgated idle (largest of {len(samples)} readings, one at the end of each "
+            f"service phase): parent RSS {idle.parent_rss_kb / 1024:.1f} MiB (PSS "
+            f"{idle.parent_pss_kb / 1024:.1f} MiB); parent and its {idle.workers} idle children "
+            f"together PSS {idle.pss_sum_kb / 1024:.1f} MiB (the target is judged on this sum: "
+            "RSS counts every shared page once per process, PSS divides it among them)")
 
 
 # ---------------------------------------------------------------------------------------------
 # The run.
 
-IMPL_ORDER = ("nsgate", "reference", "python3")
+IMPL_ORDER = ("nsgate", "reference", "python3", "no socket", "stale socket")
 CASE_TITLES = {
     "a": "(a) newuidmap, fresh target",
     "b": "(b) newuidmap, 1M-line /etc/subuid",
@@ -838,66 +1157,92 @@ CASE_TITLES = {
     "e": "(e) lxc-user-nic create, empty nics db",
     "f": "(f) lxc-user-nic, 10,000-line nics db",
     "g": f"(g) {CONCURRENT} concurrent creates, quota {CONCURRENT_QUOTA}",
+    "h": "(h) nsgated: newuidmap, fresh target",
+    "i": "(i) nsgated: unshare --map-auto",
+    "j": "(j) nsgated: lxc-user-nic, 10,000 lines",
+    "k": f"(k) nsgated: {CONCURRENT} concurrent creates",
+    "m": "(m) no nsgated: the launchers' try",
 }
 
 
-def measure(nsgate_dir: Path, lab: NicLab, args: argparse.Namespace,
-            quota: dict[str, list[QuotaRound]]) -> Results:
-    rounds, big_rounds, warmup = args.rounds, args.big_rounds, args.warmup
+def measure(nsgate_dir: Path, lab: NicLab, args: argparse.Namespace, extras: Extras) -> Results:
+    """Every phase runs its contestants interleaved; a service phase (h to k) starts nsgated
+    before its rounds and stops it after them (see `serving`), and the reference runs in the
+    same rounds."""
+    rounds, warmup, every = args.rounds, args.warmup, not args.service_only
+    scratch, quota = Path(args.scratch), extras.quota
     results: Results = {}
     timer = Timer()
     try:
         write_etc("subuid", small_subid())
         write_etc("subgid", small_subid())
-        small = [
-            Contestant("a", "nsgate", lambda t: map_once(
-                t, "(a) nsgate", nsgate_dir / "newuidmap", SUB_START)),
-            Contestant("a", "reference", lambda t: map_once(
-                t, "(a) reference", REFERENCE_DIR / "newuidmap", SUB_START)),
-            Contestant("c", "python3", floor_once),
-            Contestant("d", "nsgate", lambda t: auto_once(t, "(d) nsgate", nsgate_dir)),
-            Contestant("d", "reference", lambda t: auto_once(t, "(d) reference", REFERENCE_DIR)),
+        if every:
+            small = [
+                Contestant("a", "nsgate", lambda t: map_once(
+                    t, "(a) nsgate", nsgate_dir / "newuidmap", SUB_START)),
+                Contestant("a", "reference", lambda t: map_once(
+                    t, "(a) reference", REFERENCE_DIR / "newuidmap", SUB_START)),
+                Contestant("c", "python3", floor_once),
+                Contestant("d", "nsgate", lambda t: auto_once(t, "(d) nsgate", nsgate_dir)),
+                Contestant("d", "reference", lambda t: auto_once(
+                    t, "(d) reference", REFERENCE_DIR)),
+            ]
+            interleave(timer, small, rounds, warmup, results)
+        service_try(scratch, rounds, results)
+        served_small = [
+            Contestant("h", "nsgate", lambda t: map_once(
+                t, "(h) nsgate", nsgate_dir / "newuidmap", SUB_START)),
+            Contestant("h", "reference", lambda t: map_once(
+                t, "(h) reference", REFERENCE_DIR / "newuidmap", SUB_START)),
+            Contestant("i", "nsgate", lambda t: auto_once(t, "(i) nsgate", nsgate_dir)),
+            Contestant("i", "reference", lambda t: auto_once(t, "(i) reference", REFERENCE_DIR)),
         ]
-        interleave(timer, small, rounds, warmup, results)
-        write_etc("subuid", big_subuid())
-        big = [
-            Contestant("b", "nsgate", lambda t: map_once(
-                t, "(b) nsgate", nsgate_dir / "newuidmap", BIG_START)),
-            Contestant("b", "reference", lambda t: map_once(
-                t, "(b) reference", REFERENCE_DIR / "newuidmap", BIG_START)),
-        ]
-        interleave(timer, big, big_rounds, 1, results)
+        with serving(nsgate_dir, scratch, extras.memory):
+            interleave(timer, served_small, rounds, warmup, results)
+        if every:
+            write_etc("subuid", big_subuid())
+            big = [
+                Contestant("b", "nsgate", lambda t: map_once(
+                    t, "(b) nsgate", nsgate_dir / "newuidmap", BIG_START)),
+                Contestant("b", "reference", lambda t: map_once(
+                    t, "(b) reference", REFERENCE_DIR / "newuidmap", BIG_START)),
+            ]
+            interleave(timer, big, args.big_rounds, 1, results)
         nsgate_nic, reference_nic = nsgate_dir / "lxc-user-nic", USERNIC_REFERENCE
         write_usernet(BIG_QUOTA)
-        empty = [
-            Contestant("e", "nsgate", lambda t: lab.create_once(
-                t, "(e) nsgate", nsgate_nic, b"")),
-            Contestant("e", "reference", lambda t: lab.create_once(
-                t, "(e) reference", reference_nic, b"")),
-            Contestant("c", "python3", floor_once),
-        ]
-        interleave(timer, empty, args.nic_rounds, warmup, results)
-        lab.release()
+        if every:
+            empty = [
+                Contestant("e", "nsgate", lambda t: lab.create_once(
+                    t, "(e) nsgate", nsgate_nic, b"")),
+                Contestant("e", "reference", lambda t: lab.create_once(
+                    t, "(e) reference", reference_nic, b"")),
+                Contestant("c", "python3", floor_once),
+            ]
+            interleave(timer, empty, args.nic_rounds, warmup, results)
+            lab.release()
         big_db = lab.add_filler(args.f_links)
-        full = [
-            Contestant("f", "nsgate", lambda t: lab.create_once(
-                t, "(f) nsgate", nsgate_nic, big_db)),
-            Contestant("f", "reference", lambda t: lab.create_once(
-                t, "(f) reference", reference_nic, big_db)),
-        ]
-        interleave(timer, full, args.nic_rounds, warmup, results)
-        lab.release()
+        for case in ("f", "j") if every else ("j",):
+            with serving(nsgate_dir, scratch, extras.memory) if case == "j" \
+                    else contextlib.nullcontext():
+                interleave(timer, [
+                    Contestant(case, impl, lab.creator(f"({case}) {impl}", helper, big_db))
+                    for impl, helper in (("nsgate", nsgate_nic), ("reference", reference_nic))
+                ], args.nic_rounds, warmup, results)
+            lab.release()
         lab.remove_filler()
         write_usernet(CONCURRENT_QUOTA)
-        together = [
-            Contestant("g", "nsgate", lambda t: lab.concurrent_once(
-                t, "(g) nsgate", nsgate_nic, quota["nsgate"])),
-            Contestant("g", "reference", lambda t: lab.concurrent_once(
-                t, "(g) reference", reference_nic, quota["reference"])),
-            Contestant("g", "python3", floor_together),
-        ]
-        # The quota tally keeps the warm-up round too: every round is a test of the quota.
-        interleave(timer, together, args.concurrent_rounds, 1, results)
+        for case in ("g", "k") if every else ("k",):
+            together = [
+                Contestant(case, impl, lab.concurrent_creator(f"({case}) {impl}", helper,
+                                                              quota[case, impl]))
+                for impl, helper in (("nsgate", nsgate_nic), ("reference", reference_nic))]
+            if case == "g":
+                together.append(Contestant("g", "python3", floor_together))
+            # The quota tally keeps the warm-up round too: every round is a test of the quota.
+            with serving(nsgate_dir, scratch, extras.memory) if case == "k" \
+                    else contextlib.nullcontext():
+                interleave(timer, together, args.concurrent_rounds, 1, results)
+            lab.release()
     finally:
         timer.close()
         lab.release()
@@ -910,10 +1255,14 @@ def package_version(name: str) -> str:
     return result.stdout.strip() or "unknown"
 
 
+def ms_text(ms: float) -> str:
+    return f"{ms:.2f}" if ms >= 0.1 else f"{ms:.4f}"  # (m) is microseconds
+
+
 def render(stats: dict[tuple[str, str], Stats], checks: list[Verdict], header: list[str],
            notes: list[str]) -> str:
     lines = [*header, "",
-             f"{'case':<38} {'impl':<10} {'median ms':>10} {'p90 ms':>9} {'runs':>5} "
+             f"{'case':<41} {'impl':<12} {'median ms':>10} {'p90 ms':>9} {'runs':>5} "
              f"{'peak RSS':>14}"]
     for case, case_title in CASE_TITLES.items():
         title = case_title
@@ -921,26 +1270,34 @@ def render(stats: dict[tuple[str, str], Stats], checks: list[Verdict], header: l
             item = stats.get((case, impl))
             if item is None:
                 continue
-            lines.append(f"{title:<38} {impl:<10} {item.median_ms:>10.2f} {item.p90_ms:>9.2f} "
-                         f"{item.runs:>5} {item.rss_text():>14}")
+            rss = item.rss_text() if item.peak_rss_mib else ""
+            lines.append(f"{title:<41} {impl:<12} {ms_text(item.median_ms):>10} "
+                         f"{ms_text(item.p90_ms):>9} {item.runs:>5} {rss:>14}")
             title = ""
-    lines += ["", f"{'target':<26} {'measured':<28} {'goal':<28} verdict"]
-    lines += [f"{check.name:<26} {check.measured:<28} {check.target:<28} "
+    lines += ["", f"{'target':<26} {'measured':<30} {'goal':<28} verdict"]
+    lines += [f"{check.name:<26} {check.measured:<30} {check.target:<28} "
               f"{'PASS' if check.passed else 'MISS'}" for check in checks]
     return "\n".join([*lines, "", *notes])
 
 
-def to_json(stats: dict[tuple[str, str], Stats], checks: list[Verdict],
-            quota: dict[str, list[QuotaRound]], info: dict[str, Any]) -> dict[str, Any]:
+def to_json(stats: dict[tuple[str, str], Stats], checks: list[Verdict], extras: Extras,
+            info: dict[str, Any]) -> dict[str, Any]:
     cases: dict[str, dict[str, Any]] = {}
     for (case, impl), item in stats.items():
         cases.setdefault(case, {"title": CASE_TITLES[case]})[impl] = {
-            "median_ms": round(item.median_ms, 3), "p90_ms": round(item.p90_ms, 3),
+            "median_ms": round(item.median_ms, 5), "p90_ms": round(item.p90_ms, 5),
             "runs": item.runs, "peak_rss_mib": round(item.peak_rss_mib, 2),
             "peak_rss_exact": item.rss_exact}
-    cases["g"]["quota_rounds"] = {
-        impl: [{"succeeded": r.succeeded, "nics": r.nics, "db_lines": r.db_lines,
-                "over_quota": r.over_quota} for r in rounds] for impl, rounds in quota.items()}
+    for (case, impl), rounds in extras.quota.items():
+        if rounds:
+            cases[case].setdefault("quota_rounds", {})[impl] = [
+                {"succeeded": r.succeeded, "nics": r.nics, "db_lines": r.db_lines,
+                 "over_quota": r.over_quota, "db_names_the_veths": r.consistent}
+                for r in rounds]
+    if extras.memory:
+        cases["l"] = {"title": "(l) nsgated idle memory", "readings_kib": [
+            {"parent_rss": m.parent_rss_kb, "parent_pss": m.parent_pss_kb, "workers": m.workers,
+             "pss_sum": m.pss_sum_kb} for m in extras.memory]}
     return {**info, "cases": cases,
             "targets": [{"name": c.name, "measured": c.measured, "goal": c.target,
                          "pass": c.passed} for c in checks]}
@@ -952,13 +1309,13 @@ def bench(args: argparse.Namespace) -> int:
     add_test_user()
     lab = NicLab(Path(args.scratch))
     nsgate_dir = Path(args.prefix) / "libexec" / "nsgate"
-    quota: dict[str, list[QuotaRound]] = {"nsgate": [], "reference": []}
+    extras = Extras.empty()
     try:
-        results = measure(nsgate_dir, lab, args, quota)
+        results = measure(nsgate_dir, lab, args, extras)
     finally:
         lab.close()
     stats = {key: Stats.of(samples) for key, samples in sorted(results.items())}
-    checks = verdicts(stats, quota)
+    checks = verdicts(stats, extras)
     info = {"nsgate": str(nsgate_dir), "reference": f"{REFERENCE_DIR} (uidmap "
             f"{package_version('uidmap')})", "util_linux": package_version("util-linux"),
             "reference_usernic": f"{USERNIC_REFERENCE} (liblxc-common "
@@ -966,20 +1323,28 @@ def bench(args: argparse.Namespace) -> int:
             "kernel": platform.release(), "cpus": os.cpu_count(), "rounds": args.rounds,
             "big_rounds": args.big_rounds, "nic_rounds": args.nic_rounds,
             "concurrent_rounds": args.concurrent_rounds, "warmup_rounds": args.warmup,
+            "service_only": args.service_only,
             "f_database": f"{DB_OTHER_LINES} lines of {DB_OWNERS} other users naming "
             f"{args.f_links} existing veths in turn"}
     header = [f"nsgate {info['nsgate']} vs reference {info['reference']}; util-linux "
               f"{info['util_linux']}; kernel {info['kernel']}, {info['cpus']} CPUs",
               f"lxc-user-nic: nsgate {nsgate_dir / 'lxc-user-nic'} vs reference "
-              f"{info['reference_usernic']}; (f) db: {info['f_database']}",
-              f"{args.rounds} interleaved rounds (+{args.warmup} warm-up), {args.big_rounds} for "
-              f"(b), {args.nic_rounds} for (e) (with (c) again) and (f), {args.concurrent_rounds} "
-              f"(+1) for (g); each figure: posix_spawn+wait4 of the program as {USER.name}"]
-    notes = [f"(g) {impl}: {quota_summary(rounds)}" for impl, rounds in quota.items()]
+              f"{info['reference_usernic']}; (f), (j) db: {info['f_database']}",
+              f"{args.rounds} interleaved rounds (+{args.warmup} warm-up) for (a) (c) (d) (h) "
+              f"(i) (m), {args.big_rounds} for (b), {args.nic_rounds} for (e) (with (c) again) "
+              f"(f) (j), {args.concurrent_rounds} (+1) for (g) (k); each figure: "
+              f"posix_spawn+wait4 of the program as {USER.name}",
+              "(a) to (g), (m): nothing listens on nsgated's socket (the launchers' try fails); "
+              "(h) to (l): nsgated runs, started by the benchmark"
+              + (" (--service-only: (a) to (g) not run)" if args.service_only else "")]
+    notes = [f"({case}) {impl}: {quota_summary(rounds)}"
+             for (case, impl), rounds in extras.quota.items() if rounds]
+    if extras.memory:
+        notes.append(memory_summary(extras.memory))
     print(render(stats, checks, header, notes))
     if args.json:
         Path(args.json).write_text(
-            json.dumps(to_json(stats, checks, quota, info), indent=2) + "\n")
+            json.dumps(to_json(stats, checks, extras, info), indent=2) + "\n")
     status, missed = exit_status(checks)
     for line in missed:
         print(line, file=sys.stderr)
@@ -1002,6 +1367,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         f"{DEFAULT_F_LINKS}; 10000: one per line, see the comment on "
                         "DB_OTHER_LINES)")
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured first rounds")
+    parser.add_argument("--service-only", action="store_true",
+                        help="only the cases of nsgated, (h) to (m), with their references")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--scratch", help=argparse.SUPPRESS)
     parser.add_argument("--outer-mntns", help=argparse.SUPPRESS)
@@ -1033,6 +1400,7 @@ def check_host(prefix: Path) -> None:
                 raise BenchError(f"{directory / name} is missing (make install? apt install "
                                  "uidmap?)")
     for path, hint in ((prefix / "libexec" / "nsgate" / "lxc-user-nic", "make install?"),
+                       (prefix / "libexec" / "nsgate" / "nsgated", "make install?"),
                        (USERNIC_REFERENCE, "apt install lxc?")):
         if not os.access(path, os.X_OK):
             raise BenchError(f"{path} is missing ({hint})")

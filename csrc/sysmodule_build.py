@@ -23,8 +23,12 @@ int nsg_capset(uint64_t effective, uint64_t permitted, uint64_t inheritable);
 long nsg_fstatfs_type(int fd);
 int nsg_ioprio_set_default(void);
 int nsg_populate_write(unsigned long start, unsigned long length);
+int nsg_capbset_drop(uint64_t keep, int last);
 
 int nsg_seccomp_allow_only(const char **names, int count, int refusal_errno);
+long nsg_seccomp_compile(const char **names, int count, int refusal_errno, unsigned char *out,
+                         size_t max);
+int nsg_seccomp_load(const unsigned char *filter, size_t len);
 
 struct nsg_subid_range { unsigned long start; unsigned long count; };
 int nsg_plugin_open(const char *libname, char *err, size_t errlen);
@@ -44,6 +48,8 @@ SOURCE = r"""
 #include <string.h>
 #include <sched.h>
 #include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <seccomp.h>
 #include <sys/fsuid.h>
 #include <sys/mman.h>
@@ -90,6 +96,22 @@ static int nsg_populate_write(unsigned long start, unsigned long length)
     return madvise((void *)start, length, 23 /* MADV_POPULATE_WRITE */);
 }
 
+/* Drop from the bounding set every capability 0..last not in `keep` that is still in it, one
+ * prctl each, lowest first: the loop a helper would otherwise make through Python, without its
+ * cost per call, and without the kernel's credential copy for a capability already gone (a
+ * service unit's CapabilityBoundingSet= leaves a handful). */
+static int nsg_capbset_drop(uint64_t keep, int last)
+{
+    for (int cap = 0; cap <= last && cap < 64; cap++) {
+        if (keep & (1ULL << cap))
+            continue;
+        int held = prctl(PR_CAPBSET_READ, cap, 0, 0, 0);
+        if (held < 0 || (held == 1 && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0))
+            return -1;
+    }
+    return 0;
+}
+
 static long nsg_fstatfs_type(int fd)
 {
     struct statfs st;
@@ -103,32 +125,107 @@ static long nsg_fstatfs_type(int fd)
  * A seccomp filter allowing exactly the named system calls; every other one fails with
  * `refusal_errno` (an error the helper reports and exits on, never a kill: a signal-killed
  * helper counts as success to util-linux's unshare). Names unknown on this architecture are
- * skipped; `socket` is allowed for AF_UNIX (syslog) and AF_NETLINK only. Returns 0 or a
- * negative errno.
+ * skipped; `socket` is allowed for AF_UNIX (syslog) and AF_NETLINK only. NULL (and *rc, a
+ * negative errno) on failure.
  */
-static int nsg_seccomp_allow_only(const char **names, int count, int refusal_errno)
+static scmp_filter_ctx allow_only(const char **names, int count, int refusal_errno, int *rc)
 {
     scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ERRNO(refusal_errno));
-    int rc = 0;
 
-    if (ctx == NULL)
-        return -ENOMEM;
-    for (int i = 0; i < count && rc == 0; i++) {
+    *rc = 0;
+    if (ctx == NULL) {
+        *rc = -ENOMEM;
+        return NULL;
+    }
+    for (int i = 0; i < count && *rc == 0; i++) {
         int nr = seccomp_syscall_resolve_name(names[i]);
         if (nr == __NR_SCMP_ERROR)
             continue;
         if (strcmp(names[i], "socket") == 0) {
-            rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1, SCMP_A0(SCMP_CMP_EQ, AF_UNIX));
-            if (rc == 0)
-                rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1,
-                                      SCMP_A0(SCMP_CMP_EQ, AF_NETLINK));
+            *rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1, SCMP_A0(SCMP_CMP_EQ, AF_UNIX));
+            if (*rc == 0)
+                *rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1,
+                                       SCMP_A0(SCMP_CMP_EQ, AF_NETLINK));
         } else
-            rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 0);
+            *rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 0);
     }
-    if (rc == 0)
-        rc = seccomp_load(ctx);
+    if (*rc != 0) {
+        seccomp_release(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+/* Install that filter now. Returns 0 or a negative errno. */
+static int nsg_seccomp_allow_only(const char **names, int count, int refusal_errno)
+{
+    int rc;
+    scmp_filter_ctx ctx = allow_only(names, count, refusal_errno, &rc);
+
+    if (ctx == NULL)
+        return rc;
+    rc = seccomp_load(ctx);
     seccomp_release(ctx);
     return rc;
+}
+
+/*
+ * The same filter as the BPF program seccomp_load would install (libseccomp generates both
+ * alike), into `out`: nsgated compiles its helpers' filters once, before its first fork, and
+ * a worker only loads one (nsg_seccomp_load). Returns the program's length in bytes, or a
+ * negative errno (-ENOSPC: longer than `max`).
+ */
+static long nsg_seccomp_compile(const char **names, int count, int refusal_errno,
+                                unsigned char *out, size_t max)
+{
+    int rc;
+    scmp_filter_ctx ctx = allow_only(names, count, refusal_errno, &rc);
+    long len = 0;
+    ssize_t n;
+
+    if (ctx == NULL)
+        return rc;
+    int fd = memfd_create("nsgate-seccomp", MFD_CLOEXEC);
+    if (fd < 0) {
+        seccomp_release(ctx);
+        return -errno;
+    }
+    rc = seccomp_export_bpf(ctx, fd);
+    seccomp_release(ctx);
+    if (rc == 0 && lseek(fd, 0, SEEK_SET) != 0)
+        rc = -errno;
+    while (rc == 0 && (n = read(fd, out + len, max - (size_t)len)) > 0)
+        len += n;
+    if (rc == 0 && n < 0)
+        rc = -errno;
+    if (rc == 0 && (size_t)len == max && read(fd, out, 1) != 0)
+        rc = -ENOSPC;
+    close(fd);
+    return rc != 0 ? rc : len;
+}
+
+/*
+ * Install a program from nsg_seccomp_compile as seccomp_load does with libseccomp's default
+ * attributes: no_new_privs first, then seccomp(SECCOMP_SET_MODE_FILTER) without flags
+ * (prctl(PR_SET_SECCOMP) where the kernel has no seccomp(2)). Returns 0 or a negative errno.
+ */
+static int nsg_seccomp_load(const unsigned char *filter, size_t len)
+{
+    struct sock_fprog prog = {
+        .len = (unsigned short)(len / sizeof(struct sock_filter)),
+        .filter = (struct sock_filter *)(void *)filter,
+    };
+
+    if (len == 0 || len % sizeof(struct sock_filter) != 0 ||
+        len / sizeof(struct sock_filter) > BPF_MAXINSNS)
+        return -EINVAL;
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+        return -errno;
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0U, &prog) == 0)
+        return 0;
+    if (errno != ENOSYS)
+        return -errno;
+    return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == 0 ? 0 : -errno;
 }
 
 /* shadow's libsubid NSS plugin interface (lib/nss.c, libsubid/subid.h). */

@@ -9,9 +9,9 @@ a test with a service or socket of its own, and the setuid transport, pause the 
 
 For the lifetime and fault tests: what the kernel shows of the service (`children`,
 `pool_ready`: the parent waiting in epoll_wait with its idle workers each waiting for a
-hand-over), `traced` (strace attached to a process, to watch it or to kill it at its N-th system
-call), and `Activator` (tests/socket_activator.py: the socket held and the service started on
-demand, as systemd's nsgate.socket does).
+hand-over and its nic committer in poll), `traced` (strace attached to a process, to watch it or
+to kill it at its N-th system call), and `Activator` (tests/socket_activator.py: the socket held
+and the service started on demand, as systemd's nsgate.socket does).
 """
 
 from __future__ import annotations
@@ -34,11 +34,13 @@ from tests.support import (
     SANDBOX,
     User,
     as_user,
+    lock_waiters,
     proc_state,
     transport,
     wait_for,
     wchan,
 )
+from tests.usernic_support import LOCK
 
 SOCKET = Path("/run/nsgate/io.socket")
 NSGATED = NSGATE / "nsgated"
@@ -117,9 +119,43 @@ def subscribed_to_links(pid: int) -> bool:
                if target.startswith("socket:["))
 
 
+COMMITTER = "nsgated-commit"  # the comm of the service's nic committer
+POLLING = "poll_schedule_timeout"  # the committer's loop, waiting for its workers' messages
+
+
+def is_committer(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == COMMITTER
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def workers_of(pid: int) -> list[int]:
-    """The children of service `pid` but its nic janitor: its workers (idle or serving)."""
-    return [child for child in children(pid) if not subscribed_to_links(child)]
+    """The children of service `pid` but its nic janitor and its nic committer: its workers
+    (idle or serving)."""
+    return [child for child in children(pid)
+            if not subscribed_to_links(child) and not is_committer(child)]
+
+
+def confined(pid: int) -> bool:
+    """Whether `pid` runs under a seccomp filter: a worker does once its helper confined itself
+    (an idle worker does not)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return "\nSeccomp:\t2\n" in status
+
+
+def creates_waiting_for_the_lock(pid: int) -> set[int]:
+    """The workers of service `pid` whose lxc-user-nic create waits for the nic database's lock:
+    while the service's committer waits for the lock, each such worker, confined, waits for the
+    committer's answer (in a socket receive)."""
+    committers = {child for child in children(pid) if is_committer(child)}
+    if not lock_waiters(LOCK) & committers:
+        return set()
+    return {worker for worker in workers_of(pid)
+            if wchan(worker) == RECEIVING and confined(worker)}
 
 
 def pool_ready(pid: int, workers: int) -> bool:
@@ -127,10 +163,12 @@ def pool_ready(pid: int, workers: int) -> bool:
     for a hand-over, and its nic janitor (if it runs) waits for link deletions: no request is
     being accepted or served, no nic being cleaned up."""
     pool = children(pid)
+    committers = [child for child in pool if is_committer(child)]
     waiting = [child for child in pool if wchan(child) == RECEIVING]
     return (wchan(pid) == IDLE_PARENT and len(waiting) == workers
+            and all(wchan(child).startswith(POLLING) for child in committers)
             and all(wchan(child) == IDLE_PARENT and subscribed_to_links(child)
-                    for child in pool if child not in waiting))
+                    for child in pool if child not in waiting and child not in committers))
 
 
 def worker_count(args: tuple[str, ...]) -> int:

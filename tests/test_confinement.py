@@ -14,7 +14,7 @@ import textwrap
 import pytest
 
 from tests.service_support import service_traced
-from tests.support import ALICE, PREFIX, helper, run_as, transport
+from tests.support import ALICE, PATIENCE, PREFIX, helper, run_as, transport
 
 
 def traced(argv: list[str], calls: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
@@ -127,3 +127,60 @@ def test_getsubids_confines_itself_before_reading():
                   if "seccomp(SECCOMP_SET_MODE_FILTER" in line and line.endswith("= 0"))
     subuid = next(i for i, line in enumerate(lines) if '"/etc/subuid"' in line)
     assert sealed < subuid
+
+
+# nsgated compiles the filters before it forks its workers (confine.compile_filters), and a
+# worker's confine() loads the compiled program: it must be, instruction for instruction, the
+# program the setuid path has libseccomp generate and install. Each variant confines itself,
+# says so and waits on stdin; the test reads the filter the kernel holds for it via ptrace.
+HELD = textwrap.dedent("""
+    import os, sys
+    sys.path.insert(0, {libdir!r})
+    from nsgate.system import confine, kernel
+    if sys.argv[1] == "compiled":
+        confine.compile_filters()
+    confine.confine([kernel.CAP_SETUID], getattr(confine, sys.argv[2]))
+    os.write(1, b"confined\\n")
+    os.read(0, 1)
+""")
+PTRACE_ATTACH, PTRACE_DETACH, PTRACE_SECCOMP_GET_FILTER = 16, 17, 0x420C
+
+
+def _installed_filter(pid: int) -> bytes:
+    """The process's (only) seccomp filter, as the kernel holds it."""
+    import ctypes
+    import os
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+    libc.ptrace.restype = ctypes.c_long
+    assert libc.ptrace(PTRACE_ATTACH, pid, None, None) == 0, ctypes.get_errno()
+    try:
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSTOPPED(status)
+        count = libc.ptrace(PTRACE_SECCOMP_GET_FILTER, pid, None, None)
+        assert count > 0, ctypes.get_errno()
+        program = ctypes.create_string_buffer(count * 8)  # struct sock_filter: 8 bytes
+        assert libc.ptrace(PTRACE_SECCOMP_GET_FILTER, pid, None, program) == count
+        assert libc.ptrace(PTRACE_SECCOMP_GET_FILTER, pid, 1, None) == -1  # no second filter
+        return program.raw
+    finally:
+        libc.ptrace(PTRACE_DETACH, pid, None, None)
+
+
+@pytest.mark.parametrize("allowed", ["MAP_WRITER", "READER", "NIC_MAKER"])
+def test_the_service_s_compiled_filter_is_the_one_libseccomp_installs(allowed):
+    code = HELD.format(libdir=str(PREFIX / "lib" / "nsgate"))
+    programs = {}
+    for how in ("compiled", "generated"):
+        proc = subprocess.Popen(["/usr/bin/python3", "-I", "-S", "-c", code, how, allowed],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            assert proc.stdout is not None and proc.stdout.readline() == b"confined\n"
+            programs[how] = _installed_filter(proc.pid)
+        finally:
+            assert proc.stdin is not None
+            proc.stdin.close()
+            assert proc.wait(timeout=PATIENCE) == 0
+            proc.stdout.close()
+    assert programs["compiled"] == programs["generated"]

@@ -30,9 +30,9 @@ from tests.service_support import (
     Asking,
     answers,
     ask,
+    creates_waiting_for_the_lock,
     listener_inode,
     traced,
-    workers_of,
 )
 from tests.support import (
     ALICE,
@@ -40,7 +40,6 @@ from tests.support import (
     PATIENCE,
     PREFIX,
     SANDBOX,
-    lock_waiters,
     proc_state,
     wait_for,
     wchan,
@@ -102,10 +101,11 @@ class HeldLock:
 
 
 def create_in_flight(service_pid: int, container: Proc, nic: str) -> Asking:
-    """An lxc-user-nic create sent, and its worker waiting for the lock the test holds."""
+    """An lxc-user-nic create sent, and its worker waiting for the lock the test holds (through
+    the service's committer)."""
     asking = Asking(ALICE, "lxc-user-nic", ["create", "/var/lib/lxc", "c1", str(container.pid),
                                             "veth", BRIDGE, nic])
-    wait_for(lambda: bool(lock_waiters(LOCK) & set(workers_of(service_pid)))
+    wait_for(lambda: bool(creates_waiting_for_the_lock(service_pid))
              or asking.proc.poll() is not None, "the create to wait for the lock")
     assert asking.proc.poll() is None, asking.answer()
     return asking
@@ -464,19 +464,20 @@ def test_workers_that_die_as_they_start_are_not_forked_in_a_loop(fresh_nsgated):
 
 def test_a_worker_holds_no_other_request_than_its_own(fresh_nsgated, nic_world):
     """Workers forked while a request waits for its turn (alice has 8 in flight) hold neither
-    its connection nor its caller's pidfd: only their own channel to the service."""
+    its connection nor its caller's pidfd: only their own channels to the service and to its
+    nic committer."""
     service = fresh_nsgated()
     lock = HeldLock()
     try:
         in_flight = [Asking(ALICE, "lxc-user-nic", ["create", "/var/lib/lxc", "c1",
                                                     str(nic_world.pid), "veth", BRIDGE,
                                                     f"eth{n}"]) for n in range(1, 9)]
-        wait_for(lambda: len(lock_waiters(LOCK) & set(service.workers())) == 8,
+        wait_for(lambda: len(creates_waiting_for_the_lock(service.pid)) == 8,
                  "eight creates waiting for the lock")
         waiting = Asking(ALICE, "lxc-user-nic", ["create", "/var/lib/lxc", "c1",
                                                  str(nic_world.pid), "veth", BRIDGE, "eth9"])
         wait_for(waiting.waiting, "the ninth request to wait for its turn")
-        busy = lock_waiters(LOCK) & set(service.workers())
+        busy = creates_waiting_for_the_lock(service.pid)
 
         def idle() -> set[int]:
             return set(service.workers()) - busy
@@ -488,7 +489,8 @@ def test_a_worker_holds_no_other_request_than_its_own(fresh_nsgated, nic_world):
                      "an idle worker")
         for worker in idle():
             held = [os.readlink(fd) for fd in Path(f"/proc/{worker}/fd").iterdir()]
-            assert sum(target.startswith("socket:") for target in held) == 1, held
+            # its channel to the service and its channel to the service's nic committer
+            assert sum(target.startswith("socket:") for target in held) == 2, held
             assert "anon_inode:[pidfd]" not in held, held
     finally:
         lock.release()
@@ -508,7 +510,7 @@ def test_requests_waiting_for_their_turn_are_answered_when_it_stops(fresh_nsgate
         in_flight = [Asking(ALICE, "lxc-user-nic", ["create", "/var/lib/lxc", "c1",
                                                     str(nic_world.pid), "veth", BRIDGE,
                                                     f"eth{n}"]) for n in range(1, 9)]
-        wait_for(lambda: len(lock_waiters(LOCK) & set(service.workers())) == 8,
+        wait_for(lambda: len(creates_waiting_for_the_lock(service.pid)) == 8,
                  "eight creates waiting for the lock")
         waiting = Asking(ALICE, "lxc-user-nic", ["create", "/var/lib/lxc", "c1",
                                                  str(nic_world.pid), "veth", BRIDGE, "eth9"])

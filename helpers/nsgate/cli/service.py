@@ -23,7 +23,7 @@ import time
 
 from nsgate.errors import Refusal
 from nsgate.policy import service_wire
-from nsgate.system import integrity, service_io
+from nsgate.system import integrity, nic_channel, nic_commit, nic_committer, service_io
 
 USAGE = ("usage: nsgated [--socket PATH] [--workers N] [--idle-exit SECONDS]\n"
          "               [--request-seconds SECONDS]\n"
@@ -137,6 +137,8 @@ def _prepare(libdir: str) -> None:
         detach,
         handed,
         kernel,
+        nic_channel,
+        nic_commit,
         ovs,
         port_security,
         private_bridge,
@@ -145,6 +147,8 @@ def _prepare(libdir: str) -> None:
     )
 
     integrity.verify_loaded_modules()
+    confine.compile_filters()
+    kernel.prepare_bindings()
     import gc
 
     gc.collect()
@@ -207,6 +211,9 @@ class Service:
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         # what came while the previous program exec'd this one, blocked (_restart): now handled
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+        # lxc-user-nic creates are decided and recorded by one committer, in batches: a child
+        # of its own, so that no step of it (a hung fsync, a lock held elsewhere) stops accepts
+        self.committer = nic_committer.CommitterProcess()
 
     # --- the loop -------------------------------------------------------------------------
     def run(self) -> int:
@@ -228,6 +235,7 @@ class Service:
             self._dispatch_waiting()
             if not self.busy or not self.idle:
                 self._fill_pool()  # forks wait until no request is in flight (or none is left)
+            self.committer.flush()  # channels the busy committer could not take yet
             if self._code_upgraded():
                 return self._restart()
             if self._idle_long_enough():
@@ -315,7 +323,7 @@ class Service:
         if not self.idle and not self._spawn():
             return None
         ready = [worker for worker in self.idle if worker.is_ready()]
-        worker = ready[0] if ready else self.idle[0]  # else: it serves once prepared
+        worker = ready[0] if ready else self.idle[0]  # else: it stops preparing and serves
         self.idle.remove(worker)
         return worker
 
@@ -328,6 +336,8 @@ class Service:
             worker.uid = -1
             return False
         else:
+            if not worker.ready:
+                _hurry(worker.pid)
             worker.uid = peer.uid
             worker.deadline = time.monotonic() + self.options.request_seconds
             return True
@@ -357,20 +367,37 @@ class Service:
         except OSError:
             return False
         try:
-            pid = posix.fork()
+            nic_end, committer_end = nic_channel.pair()
         except OSError:
             parent_end.close()
             child_end.close()
             return False
+        try:
+            pid = posix.fork()
+        except OSError:
+            parent_end.close()
+            child_end.close()
+            posix.close(nic_end)
+            posix.close(committer_end)
+            return False
         if pid == 0:
             try:
+                posix.close(committer_end)
                 self._become_worker(parent_end)
+                nic_commit.CHANNEL = nic_end
                 from nsgate.cli import service_worker
 
                 service_worker.run(child_end)
             finally:
                 posix._exit(1)
         child_end.close()
+        posix.close(nic_end)
+        try:
+            pidfd = posix.pidfd_open(pid)
+        except OSError:
+            posix.close(committer_end)  # it died already: reaped as an idle worker's death
+        else:
+            self.committer.enroll([(committer_end, pidfd)])
         self.idle.append(Worker(pid, parent_end))
         return True
 
@@ -384,6 +411,7 @@ class Service:
             signal.signal(sig, signal.SIG_IGN)
         for sock in (self.listener, self.wake_r, self.wake_w, parent_end):
             sock.close()
+        self.committer.forget()
         for worker in self.idle:
             if worker.ctl is not None:
                 worker.ctl.close()
@@ -417,6 +445,12 @@ class Service:
                     posix.close(self.janitor_stop)
                     self.janitor_stop = -1
                 continue
+            if pid == self.committer.pid:
+                if self.stopping:
+                    self.committer.reaped()
+                else:
+                    self._replace_committer()
+                continue
             worker = self.busy.pop(pid, None)
             if worker is not None:
                 if worker.uid >= 0:
@@ -431,6 +465,19 @@ class Service:
                         idle.ctl.close()
                     self.deaths.append(time.monotonic())
                     break
+
+    def _replace_committer(self) -> None:
+        """The committer died (it never should): a new one, and new idle workers, whose
+        channels lead to it; requests in flight through the old one are refused by it being
+        gone, and its batch is settled by its members (system/nic_committer.py)."""
+        self.committer.forget()
+        self.committer = nic_committer.CommitterProcess()
+        for worker in self.idle:
+            if worker.ctl is not None:
+                worker.ctl.close()  # it exits; not counted as a death
+                worker.ctl = None
+            self.busy[worker.pid] = worker
+        self.idle = []
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -488,6 +535,7 @@ class Service:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         for sock in (self.listener, self.wake_r, self.wake_w):
             sock.close()
+        self.committer.forget()
         for worker in self.idle:
             if worker.ctl is not None:
                 worker.ctl.close()
@@ -576,6 +624,7 @@ class Service:
         for worker in self.idle:
             if worker.ctl is not None:
                 worker.ctl.close()
+        self.committer.forget()  # it ends once the requests in flight are done with it
         for queue in self.waiting.values():
             for conn, peer, _ in queue:
                 posix.close(peer.pidfd)
@@ -598,9 +647,20 @@ class Service:
                     posix.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        self.committer.close(STOP_SECONDS)
         # the workers' last SIGCHLDs must not find the wakeup fd closed as the interpreter exits
         signal.set_wakeup_fd(-1)
         return 0
+
+
+def _hurry(pid: int) -> None:
+    """A worker handed a request before it said READY may still be preparing at SCHED_IDLE,
+    where a busy machine would leave it (and the request) waiting: it runs at the service's
+    own policy from now on, sees the request between two steps and serves it."""
+    try:
+        posix.sched_setscheduler(pid, posix.SCHED_OTHER, posix.sched_param(0))
+    except OSError:
+        pass  # gone already, or not ours to change: it serves once it gets the CPU
 
 
 def _note_signal(_signum: int, _frame: object) -> None:

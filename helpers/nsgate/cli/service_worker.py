@@ -8,7 +8,10 @@ the caller's; getsubids runs as the caller); run the helper with the target
 the caller handed over (system/handed.py); answer; exit.
 """
 
+import grp
 import posix
+import pwd
+import select
 import socket
 
 from nsgate.cli import entry
@@ -31,15 +34,41 @@ def run(ctl: socket.socket) -> None:
 
 def _prepare_while_idle(ctl: socket.socket) -> None:
     """Copy the pages a request would otherwise copy as it goes (system/memory.py), at the
-    lowest priority so a request being served elsewhere keeps the CPU; then say so."""
+    lowest priority so a request being served elsewhere keeps the CPU, and only until the
+    parent hands this worker a request (one that found no prepared worker: it is served at
+    once, copying what it touches; the parent has put this worker back to its own priority,
+    service._hurry); then, if it got through, say so."""
+    if _handed_over(ctl):
+        return  # a request (or the end) came before the preparation began
     idle = posix.sched_param(0)
     posix.sched_setscheduler(0, posix.SCHED_IDLE, idle)
-    memory.own_private_pages()
+    prepared = memory.own_private_pages(lambda: _handed_over(ctl))
+    if prepared:
+        _start_name_services()
     posix.sched_setscheduler(0, posix.SCHED_OTHER, idle)
+    if not prepared:
+        return  # a connection (or the end) is waiting already
     try:
         ctl.send(service_io.READY, socket.MSG_NOSIGNAL)
     except OSError:
         pass  # the parent handed it a connection already, and closed its end
+
+
+def _handed_over(ctl: socket.socket) -> bool:
+    """Whether the parent has handed this worker a connection (or closed its channel)."""
+    return bool(select.select([ctl], [], [], 0)[0])
+
+
+def _start_name_services() -> None:
+    """A process's first passwd or group lookup reads nsswitch.conf and sets the sources up;
+    done here, in this worker (never in the service: a source's connection must not be shared
+    between workers), a request's lookups only look. Root's entries come from the first
+    source, as they must."""
+    try:
+        pwd.getpwuid(0)
+        grp.getgrgid(0)
+    except KeyError:
+        pass
 
 
 def _serve(conn: socket.socket, peer: service_io.Peer) -> bytes:

@@ -8,15 +8,17 @@ create, in order, each step before any change:
   as the caller. Then, with every id root so the caller can no longer stop or kill the helper,
   out of the caller's cgroups and scheduling so it cannot freeze or starve it (system/detach.py),
   with only the capabilities the action needs (confine): have Open vSwitch confirm its bridge,
-  lock the database, prune stale lines, check the quota, create the pair with the peer born in
-  the netns by fd, set it up, attach it, record it, unlock. Any failure rolls all of it back.
+  lock the database, prune stale lines, check the quota, record the nic (system/nic_commit.py:
+  a batch of one here, every create waiting at once in nsgated's committer), create the pair
+  with the peer born in the netns by fd, set it up, attach it, unlock. Any failure rolls all of
+  it back.
   The result line is written after all privilege is dropped, in one write.
 """
 
 import posix
 
 from nsgate.errors import Refusal
-from nsgate.policy import nicdb, nicnames, usernet
+from nsgate.policy import nic_batch, nicdb, nicnames, usernet
 from nsgate.policy.nic_request import NO_BRIDGE, USAGE, NicRequest, parse
 from nsgate.system import (
     audit,
@@ -26,6 +28,7 @@ from nsgate.system import (
     files,
     kernel,
     netns,
+    nic_commit,
     nicdb_store,
     ovs,
     port_security,
@@ -39,9 +42,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import NoReturn
 
+    from nsgate.system import nic_channel
     from nsgate.system.handed import Handed
 
-USERNET = "/etc/lxc/lxc-usernet"
+USERNET = usernet.PATH
 DEFAULT_MTU = 1500
 # Every capability a run can use, from the start: setns in and out of the target's netns
 # (CAP_SYS_ADMIN, until the proof), the credential changes (CAP_SET[UG]ID), leaving the caller's
@@ -197,22 +201,25 @@ def _create(caller: Caller, request: NicRequest, handed: "Handed | None") -> str
                 detach.from_caller()
             if attach is not None and attach.is_ovs:
                 attach.ovs = ovs.Runner(_host_port_commands(attach.name, caller.ids.uid))
+            intent = nic_batch.Intent(caller.ids.uid, request.nic_type, request.bridge, grants,
+                                      private=attach is None,
+                                      guarded=attach is None or (attach.index > 0
+                                                                 and not attach.is_ovs))
+            remote = _committer_channel()
             guard = None
             try:
-                if attach is None or (attach.index and not attach.is_ovs):
+                if intent.guarded and remote is None:
                     guard = port_security.Guard()  # a Linux bridge: nsgate's nftables table
                 confine.confine([kernel.CAP_NET_ADMIN, kernel.CAP_SETUID, kernel.CAP_SETGID],
                                 confine.NIC_MAKER)
                 if attach is not None and attach.is_ovs:
                     _confirm_ovs_bridge(net, attach)
-                lock = nicdb_store.Locked()
-                try:
-                    host, host_index, peer, peer_index = _create_locked(
-                        caller, request, net, inside, grants, target_fd, peer, mtu, attach,
-                        guard)
-                finally:
-                    lock.release()
+                session = remote or nic_commit.LocalSession(net, guard)
+                host, host_index, peer, peer_index = _make_reserved(
+                    session, intent, net, inside, target_fd, peer, mtu, attach)
             finally:
+                if remote is not None:
+                    remote.close()
                 if guard is not None:
                     guard.close()
                 if attach is not None and attach.ovs is not None:
@@ -250,52 +257,45 @@ def _container_name(inside: rtnl.Rtnl, requested: bytes | None) -> bytes:
     raise Refusal("no free eth<N> name in the container")
 
 
-def _create_locked(caller: Caller, request: NicRequest, net: rtnl.Rtnl, inside: rtnl.Rtnl,
-                   grants: list[usernet.Grant], target_fd: int, peer: bytes, mtu: int,
-                   attach: ports.Attachment | None,
-                   guard: port_security.Guard | None) -> tuple[bytes, int, bytes, int]:
-    """(host name, host ifindex, container name, container ifindex) of the new pair, recorded;
-    the container end is found by its ifindex (the host end's IFLA_LINK), so a name template
-    reports the name the kernel chose.
+def _committer_channel() -> "nic_channel.RemoteSession | None":
+    """In an nsgated worker, the session with the service's committer; None in the setuid
+    helper, which commits its create alone."""
+    if nic_commit.CHANNEL is None:
+        return None
+    from nsgate.system import nic_channel  # nsgated imported it before forking its workers
 
-    Only the lines of the grants' owners on this type and bridge are read closely: they are
-    the ones the quota counts, and the ones whose staleness is checked and pruned (other users'
-    stale lines go when they next create, or with `nsgate nics gc`)."""
-    raw_lines = nicdb.split_lines(nicdb_store.read())
-    owners = {g.token for g in grants}
-    mine = nicdb.lines_of(raw_lines, owners, request.nic_type, request.bridge)
-    live = {line.dev for line in mine.values()
-            if net.link(line.dev.decode("utf-8", "surrogateescape")) is not None}
-    kept, _stale = nicdb.prune(raw_lines, mine, live)
-    alive = [line for line in mine.values() if line.dev in live]
-    decision = usernet.decide(grants, nicdb.nics_by_owner(alive, request.nic_type,
-                                                          request.bridge))
-    if decision.owner is None:
-        counted = [dev.decode() for devs in decision.used.values() for dev in devs]
-        raise Refusal(f"quota {decision.capacity} on {request.bridge.decode()} used"
-                      + (f" by {', '.join(counted)}" if counted else ""),
-                      "remove one of these nics (stop its container) or ask for a larger quota "
-                      f"in {USERNET}")
-    if attach is None:
-        attach = private_bridge.ensure(net, caller.ids.uid)
-    if guard is not None:
-        guard.ready(net)
-    host = _free_host_name(net, caller.ids.uid)
-    new = nicdb.entry(decision.owner, request.nic_type, request.bridge, host).raw
-    # Recorded before it is created: if the helper dies in between, the line is merely stale
-    # (pruned on the next create); a live interface is never without its line.
-    nicdb_store.replace(nicdb.join_lines([*kept, new]))
+    channel, nic_commit.CHANNEL = nic_commit.CHANNEL, None
+    return nic_channel.RemoteSession(channel)
+
+
+def _make_reserved(session: "nic_commit.LocalSession | nic_channel.RemoteSession",
+                   intent: nic_batch.Intent, net: rtnl.Rtnl, inside: rtnl.Rtnl, target_fd: int,
+                   peer: bytes, mtu: int,
+                   attach: ports.Attachment | None) -> tuple[bytes, int, bytes, int]:
+    """(host name, host ifindex, container name, container ifindex) of the new pair, recorded
+    (the session decides and records it under the database lock: system/nic_commit.py); the
+    container end is found by its ifindex (the host end's IFLA_LINK), so a name template
+    reports the name the kernel chose."""
+    reserved = session.reserve(intent)
+    host = reserved.host
+    where = attach if attach is not None else reserved.attach
     try:
+        if where is None:
+            raise Refusal("internal error: no private bridge came with the reservation")
         net.create_veth(host.decode(), peer.decode(), target_fd, mtu)
         link = net.link(host.decode())
         peer_link = inside.link_by_index(link.link) if link is not None else None
         if link is None or peer_link is None:
             raise Refusal("the new veth vanished while it was set up")
-        ports.set_up_host_end(net, link, attach)
+        ports.set_up_host_end(net, link, where)
     except BaseException:
-        _roll_back(net, host, attach)
-        nicdb_store.replace(nicdb.join_lines(kept))
+        try:
+            if where is not None:
+                _roll_back(net, host, where)
+        finally:
+            session.finish(False)  # drops the line unless the host end still exists
         raise
+    session.finish(True)
     return host, link.index, peer_link.name.encode("utf-8", "surrogateescape"), peer_link.index
 
 
@@ -305,14 +305,6 @@ def _roll_back(net: rtnl.Rtnl, host: bytes, attach: ports.Attachment) -> None:
         attach.ovs.run("--if-exists", "del-port", attach.name, host.decode())
     if link is not None:
         net.delete_link(link.index)  # takes the peer in the container with it
-
-
-def _free_host_name(net: rtnl.Rtnl, uid: int) -> bytes:
-    for _ in range(100):
-        name = nicnames.host_veth_name(uid, posix.urandom(8))
-        if net.link(name.decode()) is None:
-            return name
-    raise Refusal("could not find a free host interface name")
 
 
 def _delete(caller: Caller, request: NicRequest, handed: "Handed | None") -> None:

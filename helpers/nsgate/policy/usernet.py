@@ -12,6 +12,7 @@ order and the first one with room owns the new nic, so duplicate lines do not ad
 line plus a group line do. A total of zero or less refuses, as in the reference.
 """
 
+PATH = "/etc/lxc/lxc-usernet"
 FIELD_MAX = 99
 _BLANKS = b" \t"
 _SPACE = b" \t\n\v\f\r"

@@ -10,6 +10,8 @@ import posix
 
 from nsgate.system import credentials, integrity, kernel
 
+REFUSAL_ERRNO = 1  # EPERM: what every system call outside the filter's list fails with
+
 # What Python itself needs to keep running and to exit: memory, signals, time, its own ids.
 _RUNTIME = ("brk", "mmap", "munmap", "mremap", "madvise", "mprotect", "futex",
             "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack", "restart_syscall",
@@ -41,9 +43,10 @@ def _drop_bounding_set(keep: "list[int]") -> None:
         last = int(posix.read(fd, 16))
     finally:
         posix.close(fd)
-    for cap in range(last + 1):
-        if cap not in keep:
-            kernel.prctl(kernel.PR_CAPBSET_DROP, cap)
+    mask = 0
+    for cap in keep:
+        mask |= kernel.bit(cap)
+    kernel.drop_bounding_set(mask, last)
 
 
 def confine(keep_caps: "list[int]", syscalls: "tuple[str, ...]") -> None:
@@ -52,4 +55,11 @@ def confine(keep_caps: "list[int]", syscalls: "tuple[str, ...]") -> None:
     credentials.limit_capabilities(keep_caps)
     kernel.prctl(kernel.PR_SET_NO_NEW_PRIVS, 1)
     kernel.prctl(kernel.PR_SET_DUMPABLE, 0)
-    kernel.seccomp_allow_only(syscalls, 1)  # EPERM
+    kernel.seccomp_allow_only(syscalls, REFUSAL_ERRNO)
+
+
+def compile_filters() -> None:
+    """nsgated, before it forks workers: every filter above generated once, so that confine()
+    in a worker loads the very program it would otherwise generate on the request's path."""
+    for syscalls in (MAP_WRITER, READER, NIC_MAKER):
+        kernel.seccomp_compile(syscalls, REFUSAL_ERRNO)

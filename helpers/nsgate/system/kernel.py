@@ -28,8 +28,23 @@ PROC_SUPER_MAGIC = 0x9FA0
 NSFS_MAGIC = 0x6E736673
 
 
+# Every C type the wrappers below allocate (ffi.new parses its string once per process).
+_CTYPES = ("uint64_t[3]", "char[]", "const char *[]", "unsigned char[]", "char[512]", "bool *",
+           "struct nsg_subid_range[]", "int *")
+
+
 class KernelError(OSError):
     """A failed system call, with errno and the call's name."""
+
+
+def prepare_bindings() -> None:
+    """nsgated, before its first fork: every function of the module looked up and every C
+    type parsed, once; cffi builds either on first use, which would otherwise be on a
+    request's path in every worker."""
+    for name in dir(lib):
+        getattr(lib, name)
+    for ctype in _CTYPES:
+        ffi.typeof(ctype)
 
 
 def _check(result: int, what: str) -> int:
@@ -58,6 +73,11 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0) -> int:
     return _check(lib.prctl(option, arg2, arg3, 0, 0), f"prctl({option})")
 
 
+def drop_bounding_set(keep: int, last: int) -> None:
+    """Drop every capability 0..last not in the mask `keep` from the bounding set."""
+    _check(lib.nsg_capbset_drop(keep, last), f"prctl({PR_CAPBSET_DROP})")
+
+
 def fstatfs_type(fd: int) -> int:
     return _check(lib.nsg_fstatfs_type(fd), "fstatfs")
 
@@ -70,12 +90,34 @@ def populate_write(start: int, length: int) -> None:
     _check(lib.nsg_populate_write(start, length), "madvise(MADV_POPULATE_WRITE)")
 
 
+# Filters compiled in advance (nsgated, before its first fork): (syscalls, errno) -> program.
+_COMPILED: "dict[tuple[tuple[str, ...], int], bytes]" = {}
+_MAX_PROGRAM = 65536
+
+
 def seccomp_allow_only(syscalls: "tuple[str, ...]", refusal_errno: int) -> None:
-    names = [ffi.new("char[]", name.encode()) for name in syscalls]
-    array = ffi.new("const char *[]", names)
-    result = lib.nsg_seccomp_allow_only(array, len(names), refusal_errno)
+    """Allow only `syscalls` from now on; any other fails with `refusal_errno`."""
+    compiled = _COMPILED.get((syscalls, refusal_errno))
+    if compiled is not None:
+        result = lib.nsg_seccomp_load(compiled, len(compiled))
+    else:
+        names = [ffi.new("char[]", name.encode()) for name in syscalls]  # alive for the call
+        result = lib.nsg_seccomp_allow_only(ffi.new("const char *[]", names), len(names),
+                                            refusal_errno)
     if result != 0:
         raise KernelError(-result, f"seccomp: {posix.strerror(-result)}")
+
+
+def seccomp_compile(syscalls: "tuple[str, ...]", refusal_errno: int) -> None:
+    """Generate now the filter seccomp_allow_only(syscalls, refusal_errno) will install, so
+    that it only loads it: the same program, without libseccomp's work on the way."""
+    names = [ffi.new("char[]", name.encode()) for name in syscalls]  # alive for the call
+    out = ffi.new("unsigned char[]", _MAX_PROGRAM)
+    length = lib.nsg_seccomp_compile(ffi.new("const char *[]", names), len(names),
+                                     refusal_errno, out, _MAX_PROGRAM)
+    if length < 0:
+        raise KernelError(-length, f"seccomp: {posix.strerror(-length)}")
+    _COMPILED[syscalls, refusal_errno] = bytes(ffi.buffer(out, length))
 
 
 def setns(fd: int, nstype: int) -> None:

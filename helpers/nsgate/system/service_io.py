@@ -132,8 +132,13 @@ def hand_over(ctl: socket.socket, conn: socket.socket, peer: Peer) -> None:
 
 def take_over(ctl: socket.socket) -> tuple[socket.socket, Peer] | None:
     """In a worker: wait for the connection to serve; None when the parent is gone or retires
-    the worker."""
-    data, fds, _flags = _receive(ctl, MAX_PACKET, 2)
+    the worker. A worker the parent chose before it said READY may have said it just before the
+    parent closed its end: closing with that word unread makes the kernel report ECONNRESET on
+    the worker's end, once, before the hand-over still queued there; it is read after it."""
+    try:
+        data, fds, _flags = _receive(ctl, MAX_PACKET, 2)
+    except ConnectionResetError:
+        data, fds, _flags = _receive(ctl, MAX_PACKET, 2)
     if not data or len(fds) != 2:
         for fd in fds:
             posix.close(fd)
