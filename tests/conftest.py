@@ -14,6 +14,7 @@ import ctypes
 import os
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,9 @@ from tests.support import (
     SANDBOX,
     TEST_GROUPS,
     TEST_USERS,
+    TRANSPORTS,
     Target,
+    set_transport,
 )
 
 pytest_plugins = ("tests.ovs_support",)  # real Open vSwitch: fixtures openvswitch, ovsbr
@@ -153,18 +156,19 @@ def pytest_sessionfinish(session, exitstatus) -> None:
 
 @pytest.fixture(scope="module")
 def nsgated():
-    """The installed nsgated, started in the session's sandbox for the module's tests."""
-    from tests.service_support import nsgated_running
+    """The installed nsgated, started in the session's sandbox for the module's tests (the one
+    the service transport runs, if it does)."""
+    from tests.service_support import shared_nsgated
 
-    with nsgated_running() as service:
+    with shared_nsgated() as service:
         yield service
 
 
 @pytest.fixture
 def fresh_nsgated():
     """A service of the test's own (stopped, if still running, at the end), for tests that kill,
-    stop or restart it; not together with `nsgated`."""
-    from tests.service_support import Nsgated
+    stop or restart it; the module-wide one, if up, is stopped meanwhile."""
+    from tests.service_support import Nsgated, shared_nsgated_paused
 
     started: list[Nsgated] = []
 
@@ -173,9 +177,26 @@ def fresh_nsgated():
         started.append(service)
         return service
 
-    yield start
-    for service in started:
-        if service.proc.poll() is None:
-            service.stop()
-        else:
-            service.proc.communicate()
+    with shared_nsgated_paused():
+        yield start
+        for service in started:
+            if service.proc.poll() is None:
+                service.stop()
+            else:
+                service.proc.communicate()
+
+
+@pytest.fixture(scope="module", params=TRANSPORTS)
+def transport(request) -> Iterator[str]:
+    """The module's tests through each transport in turn (tests/support.py): "setuid" with no
+    service listening, then "service" with nsgated up and the helpers under no_new_privs."""
+    from tests.service_support import listener_inode, shared_nsgated, shared_nsgated_paused
+
+    name = request.param
+    with shared_nsgated() if name == "service" else shared_nsgated_paused():
+        assert (listener_inode() is not None) == (name == "service")
+        set_transport(name)
+        try:
+            yield name
+        finally:
+            set_transport("setuid")

@@ -2,8 +2,10 @@
 mount and network namespaces, tmpfs /run), and a direct client of its protocol that tests run as
 a test user (`python3 -c CLIENT`, the test user's own process, so SO_PEERCRED is the user's).
 
-Fixtures (conftest.py): `nsgated` (module-wide; started on first use, stopped after the module) and
-`fresh_nsgated` (a service of the test's own, for tests that stop, kill or restart it).
+Fixtures (conftest.py): `nsgated` (module-wide; started on first use, stopped after the module),
+the service transport (`transport`, module-wide, shares that one service) and `fresh_nsgated` (a
+service of the test's own, for tests that stop, kill or restart it). One service listens at a time:
+a test with a service or socket of its own, and the setuid transport, pause the module-wide one.
 
 For the lifetime and fault tests: what the kernel shows of the service (`children`,
 `pool_ready`: the parent waiting in epoll_wait with its idle workers each waiting for a
@@ -34,6 +36,7 @@ from tests.support import (
     as_user,
     lock_waiters,
     proc_state,
+    transport,
     wait_for,
     wchan,
 )
@@ -177,10 +180,14 @@ class Nsgated:
     or `program`); started when its pool is ready."""
 
     def __init__(self, *args: str, program: Path = NSGATED) -> None:
-        assert not answers(), "another nsgated already listens in this sandbox"
-        self.args = args
+        self.args, self.program = args, program
         self.socket = Path(args[args.index("--socket") + 1]) if "--socket" in args else SOCKET
-        self.proc = subprocess.Popen([str(program), *args], stdin=subprocess.DEVNULL,
+        self.start()
+
+    def start(self) -> None:
+        """Start it (again: the same object, a new process)."""
+        assert not answers(), "another nsgated already listens in this sandbox"
+        self.proc = subprocess.Popen([str(self.program), *self.args], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         wait_for(lambda: self.proc.poll() is not None or self.ready(), "nsgated to listen")
         if self.proc.poll() is not None:
@@ -220,6 +227,98 @@ def nsgated_running(*args: str) -> Iterator[Nsgated]:
             service.stop()
         else:
             service.proc.communicate()
+
+
+_shared: list[Nsgated] = []  # the module-wide service, while one is up
+
+
+@contextlib.contextmanager
+def shared_nsgated() -> Iterator[Nsgated]:
+    """The module-wide service (fixture `nsgated`, the service transport): the one already up,
+    or one started here and stopped when this ends."""
+    if _shared:
+        yield _shared[0]
+        return
+    with nsgated_running() as service:
+        _shared.append(service)
+        try:
+            yield service
+        finally:
+            _shared.remove(service)
+
+
+@contextlib.contextmanager
+def shared_nsgated_paused() -> Iterator[None]:
+    """No module-wide service while this lasts (a test with a service or a socket of its own,
+    the setuid transport); afterwards it is started again, under the same object."""
+    paused = [service for service in _shared if service.proc.poll() is None]
+    for service in paused:
+        service.stop()
+    try:
+        yield
+    finally:
+        for service in paused:
+            service.start()
+
+
+def module_service() -> Nsgated:
+    """The module-wide service (the service transport's), which must be up."""
+    assert _shared, "no module-wide nsgated is up"
+    return _shared[0]
+
+
+def acting_pids(client: int) -> set[int]:
+    """The processes that act on the request of a helper started as `client`: the helper itself
+    in-process, or, through the service transport, the module-wide service's workers (the client
+    only waits for the answer)."""
+    if transport() == "service" and _shared:
+        return set(_shared[0].workers())
+    return {client}
+
+
+def settled() -> None:
+    """Wait until the module-wide service serves nothing (its workers all idle): what a request
+    whose client is gone does is done by then."""
+    module_service().settle()
+
+
+@contextlib.contextmanager
+def service_traced(*options: str) -> Iterator[list[tuple[int, str]]]:
+    """strace (`-f`, and `options`) attached to the module-wide service's parent and its idle
+    workers while the block runs one request; afterwards the list holds (pid, line) of what
+    the processes that served it did: those gone once it is done (its worker and that worker's
+    children), not the parent, its nic janitor nor the workers still idle. It waits for the pool
+    to settle first (all --workers prepared), so the request goes to a worker it traces."""
+    service = module_service()
+    service.settle()
+    workers = set(service.workers())
+    attached = {service.pid, *workers}
+    out = SANDBOX / "service.trace"
+    out.unlink(missing_ok=True)
+    tracer = subprocess.Popen(["strace", "-f", "-o", str(out), *options,
+                               *(f"-p{pid}" for pid in sorted(attached))],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    wait_for(lambda: all(tracer_of(pid) == tracer.pid for pid in attached)
+             or tracer.poll() is not None, "strace to attach to nsgated")
+    assert tracer.poll() is None, tracer.communicate()
+    events: list[tuple[int, str]] = []
+    try:
+        yield events
+        wait_for(lambda: any(proc_state(pid) in ("Z", "gone") for pid in workers),
+                 "the worker that served the request to exit")
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.communicate(timeout=PATIENCE)
+    for line in out.read_text().splitlines():
+        pid, _, rest = line.partition(" ")
+        if proc_state(int(pid)) in ("Z", "gone"):
+            events.append((int(pid), rest.strip()))
+
+
+def trace_text(events: list[tuple[int, str]]) -> str:
+    """service_traced's lines as `strace -f` prints them (`[pid N] ` first)."""
+    return "".join(f"[pid {pid}] {line}\n" for pid, line in events)
 
 
 @contextlib.contextmanager

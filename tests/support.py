@@ -7,9 +7,11 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 PREFIX = Path(os.environ.get("NSGATE_PREFIX", "/usr/local"))
 NSGATE = PREFIX / "libexec" / "nsgate"
@@ -36,11 +38,53 @@ TEST_GROUPS = [("nsgt-alice", 23001, []), ("nsgt-bob", 23002, []), ("nsgt-carol"
                ("nsgt-aux", AUX_GID, ["nsgt-alice"])]
 
 
-def as_user(user: User, argv: list[str], *, gid: int | None = None,
-            extra: tuple[str, ...] = ()) -> list[str]:
-    """argv run as `user` with its groups, as a login would give them."""
+# --- the transport: how a helper run reaches its privilege ------------------------------------
+# "setuid": no service runs, the launcher's setuid bit serves in-process. "service": nsgated runs,
+# and every command that runs one of nsgate's helpers runs under no_new_privs, where the kernel
+# ignores the setuid bit: only the service can have served it (getsubids, which needs no
+# privilege, is served because the service is up: its launcher asks it first). The `transport`
+# fixture of tests/conftest.py (module-wide, parametrised) sets it; a module opts in with
+# `pytestmark = pytest.mark.usefixtures("transport")`.
+TRANSPORTS = ("setuid", "service")
+_transport = ["setuid"]
+
+
+def transport() -> str:
+    return _transport[0]
+
+
+def set_transport(name: str) -> None:
+    assert name in TRANSPORTS, name
+    _transport[0] = name
+
+
+def only_transport(name: str) -> pytest.MarkDecorator:
+    """A test that concerns one transport only (say why next to it)."""
+    return pytest.mark.parametrize("transport", [name], indirect=True)
+
+
+def runs_nsgate(argv: Sequence[str | bytes]) -> bool:
+    """argv runs one of nsgate's helpers (named in it, possibly in a shell script): never the
+    reference tools, which cannot gain privilege under no_new_privs."""
+    home = str(NSGATE).encode()
+    return any(home in (arg if isinstance(arg, bytes) else arg.encode("utf-8", "surrogateescape"))
+               for arg in argv)
+
+
+def transport_privs(argv: Sequence[str | bytes] | None = None) -> tuple[str, ...]:
+    """setpriv's options the transport adds to a command (all of argv's if None)."""
+    if transport() == "service" and (argv is None or runs_nsgate(argv)):
+        return ("--no-new-privs",)
+    return ()
+
+
+def as_user(user: User, argv: Sequence[str | bytes], *, gid: int | None = None,
+            extra: tuple[str, ...] = ()) -> list[str | bytes]:
+    """argv run as `user` with its groups, as a login would give them (under no_new_privs when
+    it runs an nsgate helper through the service transport)."""
+    privs = () if "--no-new-privs" in extra else transport_privs(argv)
     return ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid if gid is None else gid}",
-            "--init-groups", *extra, "--", *argv]
+            "--init-groups", *privs, *extra, "--", *argv]
 
 
 def run_as(user: User, argv: list[str], *, gid: int | None = None,

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.admin_support import nsgate, nsgate_json
+from tests.service_support import shared_nsgated_paused
 from tests.support import ALICE
 from tests.test_admin_check import scratch_install  # noqa: F401 - a fixture
 
@@ -29,12 +30,14 @@ START = "systemctl enable --now nsgate.socket"
 
 @pytest.fixture(autouse=True)
 def no_service() -> Iterator[None]:
-    """No service, and no nic grants or records another module may have left."""
-    shutil.rmtree(SOCKET_DIR, ignore_errors=True)
-    Path("/etc/lxc/lxc-usernet").unlink(missing_ok=True)
-    Path("/run/lxc/nics").unlink(missing_ok=True)
-    yield
-    shutil.rmtree(SOCKET_DIR, ignore_errors=True)
+    """No service (a module-wide nsgated, if up, is stopped meanwhile), and no nic grants or
+    records another module may have left."""
+    with shared_nsgated_paused():
+        shutil.rmtree(SOCKET_DIR, ignore_errors=True)
+        Path("/etc/lxc/lxc-usernet").unlink(missing_ok=True)
+        Path("/run/lxc/nics").unlink(missing_ok=True)
+        yield
+        shutil.rmtree(SOCKET_DIR, ignore_errors=True)
 
 
 def listen(mode: int = 0o666, directory_mode: int = 0o755) -> socket.socket:

@@ -12,6 +12,8 @@ import pytest
 
 from tests.support import ALICE, helper, private_dev_log, run_as
 
+pytestmark = pytest.mark.usefixtures("transport")
+
 LOG_AUTHPRIV = 10 << 3
 LOG_WARNING, LOG_NOTICE = 4, 5
 

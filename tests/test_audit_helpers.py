@@ -11,6 +11,8 @@ For newuidmap, newgidmap, getsubids and lxc-user-nic, a granted and a refused re
   name the helper's pid and the caller's uid;
 - and the socket was connected only after the last credential change (strace: the connect to
   /dev/log follows the final setresuid to the caller and the capset that empties every set).
+Through the service transport the helper is the worker of nsgated that serves alice: the same
+record, sent by it with the same credentials, after the same drop.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.service_support import acting_pids, service_traced
 from tests.support import (
     ALICE,
     Target,
@@ -32,11 +35,14 @@ from tests.support import (
     helper,
     private_dev_log,
     proc_state,
+    transport,
     wait_for,
     wchan,
     write_etc,
 )
 from tests.usernic_support import Proc, add_bridge, clean_db, ip_links
+
+pytestmark = pytest.mark.usefixtures("transport")
 
 LOG_AUTHPRIV = 10 << 3
 LOG_WARNING, LOG_NOTICE = 4, 5
@@ -134,6 +140,12 @@ def _status(pid: int) -> dict[str, list[str]]:
     return fields
 
 
+def _sending(client: int) -> set[int]:
+    """Who acts for the helper started as `client` (itself, or the service's worker serving it)
+    and is blocked sending to the full /dev/log."""
+    return {pid for pid in acting_pids(client) if wchan(pid) == "unix_wait_for_peer"}
+
+
 def _receive(sock: socket.socket) -> tuple[bytes, tuple[int, int, int]]:
     """One datagram and its SCM_CREDENTIALS (pid, uid, gid)."""
     sock.settimeout(30)
@@ -154,13 +166,13 @@ def test_the_decision_is_logged_with_no_privilege_left(dev_log, request, name):
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     try:
-        wait_for(lambda: wchan(proc.pid) == "unix_wait_for_peer"
-                 or proc_state(proc.pid) in ("Z", "gone"),
+        wait_for(lambda: _sending(proc.pid) or proc_state(proc.pid) in ("Z", "gone"),
                  f"{case.prog} to send its record to /dev/log")
-        assert wchan(proc.pid) == "unix_wait_for_peer", \
+        assert _sending(proc.pid), \
             f"{case.prog} ended without sending a record: {proc.communicate()}"
+        (helper_pid,) = _sending(proc.pid)
         # blocked in the very send of the record: its credentials now are those it sends with
-        status = _status(proc.pid)
+        status = _status(helper_pid)
         assert status["Uid"] == [str(ALICE.uid)] * 4, status["Uid"]
         assert status["Gid"] == [str(ALICE.gid)] * 4, status["Gid"]
         for caps in ("CapEff", "CapPrm", "CapInh", "CapAmb"):
@@ -174,10 +186,10 @@ def test_the_decision_is_logged_with_no_privilege_left(dev_log, request, name):
             proc.kill()
             proc.communicate()
     assert proc.returncode == case.status, (out, err)
-    assert (sender, uid, gid) == (proc.pid, ALICE.uid, ALICE.gid)
+    assert (sender, uid, gid) == (helper_pid, ALICE.uid, ALICE.gid)
     priority = LOG_AUTHPRIV | (LOG_NOTICE if case.status == 0 else LOG_WARNING)
     assert record.startswith(b"<%d>" % priority), record
-    assert re.search(rb"\d %s\[%d\]: " % (case.prog.encode(), proc.pid), record), record
+    assert re.search(rb"\d %s\[%d\]: " % (case.prog.encode(), helper_pid), record), record
     word = b"allowed: " if case.status == 0 else b"refused: "
     assert word + case.decision in record, record
     assert b"\x1b" not in record and b"\n" not in record, record
@@ -186,14 +198,24 @@ def test_the_decision_is_logged_with_no_privilege_left(dev_log, request, name):
         dev_log.recv(65536)  # one record per run
 
 
+TRACED = "trace=setresuid,setresgid,setuid,setgid,setreuid,setregid,capset,connect"
+
+
 def _trace(argv: list[str]) -> list[str]:
-    """The credential changes and connects of a run, as strace sees them."""
-    result = subprocess.run(["strace", "-f", "-qq", "-u", ALICE.name, "-e",
-                             "trace=setresuid,setresgid,setuid,setgid,setreuid,setregid,capset,"
-                             "connect", *argv], capture_output=True, text=True, timeout=120,
-                            stdin=subprocess.DEVNULL)
+    """The credential changes and connects of a run, as strace sees them: of the helper run
+    as alice, or of the service's worker that serves her."""
+    if transport() == "service":
+        with service_traced("-qq", "-e", TRACED) as served:
+            result = subprocess.run(as_user(ALICE, argv), capture_output=True, text=True,
+                                    timeout=120, stdin=subprocess.DEVNULL)
+        trace = "\n".join(line for _, line in served)
+    else:
+        result = subprocess.run(["strace", "-f", "-qq", "-u", ALICE.name, "-e", TRACED, *argv],
+                                capture_output=True, text=True, timeout=120,
+                                stdin=subprocess.DEVNULL)
+        trace = result.stderr
     assert "Traceback" not in result.stderr, result.stderr
-    return [" ".join(line.split()) for line in result.stderr.splitlines()
+    return [" ".join(line.split()) for line in trace.splitlines()
             if re.match(r"(\[pid +\d+\] )?(set\w+|capset|connect)\(", line)]
 
 
@@ -212,7 +234,9 @@ def test_dev_log_is_connected_after_the_last_credential_change(dev_log, request,
     assert max(changes) < connects[0], lines
     last = [lines[i] for i in changes]
     drop = "{effective=0, permitted=0, inheritable=0}) = 0"
-    if case.prog == "getsubids":  # installed without privilege: it never changes its ids
+    if case.prog == "getsubids" and transport() == "setuid":
+        # installed without privilege: it never changes its ids (a worker of the service becomes
+        # the caller, as the other helpers do)
         assert all(line.startswith("capset(") and drop in line for line in last), last
     else:
         assert f"setresuid({ALICE.uid}, {ALICE.uid}, {ALICE.uid}) = 0" in last[-2], last[-3:]

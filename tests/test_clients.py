@@ -12,6 +12,8 @@ Proving that nsgate (and not /usr/bin/newuidmap) did the work:
 - for subid lines shadow 4.13 honours and nsgate ignores (newuidmap.md §11 items 1 and 4) the
   same client succeeds with /usr/bin first on PATH and fails with nsgate first.
 The same successful cases also run with /usr/bin first on PATH, and must print identical maps.
+Every case runs through both transports: with nsgate first on PATH and the service transport, the
+client runs under no_new_privs (the reference, never).
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support import ALICE, NSGATE, SHADOW, run_as, write_etc
+from tests.support import ALICE, NSGATE, SHADOW, run_as, transport_privs, write_etc
+
+pytestmark = pytest.mark.usefixtures("transport")
 
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 PATHS = {"nsgate": f"{NSGATE}:{SYSTEM_PATH}", "shadow": f"{SHADOW}:{SYSTEM_PATH}"}
@@ -40,7 +44,8 @@ def client_env(impl: str) -> dict[str, str]:
 
 
 def run_client(impl: str, argv: list[str]) -> subprocess.CompletedProcess[bytes]:
-    return run_as(ALICE, argv, env=client_env(impl), timeout=60)
+    extra = transport_privs() if impl == "nsgate" else ()
+    return run_as(ALICE, argv, env=client_env(impl), timeout=60, extra=extra)
 
 
 def parse_maps(output: bytes) -> list[tuple[int, ...]]:

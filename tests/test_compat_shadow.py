@@ -1,6 +1,8 @@
 """Side by side with Debian's uidmap (shadow 4.13), the oracle: on every case the spec calls
 compatible, nsgate and the reference give the same exit status and leave the kernel in the same
 state (maps, setgroups). Deliberate differences (newuidmap.md §11) are asserted as differences.
+nsgate runs through both transports (in-process, and nsgated serving a no_new_privs caller); the
+reference always setuid.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from tests.support import ALICE, AUX_GID, BOB, Target, User, helper, run_as, write_etc
+
+pytestmark = pytest.mark.usefixtures("transport")
 
 DEFAULT = "nsgt-alice:200000:65536\nnsgt-bob:300000:65536\n"
 

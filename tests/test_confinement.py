@@ -1,28 +1,45 @@
 """Self-confinement (issue 4): after deciding, the map helpers cut the bounding set to the
 action's capabilities, set no_new_privs and load a seccomp filter; anything outside the action
 then fails. Shown on the installed helper (strace, and its /proc status while it writes) and by
-running the installed confinement code itself against forbidden system calls."""
+running the installed confinement code itself against forbidden system calls. The helpers' runs
+go through both transports: through the service, strace follows the worker that serves them.
+"""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import textwrap
 
 import pytest
 
-from tests.support import ALICE, PATIENCE, PREFIX, helper
+from tests.service_support import service_traced
+from tests.support import ALICE, PATIENCE, PREFIX, helper, run_as, transport
+
+
+def traced(argv: list[str], calls: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """argv run as alice under strace -e trace=`calls`: in-process, or, through the service,
+    with strace attached to the worker that serves it; its result and the trace lines."""
+    if transport() == "service":
+        with service_traced("-qq", "-e", f"trace={calls}") as served:
+            result = run_as(ALICE, argv, text=True)
+        lines = [line for _, line in served]
+    else:
+        result = subprocess.run(["strace", "-f", "-qq", "-u", ALICE.name, "-e",
+                                 f"trace={calls}", *argv], capture_output=True, text=True)
+        lines = result.stderr.splitlines()
+    assert result.returncode == 0, result.stderr
+    # strace marks every line `[pid N] ` once the helper has a child: which process is not asked
+    return result, [re.sub(r"^\[pid +\d+\] ", "", " ".join(line.split())) for line in lines]
 
 
 def _trace(target) -> list[str]:
-    result = subprocess.run(["strace", "-f", "-qq", "-u", ALICE.name, "-e",
-                             "trace=seccomp,prctl,openat", helper("newuidmap"),
-                             str(target.pid), "0", "200000", "10"],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    return [" ".join(line.split()) for line in result.stderr.splitlines()
-            if "ENOENT" not in line]
+    _, lines = traced([helper("newuidmap"), str(target.pid), "0", "200000", "10"],
+                      "seccomp,prctl,openat")
+    return [line for line in lines if "ENOENT" not in line]
 
 
+@pytest.mark.usefixtures("transport")
 def test_confined_before_the_map_is_opened(target):
     lines = _trace(target)
     opened = next(i for i, line in enumerate(lines) if '"uid_map", O_WRONLY' in line)
@@ -75,6 +92,7 @@ def test_outside_the_action_every_system_call_fails():
     assert seen["read"] == "allowed"
 
 
+@pytest.mark.usefixtures("transport")
 def test_lxc_user_nic_is_confined_before_it_locks_and_creates():
     """The create path confines itself after proving privilege and before the lock."""
     from pathlib import Path
@@ -88,12 +106,8 @@ def test_lxc_user_nic_is_confined_before_it_locks_and_creates():
     subprocess.run(["ip", "link", "add", "br9", "type", "bridge"], check=True)
     container = Proc.container(ALICE)
     try:
-        result = subprocess.run(["strace", "-f", "-qq", "-u", ALICE.name, "-e",
-                                 "trace=seccomp,flock,prctl", helper("lxc-user-nic"), "create",
-                                 "x", "x", str(container.pid), "veth", "br9", "eth0"],
-                                capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr
-        lines = [" ".join(line.split()) for line in result.stderr.splitlines()]
+        result, lines = traced([helper("lxc-user-nic"), "create", "x", "x", str(container.pid),
+                                "veth", "br9", "eth0"], "seccomp,flock,prctl")
         sealed = next(i for i, line in enumerate(lines)
                       if "seccomp(SECCOMP_SET_MODE_FILTER" in line and line.endswith("= 0"))
         locked = next(i for i, line in enumerate(lines) if line.startswith("flock("))
@@ -105,13 +119,10 @@ def test_lxc_user_nic_is_confined_before_it_locks_and_creates():
         subprocess.run(["ip", "link", "del", "br9"], check=True)
 
 
+@pytest.mark.usefixtures("transport")
 def test_getsubids_confines_itself_before_reading():
-    result = subprocess.run(["strace", "-f", "-qq", "-u", ALICE.name, "-e",
-                             "trace=seccomp,openat", helper("getsubids"), "nsgt-alice"],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    result, lines = traced([helper("getsubids"), "nsgt-alice"], "seccomp,openat")
     assert result.stdout == "0: nsgt-alice 200000 65536\n"
-    lines = [" ".join(line.split()) for line in result.stderr.splitlines()]
     sealed = next(i for i, line in enumerate(lines)
                   if "seccomp(SECCOMP_SET_MODE_FILTER" in line and line.endswith("= 0"))
     subuid = next(i for i, line in enumerate(lines) if '"/etc/subuid"' in line)

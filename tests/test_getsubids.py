@@ -7,6 +7,8 @@ import pytest
 
 from tests.support import ALICE, BOB, CAROL, Target, helper, run_as, write_etc
 
+pytestmark = pytest.mark.usefixtures("transport")
+
 MIXED = (
     "nsgt-alice:200000:65536\n"
     "nsgt-bob:300000:65536\n"

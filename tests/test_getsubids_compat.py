@@ -16,6 +16,8 @@ import pytest
 
 from tests.support import CAROL, helper, run_as, write_etc
 
+pytestmark = pytest.mark.usefixtures("transport")
+
 # Accounts only these tests need: a user named by its own uid, a user named by another uid, a
 # user whose group of the same name has another id, and a group no user is named after.
 EXTRA_USERS = ["23050:x:23050:23050::/nonexistent:/bin/sh",

@@ -105,9 +105,11 @@ def _config(rootfs: Path, hwaddr: str | None) -> str:
 
 
 class Lxc:
-    """One container of alice's, started by lxc-start in delegated cgroups."""
+    """One container of alice's, started by lxc-start in delegated cgroups (`extra`: more
+    options for the setpriv that becomes alice)."""
 
-    def __init__(self, name: str, hwaddr: str | None) -> None:
+    def __init__(self, name: str, hwaddr: str | None, extra: tuple[str, ...] = ()) -> None:
+        self.extra = extra
         self.home = WORLD / name
         shutil.rmtree(self.home, ignore_errors=True)
         self.lxcpath = self.home / "lxc"
@@ -131,7 +133,7 @@ class Lxc:
         """argv as alice, started inside the delegated cgroups."""
         enter = "; ".join(f"echo $$ > {c}/cgroup.procs" for c in self.cgroups)
         script = (f'{enter}; exec setpriv --reuid={ALICE.uid} --regid={ALICE.gid} '
-                  '--init-groups -- "$@"')
+                  f'--init-groups {" ".join(self.extra)} -- "$@"')
         return subprocess.run(["sh", "-c", script, "sh", *argv], env=self.env,
                               capture_output=True, text=True, timeout=timeout)
 
@@ -186,8 +188,8 @@ def reference_sees_our_bridges():
 def lxc(network):  # noqa: F811
     started: list[Lxc] = []
 
-    def make(name: str, hwaddr: str | None) -> Lxc:
-        started.append(Lxc(name, hwaddr))
+    def make(name: str, hwaddr: str | None, extra: tuple[str, ...] = ()) -> Lxc:
+        started.append(Lxc(name, hwaddr, extra))
         return started[-1]
 
     yield make

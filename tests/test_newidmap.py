@@ -1,5 +1,7 @@
 """newuidmap / newgidmap end to end: the installed setuid launcher run by an unprivileged test
-user against real user namespaces; assertions on the kernel's maps and setgroups."""
+user against real user namespaces; assertions on the kernel's maps and setgroups. Every case runs
+through both transports (tests/support.py): in-process, and served by nsgated to a caller under
+no_new_privs."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.service_support import service_traced
 from tests.support import (
     ALICE,
     AUX_GID,
@@ -18,9 +21,14 @@ from tests.support import (
     Target,
     User,
     helper,
+    only_transport,
     run_as,
+    transport,
+    transport_privs,
     write_etc,
 )
+
+pytestmark = pytest.mark.usefixtures("transport")
 
 USAGE_UID = (b"usage: newuidmap [<pid>|fd:<pidfd>] <uid> <loweruid> <count> "
              b"[ <uid> <loweruid> <count> ] ... \n")
@@ -148,16 +156,16 @@ def test_another_users_target_is_refused(targets):
 
 def test_root_can_map_only_its_own_processes(target):
     """A9: root gets no exemption."""
-    result = subprocess.run([helper("newuidmap"), str(target.pid), "0", "23001", "1"],
-                            capture_output=True)
+    result = subprocess.run(["setpriv", *transport_privs(), helper("newuidmap"), str(target.pid),
+                             "0", "23001", "1"], capture_output=True)
     assert_refused(result, b"newuidmap: Target process is owned by a different user")
     assert target.uid_map() == []
 
 
 def test_caller_without_passwd_entry(target):
     result = subprocess.run(["setpriv", f"--reuid={NOBODY_UID}", f"--regid={NOBODY_UID}",
-                             "--clear-groups", helper("newuidmap"), str(target.pid), "0",
-                             str(NOBODY_UID), "1"], capture_output=True)
+                             "--clear-groups", *transport_privs(), helper("newuidmap"),
+                             str(target.pid), "0", str(NOBODY_UID), "1"], capture_output=True)
     assert_refused(result, b"newuidmap: Cannot determine your user name.\n")
     assert target.uid_map() == []
 
@@ -399,8 +407,10 @@ def test_grant_aux_group_subids_allows_the_current_real_gid_only():
 
 
 # --- §11 item 6: privilege that cannot be had is named -----------------------------------
+# The launcher's in-process path alone: through the service these callers are served (below).
 
 
+@only_transport("setuid")
 def test_no_new_privs_is_detected(target):
     result = newuidmap(ALICE, target.pid, 0, 200000, 10, extra=("--no-new-privs",))
     assert_refused(result, b"newuidmap: cannot get CAP_SETUID: no_new_privs is set on the "
@@ -408,6 +418,7 @@ def test_no_new_privs_is_detected(target):
     assert target.uid_map() == []
 
 
+@only_transport("setuid")
 def test_capability_missing_from_the_bounding_set_is_detected(target):
     result = newuidmap(ALICE, target.pid, 0, 200000, 10, extra=("--bounding-set=-setuid",))
     assert_refused(result, b"newuidmap: cannot get CAP_SETUID: it is not in the capability "
@@ -415,26 +426,56 @@ def test_capability_missing_from_the_bounding_set_is_detected(target):
     assert target.uid_map() == []
 
 
+@only_transport("setuid")
 def test_launcher_without_setuid_bit_is_detected(target, tmp_path):
-    import shutil
-    copy = "/run/nsgate-test/newuidmap-nosuid"
-    shutil.copyfile(helper("newuidmap"), copy)
-    os.chmod(copy, 0o755)
-    result = run_as(ALICE, [copy, str(target.pid), "0", "200000", "10"])
+    result = run_as(ALICE, [_copy_without_setuid_bit(), str(target.pid), "0", "200000", "10"])
     assert_refused(result, b"newuidmap: cannot get CAP_SETUID: the launcher is not setuid root "
                            b"and has no file capabilities\n")
     assert target.uid_map() == []
 
 
+def _copy_without_setuid_bit() -> str:
+    import shutil
+    copy = "/run/nsgate-test/newuidmap-nosuid"
+    shutil.copyfile(helper("newuidmap"), copy)
+    os.chmod(copy, 0o755)
+    return copy
+
+
+@only_transport("service")
+@pytest.mark.parametrize("how", ["bounding-set", "no-setuid-bit"])
+def test_the_service_serves_a_launcher_that_cannot_gain_privilege(targets, how):
+    """What the three tests above refuse in-process, the service serves (the launcher asks it
+    first, with no privilege of its own)."""
+    target = targets(ALICE)
+    if how == "bounding-set":
+        result = newuidmap(ALICE, target.pid, 0, 200000, 10, extra=("--bounding-set=-setuid",))
+    else:
+        result = run_as(ALICE, [_copy_without_setuid_bit(), str(target.pid), "0", "200000",
+                                "10"], extra=("--no-new-privs",))
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
+    assert target.uid_map() == [(0, 200000, 10)]
+
+
 # --- the credential sequence (A7) and the order of side effects, seen by strace ------------
+# In-process: strace runs the setuid helper as the user. Through the service: strace follows the
+# service's worker that serves the request, which runs the same code with the caller's
+# credential shape.
+
+TRACED = "trace=capset,setresuid,openat,write,prctl,close_range"
+TRACED_SERVICE = TRACED + ",sendto"  # the answer: status, stdout and stderr in one packet
 
 
 def _trace(user: User, argv: list[str]) -> tuple[int, list[str]]:
-    result = subprocess.run(["strace", "-f", "-qq", "-u", user.name, "-e",
-                             "trace=capset,setresuid,openat,write,prctl,close_range", *argv],
-                            capture_output=True, text=True)
-    return result.returncode, [" ".join(line.split()) for line in result.stderr.splitlines()
-                               if "ENOENT" not in line]
+    if transport() == "service":
+        with service_traced("-qq", "-e", TRACED_SERVICE) as events:
+            result = run_as(user, argv)
+        lines = [line for _, line in events]
+    else:
+        result = subprocess.run(["strace", "-f", "-qq", "-u", user.name, "-e", TRACED, *argv],
+                                capture_output=True)
+        lines = result.stderr.decode().splitlines()
+    return result.returncode, [" ".join(line.split()) for line in lines if "ENOENT" not in line]
 
 
 def _index(lines: list[str], needle: str) -> int:
@@ -475,11 +516,16 @@ def test_gid_map_written_with_cap_setgid_after_setgroups_deny(target):
 def test_messages_are_written_after_all_privilege_is_dropped(target):
     status, lines = _trace(ALICE, [helper("newuidmap"), str(target.pid), "0", "400000", "10"])
     assert status == 1
-    message = _index(lines, "write(2, ")
+    if transport() == "setuid":
+        message = _index(lines, "write(2, ")
+    else:  # the answer (its magic first), not the syslog record (sent before it)
+        message = next(i for i, line in enumerate(lines)
+                       if line.startswith("sendto(") and ', "nsgate' in line)
     assert any("setresuid(23001, 23001, 23001) = 0" in line for line in lines[:message])
     assert "{effective=0, permitted=0, inheritable=0}) = 0" in lines[message - 1]
 
 
+@only_transport("setuid")  # the launcher's own process; the service's is its unit's concern
 def test_process_is_hardened_before_anything(target):
     status, lines = _trace(ALICE, [helper("newuidmap"), str(target.pid), "0", "200000", "10"])
     assert status == 0

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ALICE, BOB, SANDBOX, helper, run_as, write_etc
+from tests.support import ALICE, BOB, SANDBOX, helper, run_as, wait_for, write_etc
+
+pytestmark = pytest.mark.usefixtures("transport")
 
 PLUGIN_C = r"""
 #include <stdbool.h>
@@ -141,6 +143,21 @@ def _umount(target: str) -> None:
         raise OSError(err, f"umount {target}: {os.strerror(err)} (detached lazily instead)")
 
 
+def _mapping_from(path: Path) -> list[int]:
+    """The processes that map a file of the file system mounted at `path`."""
+    st = os.stat(path)
+    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}"
+    found = []
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        try:
+            lines = maps.read_text().splitlines()
+        except OSError:  # gone meanwhile
+            continue
+        if any(len(fields) > 5 and fields[3] == device for fields in map(str.split, lines)):
+            found.append(int(maps.parent.name))
+    return found
+
+
 def is_overlay_mountpoint(path: Path) -> bool:
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         fields = line.split()
@@ -190,6 +207,8 @@ def plugins_on_libpath(plugin_dir: Path) -> Iterator[Path]:
             assert (LIBDIR / f"libsubid_{name}.so").is_file()
         assert (LIBDIR / "libc.so.6").is_file()
         yield LIBDIR
+        # a worker of nsgated that loaded a plugin may still be on its way out
+        wait_for(lambda: not _mapping_from(LIBDIR), "no process to map the overlay's files")
     finally:
         _umount(str(LIBDIR))
     assert not is_overlay_mountpoint(LIBDIR)

@@ -15,6 +15,8 @@ from tests.admin_support import USERNET, clean_nic_state, links, nsgate, nsgate_
 from tests.support import ALICE, BOB, write_etc
 from tests.usernic_support import Proc, add_bridge, create, db_entries, ip_links, master_of
 
+pytestmark = pytest.mark.usefixtures("transport")
+
 ALICE_BRIDGE = f"nsgu{ALICE.uid}"
 
 

@@ -51,15 +51,18 @@ def reference_tools_disabled() -> Iterator[None]:
             subprocess.run(["umount", path], check=True)
 
 
-def rootlesskit(state: Path, *args: str, impl: str = "nsgate", timeout: float = 120
+def rootlesskit(state: Path, *args: str, impl: str = "nsgate", timeout: float = 120,
+                extra: tuple[str, ...] = (), first: Path | None = None
                 ) -> subprocess.CompletedProcess[bytes]:
-    """rootlesskit as alice with nsgate's helpers first on PATH and the reference disabled, or
-    (impl="shadow") with the reference's first."""
+    """rootlesskit as alice (setpriv's options `extra` too) with nsgate's helpers (those in
+    `first`, if given) first on PATH and the reference disabled, or (impl="shadow") with the
+    reference's first."""
     argv = ["rootlesskit", f"--state-dir={state}", "--subid-source=dynamic", *args]
-    first = NSGATE if impl == "nsgate" else SHADOW
+    if first is None:
+        first = NSGATE if impl == "nsgate" else SHADOW
     env = {"PATH": f"{first}:{SYSTEM_PATH}", "LC_ALL": "C", "HOME": "/"}
     with reference_tools_disabled() if impl == "nsgate" else contextlib.nullcontext():
-        return subprocess.run(as_user(ALICE, argv), capture_output=True, env=env,
+        return subprocess.run(as_user(ALICE, argv, extra=extra), capture_output=True, env=env,
                               timeout=timeout, stdin=subprocess.DEVNULL)
 
 

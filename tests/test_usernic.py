@@ -4,7 +4,9 @@ network namespace (the "host" side here). Assertions read the kernel (`ip -d -j 
 sides), /run/lxc/nics and the helper's output (lxc-user-nic.md; security-cases.md part B).
 
 Counting is per owner token and per type + bridge (the issue's choice, as lxc-usernet(5)
-documents), so the quota tests expect per-bridge behaviour.
+documents), so the quota tests expect per-bridge behaviour. Every case runs through both
+transports (in-process, and nsgated serving a caller under no_new_privs); where a test looks at
+the helper's process (the lock, strace), through the service that is the worker serving it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.ovs_support import vsctl_execs
+from tests.service_support import acting_pids, service_traced, trace_text
 from tests.support import (
     ALICE,
     AUX_GID,
@@ -34,6 +37,7 @@ from tests.support import (
     lock_holders,
     lock_waiters,
     proc_state,
+    transport,
     wait_for,
     write_etc,
 )
@@ -72,6 +76,9 @@ from tests.usernic_support import (
     wait_until,
     write_db,
 )
+
+pytestmark = pytest.mark.usefixtures("transport")
+
 
 PREFIX = b"lxc-user-nic: "
 
@@ -799,9 +806,10 @@ def test_lock_wait_is_bounded():
         started = time.monotonic()
         proc = create_popen(BOB, ctr.pid)
         try:
-            wait_for(lambda: proc.pid in lock_waiters(LOCK) or proc.poll() is not None,
+            wait_for(lambda: lock_waiters(LOCK) & acting_pids(proc.pid) or proc.poll() is not None,
                      "the create to block on the lock")
-            assert proc.pid in lock_waiters(LOCK), "the create ended without waiting for the lock"
+            assert lock_waiters(LOCK) & acting_pids(proc.pid), \
+                "the create ended without waiting for the lock"
             out, err = proc.communicate(timeout=PATIENCE)  # a hang fails here
         finally:
             if proc.poll() is None:
@@ -929,12 +937,19 @@ def test_delete_is_confined_and_only_its_runner_execs(ovsbr):
     grant("nsgt-alice veth ovsbr 1")
     write_db(["nsgt-alice veth ovsbr vethX"])
     ctr = Proc.container(ALICE)
-    result = subprocess.run(["strace", "-f", "-qq", "-v", "-s", "4096", "-u", ALICE.name, "-e",
-                             "trace=seccomp,flock,execve", NSGATE_NIC, "delete", "x", "x",
-                             ctr.netns, "veth", "ovsbr", "vethX"], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    options = ["-qq", "-v", "-s", "4096", "-e", "trace=seccomp,flock,execve"]
+    args = ["delete", "x", "x", ctr.netns, "veth", "ovsbr", "vethX"]
+    if transport() == "service":  # the worker that serves it, and its runner
+        with service_traced(*options) as served:
+            result = usernic(ALICE, *args)
+        trace = trace_text(served)
+    else:
+        result = subprocess.run(["strace", "-f", *options, "-u", ALICE.name, NSGATE_NIC, *args],
+                                capture_output=True)
+        trace = result.stderr.decode()
+    assert result.returncode == 0, trace
     events = [(int(m[1]) if m[1] else None, m[2]) for m in
-              re.finditer(r"^(?:\[pid +(\d+)\] )?(.*)$", result.stderr, re.MULTILINE)]
+              re.finditer(r"^(?:\[pid +(\d+)\] )?(.*)$", trace, re.MULTILINE)]
     sealed = next(i for i, (_, line) in enumerate(events)
                   if line.startswith("seccomp(SECCOMP_SET_MODE_FILTER") and line.endswith("= 0"))
     locked = next(i for i, (_, line) in enumerate(events) if line.startswith("flock("))
@@ -944,7 +959,7 @@ def test_delete_is_confined_and_only_its_runner_execs(ovsbr):
     vsctl = [(pid, line) for pid, line in events if re.match(r'execve\("[^"]*/ovs-vsctl', line)]
     assert len(vsctl) == 1 and vsctl[0][1].endswith("= 0")
     assert vsctl[0][0] != helper_pid
-    (_, argv, environment), = vsctl_execs(result.stderr)
+    (_, argv, environment), = vsctl_execs(trace)
     assert argv[1:] == ["--timeout=5", "del-port", "ovsbr", "vethX"]
     assert environment == ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
     assert ovsbr.calls() == ["--timeout=5 del-port ovsbr vethX"]
@@ -1203,17 +1218,22 @@ def test_delete_runs_the_system_ovs_vsctl_only(ovsbr, user_dir):
     env = {"PATH": f"{user_dir}:/usr/sbin:/usr/bin:/sbin:/bin", "IFS": "/",
            "LD_PRELOAD": "/nonexistent.so", "PYTHONPATH": str(user_dir), "BASH_ENV": str(fake),
            "ENV": str(fake)}
-    trace = WORK / "delete.trace"
-    result = subprocess.run(["strace", "-f", "-qq", "-v", "-s", "4096", "-e", "trace=execve",
-                             "-o", str(trace),
-                             *setpriv(ALICE, ["/usr/bin/env", "-i",
-                                              *(f"{k}={v}" for k, v in env.items()),
-                                              NSGATE_NIC, "delete", "x", "x", ctr.netns, "veth",
-                                              "ovsbr", "vethX"])],
-                            capture_output=True, timeout=20, stdin=subprocess.DEVNULL)
+    options = ["-qq", "-v", "-s", "4096", "-e", "trace=execve"]
+    run = setpriv(ALICE, ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items()),
+                          NSGATE_NIC, "delete", "x", "x", ctr.netns, "veth", "ovsbr", "vethX"])
+    if transport() == "service":  # the worker that serves it, and its runner
+        with service_traced(*options) as served:
+            result = subprocess.run(run, capture_output=True, timeout=20,
+                                    stdin=subprocess.DEVNULL)
+        trace = trace_text(served)
+    else:
+        out = WORK / "delete.trace"
+        result = subprocess.run(["strace", "-f", *options, "-o", str(out), *run],
+                                capture_output=True, timeout=20, stdin=subprocess.DEVNULL)
+        trace = out.read_text()
     assert (result.returncode, result.stdout, result.stderr) == (0, b"", b""), result
     assert ovsbr.calls() == ["--timeout=5 del-port ovsbr vethX"]
-    (_, argv, environment), = vsctl_execs(trace.read_text())
+    (_, argv, environment), = vsctl_execs(trace)
     assert argv == ["/usr/bin/ovs-vsctl", "--timeout=5", "del-port", "ovsbr", "vethX"]
     assert environment == ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
     assert not marker.exists()

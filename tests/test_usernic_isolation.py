@@ -13,6 +13,8 @@ import pytest
 
 from tests.support import ALICE, BOB, User, as_user, helper, run_as, write_etc
 
+pytestmark = pytest.mark.usefixtures("transport")
+
 USERNET = ("nsgt-alice veth br0 4\nnsgt-bob veth br0 4\n"
            "nsgt-alice veth nsgate-private 4\nnsgt-bob veth nsgate-private 4\n")
 

@@ -19,7 +19,8 @@ import pytest
 
 from tests.admin_support import nsgate_json
 from tests.ovs_support import Bridge, OpenVSwitch, vsctl_execs
-from tests.support import ALICE, BOB, User, write_etc
+from tests.service_support import acting_pids, service_traced
+from tests.support import ALICE, BOB, User, only_transport, transport, write_etc
 from tests.test_fault_injection import injection_points, syscall_trace, traced_create
 from tests.usernic_support import (
     LOCK,
@@ -41,6 +42,9 @@ from tests.usernic_support import (
     sysfs_of_this_netns,
     wait_until,
 )
+
+pytestmark = pytest.mark.usefixtures("transport")
+
 
 PREFIX = b"lxc-user-nic: "
 MTU = 1400  # of the bridge's internal port, set through Open vSwitch
@@ -221,13 +225,25 @@ def test_nsgate_check_asks_open_vswitch_too(bridge):
 # --- when, and as whom, Open vSwitch is asked -----------------------------------------------
 
 
-def _trace_create(pid: int, bridge: str) -> tuple[subprocess.CompletedProcess[bytes], str]:
+def _trace_create(pid: int, bridge: str) -> tuple[subprocess.CompletedProcess[bytes], str, int]:
+    """The create as strace sees it (lines `PID call`), and the pid of the helper: the setuid
+    helper run as alice, or the worker of the service that serves her."""
+    options = ["-qq", "-v", "-s", "4096", "-e", "trace=seccomp,flock,execve"]
+    args = ["create", "x", "x", str(pid), "veth", bridge]
+    if transport() == "service":
+        with service_traced(*options) as served:
+            result = create(ALICE, pid, bridge, timeout=60)
+        text = "".join(f"{pid} {line}\n" for pid, line in served)
+        helper = min({pid for pid, line in served if line.startswith("seccomp(")}, default=0)
+        return result, text, helper
     trace = WORK / "create.trace"
-    result = subprocess.run(["strace", "-f", "-qq", "-v", "-s", "4096", "-o", str(trace),
-                             "-e", "trace=seccomp,flock,execve", "-u", ALICE.name, NSGATE_NIC,
-                             "create", "x", "x", str(pid), "veth", bridge],
+    result = subprocess.run(["strace", "-f", *options, "-o", str(trace), "-u", ALICE.name,
+                             NSGATE_NIC, *args],
                             capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
-    return result, re.sub(r"^(\d+) +", r"\1 ", trace.read_text(), flags=re.MULTILINE)
+    text = re.sub(r"^(\d+) +", r"\1 ", trace.read_text(), flags=re.MULTILINE)
+    lines = text.splitlines()
+    helper = int(next(line for line in lines if f'execve("{NSGATE_NIC}"' in line).split()[0])
+    return result, text, helper
 
 
 def test_open_vswitch_is_asked_after_the_proof_by_the_runner(bridge):
@@ -235,15 +251,14 @@ def test_open_vswitch_is_asked_after_the_proof_by_the_runner(bridge):
     `br-exists` is exec'd after the helper has confined itself and before it locks the
     database, by the runner it forked (not by the helper itself), like `add-port`."""
     grant("nsgt-alice veth ovsbr 1")
-    result, trace = _trace_create(Proc.plain(ALICE).pid, "ovsbr")
+    result, trace, _ = _trace_create(Proc.plain(ALICE).pid, "ovsbr")
     assert_refused(result, b"User nsgt-alice may not modify that network namespace")
     assert vsctl_execs(trace) == []
 
     ctr = Proc.container(ALICE)
-    result, trace = _trace_create(ctr.pid, "ovsbr")
+    result, trace, helper = _trace_create(ctr.pid, "ovsbr")
     host = assert_created(result, ctr)
     lines = trace.splitlines()
-    helper = int(next(line for line in lines if f'execve("{NSGATE_NIC}"' in line).split()[0])
     sealed = next(i for i, line in enumerate(lines) if line.startswith(f"{helper} seccomp(")
                   and "SECCOMP_SET_MODE_FILTER" in line and line.endswith("= 0"))
     locked = next(i for i, line in enumerate(lines) if line.startswith(f"{helper} flock("))
@@ -255,15 +270,15 @@ def test_open_vswitch_is_asked_after_the_proof_by_the_runner(bridge):
     assert all(pid != helper for pid, _, _ in vsctl_execs(trace))
 
 
-def _grandchild_running(grandparent: int, argv: list[str]) -> int | None:
-    """The pid of a process running `argv` whose parent's parent is `grandparent`."""
+def _grandchild_running(grandparents: set[int], argv: list[str]) -> int | None:
+    """The pid of a process running `argv` whose parent's parent is one of `grandparents`."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             if ((entry / "cmdline").read_bytes().split(b"\0")[:-1] == [a.encode() for a in argv]
                     and int(_status(int(_status(int(entry.name), "PPid")[0]), "PPid")[0])
-                    == grandparent):
+                    in grandparents):
                 return int(entry.name)
         except (OSError, AssertionError):
             continue
@@ -289,20 +304,21 @@ def test_a_hung_open_vswitch_fails_closed_and_blocks_nobody(bridge):
     with bridge.switch.stopped("server"):
         proc = create_popen(ALICE, alice_ctr.pid, "ovsbr")
         try:
-            wait_until(lambda: _grandchild_running(proc.pid, asking) is not None, timeout=30,
-                       what="the helper's ovs-vsctl br-exists")
-            asker = _grandchild_running(proc.pid, asking)
+            wait_until(lambda: _grandchild_running(acting_pids(proc.pid), asking) is not None,
+                       timeout=30, what="the helper's ovs-vsctl br-exists")
+            asker = _grandchild_running(acting_pids(proc.pid), asking)
             assert asker is not None
             os.kill(asker, signal.SIGSTOP)  # root holds it while the test looks (alice cannot)
             runner = int(_status(asker, "PPid")[0])
-            assert int(_status(runner, "PPid")[0]) == proc.pid != runner
-            for pid in (asker, runner, proc.pid):
+            helper = int(_status(runner, "PPid")[0])  # the helper, or the worker serving it
+            assert helper in acting_pids(proc.pid) and helper != runner
+            for pid in (asker, runner, helper):
                 assert _status(pid, "Uid") == ["0"] * 4 and _status(pid, "Gid") == ["0"] * 4
                 refused = subprocess.run(setpriv(ALICE, ["kill", "-KILL", str(pid)]),
                                          capture_output=True, text=True)
                 assert refused.returncode != 0 and "Operation not permitted" in refused.stderr
-            assert _status(proc.pid, "Seccomp") == ["2"]  # the helper is confined already
-            assert f" {proc.pid} " not in Path("/proc/locks").read_text().replace(":", " ")
+            assert _status(helper, "Seccomp") == ["2"]  # the helper is confined already
+            assert f" {helper} " not in Path("/proc/locks").read_text().replace(":", " ")
             bob = create(BOB, bob_ctr.pid, "br0")
             assert bob.returncode == 0 and bob.stderr == b"", bob
             os.kill(asker, signal.SIGCONT)
@@ -352,6 +368,9 @@ def check_consistent() -> None:
     assert live <= {line.split(" ")[3] for line in lines}, (live, lines)
 
 
+# strace's fault injection into the setuid helper's own process; a worker of the service killed
+# at every step is the faults suite's (test_service_faults.py).
+@only_transport("setuid")
 @pytest.mark.parametrize("fault", ["signal=KILL", "error=EIO"])
 def test_every_system_call_of_an_open_vswitch_create_is_a_safe_place_to_fail(bridge, fault):
     """test_fault_injection.py's kill or EIO at every system call from the lock on, on an Open

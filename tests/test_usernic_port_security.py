@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ALICE, BOB, helper, run_as, write_etc
+from tests.support import ALICE, BOB, helper, only_transport, run_as, write_etc
 from tests.test_usernic_isolation import Container, network  # noqa: F401 - the fixture
 from tests.usernic_support import WORK, wait_until
+
+pytestmark = pytest.mark.usefixtures("transport")
 
 GROUP = 0x6E73
 VERSION = "nsgate port security 1"
@@ -234,6 +236,9 @@ def _table_is_whole_or_absent() -> bool:
         and "chain ports_in " in listing.stdout and "chain host_out " in listing.stdout)
 
 
+# strace's fault injection into the setuid helper's own process; a worker of the service killed
+# at every step is the faults suite's (test_service_faults.py).
+@only_transport("setuid")
 @pytest.mark.parametrize("fault", ["signal=KILL", "error=EIO"])
 def test_a_create_that_fails_while_installing_the_table_leaves_it_whole_or_absent(
         network, fault):  # noqa: F811

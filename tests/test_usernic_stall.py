@@ -8,6 +8,10 @@ holds the database lock itself, sees alice's helper blocked on it in /proc/locks
 kernel has put that helper (/proc/PID/cgroup, /proc/PID/sched, /proc/PID/status), attacks, then
 releases the lock: alice's helper and bob's create both finish although alice's cgroup is
 frozen. And while it waits, the helper holds only the action's capabilities.
+
+Through the service (transport "service") the same facts hold of the worker that serves alice,
+which never was in her cgroups nor had her scheduling; only her client is in her reach: frozen
+with her cgroup, it stalls neither the service nor bob, and gets its answer once thawed.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ALICE, BOB, SANDBOX, write_etc
+from tests.service_support import acting_pids, module_service
+from tests.support import ALICE, BOB, SANDBOX, only_transport, transport, write_etc
 from tests.usernic_support import (
     DB_DIR,
     LOCK,
@@ -35,6 +40,9 @@ from tests.usernic_support import (
     setpriv,
     wait_until,
 )
+
+pytestmark = pytest.mark.usefixtures("transport")
+
 
 CAP_SETGID, CAP_SETUID, CAP_NET_ADMIN = 6, 7, 12
 CREATE_CAPS = 1 << CAP_SETGID | 1 << CAP_SETUID | 1 << CAP_NET_ADMIN
@@ -85,6 +93,22 @@ def waits_on_lock(pid: int) -> bool:
     return False
 
 
+def lock_waiter(proc: subprocess.Popen[bytes]) -> int | None:
+    """What waits on the lock for the helper started as `proc`: the helper itself, or the
+    service's worker that serves it."""
+    return next((pid for pid in acting_pids(proc.pid) if waits_on_lock(pid)), None)
+
+
+def wait_for_the_lock(proc: subprocess.Popen[bytes]) -> int:
+    """The pid that waits on the lock for `proc`, once the kernel shows it waiting."""
+    wait_until(lambda: lock_waiter(proc) is not None or proc.poll() is not None, TIMEOUT,
+               "alice's helper blocked on the database lock")
+    assert proc.poll() is None, proc.communicate()
+    waiter = lock_waiter(proc)
+    assert waiter is not None
+    return waiter
+
+
 def cgroups_of(pid: int) -> dict[str, str]:
     """controllers (`` for v2) -> path, from /proc/PID/cgroup."""
     lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
@@ -124,9 +148,13 @@ def alice_create_argv(pid: int, name: str) -> list[str]:
 
 
 def assert_out_of_alice_reach(pid: int) -> None:
-    """Kernel facts of a helper waiting for the lock: in the root cgroup of every hierarchy,
-    SCHED_OTHER at nice 0 on every CPU."""
-    assert cgroups_of(pid) == dict.fromkeys(cgroups_of(pid), "/"), cgroups_of(pid)
+    """Kernel facts of a helper waiting for the lock: in the root cgroup of every hierarchy
+    (a worker of the service: in the service's cgroups, root's, which it never left), SCHED_OTHER
+    at nice 0 on every CPU."""
+    if transport() == "service":
+        assert cgroups_of(pid) == cgroups_of(module_service().pid), cgroups_of(pid)
+    else:
+        assert cgroups_of(pid) == dict.fromkeys(cgroups_of(pid), "/"), cgroups_of(pid)
     assert sched_policy(pid) == 0  # SCHED_OTHER
     assert nice_of(pid) == 0
     assert status_field(pid, "Cpus_allowed_list") == all_cpus()
@@ -142,8 +170,9 @@ def assert_both_create(proc: subprocess.Popen[bytes], bob_ctr: Proc) -> None:
     status, out, err = finish(proc)
     assert status == 0, err
     assert out.startswith(b"a0:"), out
-    result = create(BOB, bob_ctr.pid, name="b0", timeout=TIMEOUT)
-    assert result.returncode == 0, result.stderr
+    if "b0" not in bob_ctr.links():
+        result = create(BOB, bob_ctr.pid, name="b0", timeout=TIMEOUT)
+        assert result.returncode == 0, result.stderr
     assert "b0" in bob_ctr.links()
     assert sorted(owner for owner, *_ in db_entries()) == ["nsgt-alice", "nsgt-bob"]
 
@@ -163,11 +192,16 @@ def alice_cgroup(request) -> Iterator[Path]:
     try:
         yield path
     finally:
-        thaw = ("freezer.state", "THAWED") if top == FREEZER else ("cgroup.freeze", "0")
-        (path / thaw[0]).write_text(thaw[1])
+        thaw(path)
         for pid in (path / "cgroup.procs").read_text().split():
             (top / "cgroup.procs").write_text(pid)
         path.rmdir()
+
+
+def thaw(cgroup: Path) -> None:
+    control = ("freezer.state", "THAWED") if cgroup.is_relative_to(FREEZER) else \
+        ("cgroup.freeze", "0")
+    (cgroup / control[0]).write_text(control[1])
 
 
 def freeze_as_alice(cgroup: Path) -> None:
@@ -197,14 +231,18 @@ def test_a_frozen_cgroup_stalls_nobody(alice_cgroup):
         proc = start_helper(alice_create_argv(alice_ctr.pid, "a0"),
                             lambda: procs.write_text(str(os.getpid())))
         assert str(proc.pid) in procs.read_text().split()  # started in alice's cgroup
-        wait_until(lambda: waits_on_lock(proc.pid) or proc.poll() is not None, TIMEOUT,
-                   "alice's helper blocked on the database lock")
-        assert proc.poll() is None, proc.communicate()
-        assert_out_of_alice_reach(proc.pid)
-        assert str(proc.pid) not in procs.read_text().split()
+        helper = wait_for_the_lock(proc)
+        assert_out_of_alice_reach(helper)
+        assert str(helper) not in procs.read_text().split()
         freeze_as_alice(alice_cgroup)
     finally:
         lock.release()
+    if transport() == "service":  # her frozen client waits for its answer; nobody else does
+        wait_until(lambda: "a0" in alice_ctr.links(), TIMEOUT, "alice's nic, her client frozen")
+        assert proc.poll() is None  # her client: still frozen
+        bob = create(BOB, bob_ctr.pid, name="b0", timeout=TIMEOUT)
+        assert bob.returncode == 0, bob.stderr
+        thaw(alice_cgroup)
     assert_both_create(proc, bob_ctr)
     assert "a0" in alice_ctr.links()
 
@@ -224,11 +262,9 @@ def test_idle_scheduling_pinned_to_a_busy_cpu_stalls_nobody():
                 "chrt", "--idle", "--reset-on-fork", "0",
                 *alice_create_argv(alice_ctr.pid, "a0")]
         proc = start_helper(argv)
-        wait_until(lambda: waits_on_lock(proc.pid) or proc.poll() is not None, TIMEOUT,
-                   "alice's helper blocked on the database lock")
-        assert proc.poll() is None, proc.communicate()
-        assert_out_of_alice_reach(proc.pid)
-        ionice = subprocess.run(["ionice", "-p", str(proc.pid)], capture_output=True,
+        helper = wait_for_the_lock(proc)
+        assert_out_of_alice_reach(helper)
+        ionice = subprocess.run(["ionice", "-p", str(helper)], capture_output=True,
                                 text=True, check=True).stdout
         assert ionice.startswith("none") or ionice.startswith("best-effort"), ionice
     finally:
@@ -258,14 +294,12 @@ def test_the_helper_holds_only_the_actions_capabilities(verb):
     lock = HeldLock()
     try:
         proc = start_helper(argv)
-        wait_until(lambda: waits_on_lock(proc.pid) or proc.poll() is not None, TIMEOUT,
-                   "alice's helper blocked on the database lock")
-        assert proc.poll() is None, proc.communicate()
-        assert status_field(proc.pid, "Uid").split() == ["0"] * 4
+        helper = wait_for_the_lock(proc)
+        assert status_field(helper, "Uid").split() == ["0"] * 4
         for field in ("CapEff", "CapPrm", "CapBnd"):
-            assert int(status_field(proc.pid, field), 16) == caps, field
-        assert int(status_field(proc.pid, "CapInh"), 16) == 0
-        assert int(status_field(proc.pid, "CapAmb"), 16) == 0
+            assert int(status_field(helper, field), 16) == caps, field
+        assert int(status_field(helper, "CapInh"), 16) == 0
+        assert int(status_field(helper, "CapAmb"), 16) == 0
     finally:
         lock.release()
     status, _, err = finish(proc)
@@ -276,8 +310,10 @@ def test_the_helper_holds_only_the_actions_capabilities(verb):
 
 
 # --- where the move is impossible ---------------------------------------------------------------
+# The helper's own cgroups in-process; the service's worker never was in the caller's.
 
 
+@only_transport("setuid")
 @pytest.mark.parametrize("alice_cgroup", ["v1"], indirect=True)
 def test_a_cgroup_namespace_rooted_in_the_callers_cgroup_is_refused(alice_cgroup):
     """Fail closed: the helper runs in a cgroup namespace whose root is alice's own freezer
@@ -305,6 +341,7 @@ def _into_root_cgroups_then(cgroup: Path) -> None:
     (cgroup / "cgroup.procs").write_text(pid)
 
 
+@only_transport("setuid")
 @pytest.mark.parametrize("owner", ["root", "alice"])
 def test_a_containers_cgroup_namespace_root_is_joined_when_it_is_roots(owner):
     """A container's cgroup namespace, rooted at freezer cgroup R, with its own cgroupfs mounted
@@ -345,3 +382,18 @@ def test_a_containers_cgroup_namespace_root_is_joined_when_it_is_roots(owner):
     finally:
         container_root.rmdir()
         (SANDBOX / f"freezer-{os.getpid()}").rmdir()
+
+
+@only_transport("service")
+@pytest.mark.parametrize("alice_cgroup", ["v1"], indirect=True)
+def test_through_the_service_the_callers_cgroup_namespace_does_not_matter(alice_cgroup):
+    """The caller of the refused case above, served: the worker acts from the service's
+    cgroups, out of her reach, so nothing needs refusing."""
+    alice_ctr = Proc.container(ALICE)
+    procs = alice_cgroup / "cgroup.procs"
+    proc = start_helper(["unshare", "--cgroup", *alice_create_argv(alice_ctr.pid, "a0")],
+                        lambda: procs.write_text(str(os.getpid())))
+    status, out, err = finish(proc)
+    assert (status, err) == (0, b"") and out.startswith(b"a0:"), (out, err)
+    assert "a0" in alice_ctr.links()
+    assert [owner for owner, *_ in db_entries()] == ["nsgt-alice"]

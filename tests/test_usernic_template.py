@@ -19,6 +19,8 @@ from tests.test_usernic import (  # noqa: F401 (fixtures)
 )
 from tests.usernic_support import Proc, clean_db, create, db_lines, ip_links, liblxc_parse
 
+pytestmark = pytest.mark.usefixtures("transport")
+
 
 def _in_container(ctr: Proc, *args: str) -> None:
     subprocess.run(["nsenter", f"--net={ctr.netns}", "ip", *args], check=True, timeout=10)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from tests.support import PATIENCE, SANDBOX, User, helper
+from tests.support import PATIENCE, SANDBOX, User, helper, transport_privs
 
 NSGATE_NIC = helper("lxc-user-nic")
 REFERENCE_NIC = "/usr/libexec/lxc/lxc-user-nic"
@@ -46,7 +46,8 @@ def host_veth_pattern(user: User) -> re.Pattern[str]:
 def setpriv(user: User | int, argv: Sequence[str], *,
             groups: str | Sequence[int] = "init") -> list[str]:
     """argv run with `user`'s real and effective ids; `groups`: "init" (its groups, as a login
-    gives them), "clear" (no supplementary groups) or an explicit list of gids."""
+    gives them), "clear" (no supplementary groups) or an explicit list of gids. Under
+    no_new_privs when it runs an nsgate helper through the service transport."""
     uid, gid = (user, user) if isinstance(user, int) else (user.uid, user.gid)
     if groups == "init":
         group_args = ["--init-groups"]
@@ -54,7 +55,8 @@ def setpriv(user: User | int, argv: Sequence[str], *,
         group_args = ["--clear-groups"]
     else:
         group_args = ["--groups=" + ",".join(str(g) for g in groups)]
-    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", *group_args, "--", *argv]
+    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", *group_args,
+            *transport_privs(argv), "--", *argv]
 
 
 def usernic(user: User | int, *args: str | int, impl: str = "nsgate",

@@ -3,7 +3,7 @@
 # also what the test suite uses (the reference tools as oracles, real clients, strace).
 set -eu
 build="make nftables gcc libc6-dev python3 python3-dev python3-pip python3-venv libcap2-bin libseccomp-dev scdoc"
-test="uidmap lxc openvswitch-switch rootlesskit busybox-static util-linux strace iproute2 procps iputils-ping debhelper dpkg-dev python3-cffi rpm man-db groff-base git"
+test="uidmap lxc openvswitch-switch rootlesskit podman busybox-static util-linux strace iproute2 procps iputils-ping debhelper dpkg-dev python3-cffi rpm man-db groff-base git"
 packages=$build
 [ "${1:-}" = "--test" ] && packages="$build $test"
 export DEBIAN_FRONTEND=noninteractive

@@ -41,6 +41,8 @@ from tests.support import (
     as_user,
     helper,
     proc_state,
+    transport,
+    transport_privs,
     wchan,
 )
 from tests.usernic_support import (
@@ -516,6 +518,8 @@ def scenario(helper, request) -> Iterator[Scenario]:
 def verify(request: Request, result: Result, *, killed_by: Sequence[int] = (),
            allow_internal: Sequence[str] = ()) -> str:
     """The attack contract on one finished run; "done", "untouched" or "killed"."""
+    if transport() == "service":  # served, not refused in-process for want of privilege
+        assert b"no_new_privs is set on the calling process" not in (result.err or b""), result
     state = request.outcome()
     for stream in (result.out, result.err):
         assert b"Traceback" not in (stream or b""), result
@@ -688,7 +692,8 @@ class Signaller:
     after the start), …], as alice could from her shell."""
 
     def __init__(self, user: User = ALICE) -> None:
-        self.proc = subprocess.Popen(as_user(user, [PYTHON, "-I", "-c", SIGNALLER]),
+        self.proc = subprocess.Popen(as_user(user, [PYTHON, "-I", "-c", SIGNALLER],
+                                             extra=transport_privs()),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      env=USER_ENV)
 

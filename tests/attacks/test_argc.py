@@ -11,7 +11,8 @@ import pytest
 
 from tests.attacks.conftest import PYTHON, attack, chown_tree, verify
 
-pytestmark = pytest.mark.attack("C1 argc == 0")
+pytestmark = [pytest.mark.attack("C1 argc == 0"),
+              pytest.mark.usefixtures("transport")]
 
 EXEC_EMPTY_ARGV = r"""
 import ctypes, json, sys

@@ -12,6 +12,11 @@ request:
   is exec'd with exactly the launcher's fixed environment and no path in alice's directory is
   ever opened, stat'ed or exec'd.
 The working-directory probes do the same from a directory full of Python shadows.
+
+Through the service transport the plain run is under no_new_privs (the loader then honours
+alice's variables in her own unprivileged client, which is static and loads nothing); traced,
+the launcher execs nothing at all (the service answers), names no path of alice's, and neither
+does the worker of the service that serves it (strace attached to the service).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import re
 import shutil
 import subprocess
 import zipfile
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +49,10 @@ from tests.attacks.conftest import (
     user_env,
     verify,
 )
-from tests.support import ALICE, write_etc
+from tests.service_support import service_traced
+from tests.support import ALICE, transport, write_etc
+
+pytestmark = pytest.mark.usefixtures("transport")
 
 STDLIB = Path("/usr/lib/python3.11")
 LIBDIR = Path("/usr/local/lib/nsgate")
@@ -247,20 +256,43 @@ _EXECVE_PYTHON = re.compile(r'execve\("/usr/bin/python3", \[.*\], \[(?P<env>[^\]
 _CHDIR_ROOT = re.compile(r' chdir\("/"\)\s+= 0$')
 
 
+TRACED = ["-qq", "-v", "-s", "8192", "-e", "trace=%file,chdir,fchdir"]
+
+
 def traced(request: Request, env: dict[str, str], cwd: Path | None = None,
-           stdin: bytes = b"") -> tuple[Result, list[str]]:
+           stdin: bytes = b"") -> tuple[Result, list[str], list[str]]:
     """Run the helper under `strace -f -u nsgt-alice` with `env` added for the helper only;
-    the result and the trace lines."""
+    the result, the trace lines, and through the service those of the worker that served it."""
     log = ATTACKS / "strace.log"
     log.unlink(missing_ok=True)
-    argv = ["strace", "-f", "-qq", "-v", "-s", "8192", "-e", "trace=%file,chdir,fchdir",
-            "-o", str(log), "-u", ALICE.name]
+    argv = ["strace", "-f", *TRACED, "-o", str(log), "-u", ALICE.name]
     for key, value in env.items():
         argv += ["-E", f"{key}={value}"]
-    proc = subprocess.run([*argv, "--", *request.argv], env={"PATH": USER_PATH}, cwd=cwd,
-                          input=stdin, capture_output=True, timeout=60)
+    with service_traced(*TRACED) if transport() == "service" else nullcontext([]) as served:
+        proc = subprocess.run([*argv, "--", *request.argv], env={"PATH": USER_PATH}, cwd=cwd,
+                              input=stdin, capture_output=True, timeout=60)
     count_probe()
-    return Result(proc.returncode, proc.stdout, proc.stderr), log.read_text().splitlines()
+    return (Result(proc.returncode, proc.stdout, proc.stderr), log.read_text().splitlines(),
+            [line for _, line in served])
+
+
+def assert_clean_run(lines: list[str], served: list[str], forbidden: Path) -> None:
+    """assert_clean_interpreter of the setuid transport; through the service, the client's
+    own exec is its only one, it and the worker serving it name nothing under `forbidden`,
+    and no relative path is used before the launcher has moved to /."""
+    if transport() == "setuid":
+        assert_clean_interpreter(lines, forbidden)
+        return
+    execs = [i for i, line in enumerate(lines) if " execve(" in line]
+    assert len(execs) == 1, [lines[i][:300] for i in execs]
+    for line in lines[execs[0] + 1:] + served:
+        assert str(forbidden) not in line, line
+    assert served, "no worker of the service served it"
+    chdir = next((i for i, line in enumerate(lines) if _CHDIR_ROOT.search(line)), None)
+    assert chdir is not None, "no chdir(\"/\") in the launcher"
+    relative = re.compile(r'(?:openat\(AT_FDCWD|stat|access|readlink|execve)\w*\("[^/"]')
+    for line in lines[execs[0] + 1:chdir]:
+        assert not relative.search(line), line
 
 
 def assert_clean_interpreter(lines: list[str], forbidden: Path) -> None:
@@ -337,10 +369,10 @@ def test_environment_injection(helper, scenario, variable, evil_dir, evil_so, ma
     assert tree_listing(evil_dir) == snapshot, "something was written into alice's directory"
 
     request = scenario.request()
-    result, trace = traced(request, probe.env, stdin=probe.stdin, cwd=cwd)
+    result, trace, served = traced(request, probe.env, stdin=probe.stdin, cwd=cwd)
     assert verify(request, result) == "done", result
     assert markers() == [], "a payload ran under strace"
-    assert_clean_interpreter(trace, evil_dir)
+    assert_clean_run(trace, served, evil_dir)
     assert tree_listing(evil_dir) == snapshot
 
 
@@ -380,8 +412,8 @@ def test_hostile_working_directory(helper, scenario, how, evil_dir, evil_so, mar
     if how == "plain":
         result = attack(request.argv, cwd=evil_dir)
     elif how == "traced":
-        result, trace = traced(request, {}, cwd=evil_dir)
-        assert_clean_interpreter(trace, evil_dir)
+        result, trace, served = traced(request, {}, cwd=evil_dir)
+        assert_clean_run(trace, served, evil_dir)
     elif how == "unsearchable":  # alice takes her own search right away after cd
         result = attack(["/bin/sh", "-c", f'cd {evil_dir} && chmod 0 {evil_dir} && exec "$@"',
                          "sh", *request.argv], cwd="/")

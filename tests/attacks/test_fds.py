@@ -9,7 +9,8 @@ import pytest
 
 from tests.attacks.conftest import Result, attack, verify
 
-pytestmark = pytest.mark.attack("C4 fds 0/1/2 closed")
+pytestmark = [pytest.mark.attack("C4 fds 0/1/2 closed"),
+              pytest.mark.usefixtures("transport")]
 
 CLOSE = {"stdin": "<&-", "stdout": ">&-", "stderr": "2>&-", "all": "<&- >&- 2>&-"}
 

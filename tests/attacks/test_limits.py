@@ -27,7 +27,10 @@ from tests.attacks.conftest import (
     verify,
     with_private_run,
 )
+from tests.support import only_transport
 from tests.usernic_support import db_lines
+
+pytestmark = pytest.mark.usefixtures("transport")
 
 KIB, MIB = 1 << 10, 1 << 20
 
@@ -90,6 +93,9 @@ def test_umask(helper, scenario, mask):
         assert_db_files_sound()
 
 
+# A /run of the caller's mount namespace: the service's worker acts in the service's own, with
+# its umask (test_umask covers the caller's umask through the service).
+@only_transport("setuid")
 @pytest.mark.attack("C7 umask")
 @pytest.mark.helpers("lxc-user-nic")
 @pytest.mark.parametrize("mask", [0o000, 0o777])

@@ -43,10 +43,11 @@ from tests.attacks.conftest import (
     verify,
     with_private_run,
 )
-from tests.support import ALICE, BOB, Target
+from tests.support import ALICE, BOB, Target, only_transport
 from tests.usernic_support import Proc
 
-pytestmark = pytest.mark.attack("C11 symlinks and swaps")
+pytestmark = [pytest.mark.attack("C11 symlinks and swaps"),
+              pytest.mark.usefixtures("transport")]
 
 VICTIM_TEXT = "root's file, untouched\n"
 
@@ -365,6 +366,8 @@ RUN_LXC_STATES = {
 }
 
 
+# A /run of the caller's mount namespace: the service's worker acts in the service's own.
+@only_transport("setuid")
 @pytest.mark.helpers("lxc-user-nic")
 @pytest.mark.parametrize("state", list(RUN_LXC_STATES))
 def test_run_lxc_states(helper, scenario, state):

@@ -28,11 +28,12 @@ from tests.attacks.conftest import (
     verify,
     wait_for,
 )
-from tests.support import ALICE, BOB
+from tests.support import ALICE, BOB, transport_privs
 from tests.support import helper as helper_path
 
 pytestmark = [pytest.mark.attack("C10 PID reuse"),
-              pytest.mark.helpers("newuidmap", "newgidmap", "lxc-user-nic")]
+              pytest.mark.helpers("newuidmap", "newgidmap", "lxc-user-nic"),
+              pytest.mark.usefixtures("transport")]
 
 ROUNDS = 16
 
@@ -42,8 +43,8 @@ cfg = json.loads(sys.argv[1])
 net = cfg["kind"] == "nic"
 READY = ["sh", "-c", "echo ready; exec sleep 600"]
 
-def setpriv(uid, argv):
-    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--init-groups", "--", *argv]
+def setpriv(uid, argv, privs=()):
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--init-groups", *privs, "--", *argv]
 
 def start(uid):
     unshare = ["unshare", "--user"] + (["--map-root-user", "--net"] if net else [])
@@ -73,15 +74,16 @@ bystander_before = state(bystander.pid)
 # an undisturbed run, to spread the kills over a whole run
 target = start(cfg["alice"])
 started = time.monotonic()
-subprocess.run(setpriv(cfg["alice"], [cfg["helper"], *args_for(target.pid)]), check=True,
-               capture_output=True)
+subprocess.run(setpriv(cfg["alice"], [cfg["helper"], *args_for(target.pid)], cfg["privs"]),
+               check=True, capture_output=True)
 span = time.monotonic() - started
 stop(target)
 rounds = []
 for i in range(cfg["rounds"]):
     target = start(cfg["alice"])
     victim_before = None
-    helper = subprocess.Popen(setpriv(cfg["alice"], [cfg["helper"], *args_for(target.pid)]),
+    helper = subprocess.Popen(setpriv(cfg["alice"], [cfg["helper"], *args_for(target.pid)],
+                                      cfg["privs"]),
                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE)
     time.sleep(rng.uniform(0, span))
@@ -106,7 +108,7 @@ UNWRITTEN = ["", "", "allow\n"]
 def test_pid_reused_by_another_users_namespace(helper, scenario):
     kind = "nic" if helper == "lxc-user-nic" else "map"
     cfg = {"helper": helper_path(helper), "kind": kind, "rounds": ROUNDS, "seed": helper,
-           "alice": ALICE.uid, "bob": BOB.uid, "bridge": BRIDGE}
+           "alice": ALICE.uid, "bob": BOB.uid, "bridge": BRIDGE, "privs": transport_privs()}
     proc = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "--", PYTHON, "-I",
                            "-c", DRIVER, json.dumps(cfg)], capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stderr.decode()
