@@ -409,13 +409,8 @@ class Service:
         for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP, signal.SIGTTIN,
                     signal.SIGTTOU, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
-        for sock in (self.listener, self.wake_r, self.wake_w, parent_end):
-            sock.close()
-        self.committer.forget()
-        for worker in self.idle:
-            if worker.ctl is not None:
-                worker.ctl.close()
-        self._drop_waiting()
+        parent_end.close()
+        self._let_go_of_the_parents_state()
         if self.janitor_stop >= 0:
             posix.close(self.janitor_stop)
         import resource
@@ -533,6 +528,11 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)  # killed, it leaves the files whole
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        self._let_go_of_the_parents_state()
+
+    def _let_go_of_the_parents_state(self) -> None:
+        """In a child just forked: none of the parent's sockets, of its channels to the
+        committer and the idle workers, or of the connections waiting for their turn."""
         for sock in (self.listener, self.wake_r, self.wake_w):
             sock.close()
         self.committer.forget()
