@@ -269,10 +269,12 @@ def module_service() -> Nsgated:
 
 def acting_pids(client: int) -> set[int]:
     """The processes that act on the request of a helper started as `client`: the helper itself
-    in-process, or, through the service transport, the module-wide service's workers (the client
-    only waits for the answer)."""
+    in-process, or, through the service transport, the module-wide service's workers and its
+    nic committer, which takes the nic database's lock for them (the client only waits for the
+    answer)."""
     if transport() == "service" and _shared:
-        return set(_shared[0].workers())
+        service = _shared[0]
+        return {*service.workers(), *(pid for pid in children(service.pid) if is_committer(pid))}
     return {client}
 
 
@@ -284,15 +286,17 @@ def settled() -> None:
 
 @contextlib.contextmanager
 def service_traced(*options: str) -> Iterator[list[tuple[int, str]]]:
-    """strace (`-f`, and `options`) attached to the module-wide service's parent and its idle
-    workers while the block runs one request; afterwards the list holds (pid, line) of what
-    the processes that served it did: those gone once it is done (its worker and that worker's
-    children), not the parent, its nic janitor nor the workers still idle. It waits for the pool
+    """strace (`-f`, and `options`) attached to the module-wide service's parent, its idle
+    workers and its nic committer while the block runs one request; afterwards the list holds
+    (pid, line) of what the processes that served it did: those gone once it is done (its worker
+    and that worker's children) and the committer (which takes the nic database's lock for a
+    create), not the parent, its nic janitor nor the workers still idle. It waits for the pool
     to settle first (all --workers prepared), so the request goes to a worker it traces."""
     service = module_service()
     service.settle()
     workers = set(service.workers())
-    attached = {service.pid, *workers}
+    committers = {pid for pid in children(service.pid) if is_committer(pid)}
+    attached = {service.pid, *workers, *committers}
     out = SANDBOX / "service.trace"
     out.unlink(missing_ok=True)
     tracer = subprocess.Popen(["strace", "-f", "-o", str(out), *options,
@@ -312,7 +316,7 @@ def service_traced(*options: str) -> Iterator[list[tuple[int, str]]]:
         tracer.communicate(timeout=PATIENCE)
     for line in out.read_text().splitlines():
         pid, _, rest = line.partition(" ")
-        if proc_state(int(pid)) in ("Z", "gone"):
+        if int(pid) in committers or proc_state(int(pid)) in ("Z", "gone"):
             events.append((int(pid), rest.strip()))
 
 

@@ -115,6 +115,7 @@ def _state_of_record() -> tuple[int, bytes | None]:
 @pytest.mark.parametrize("bridge_made", [False, True], ids=["first use", "bridge made"])
 @pytest.mark.parametrize("state", STATES)
 def test_an_untrusted_record_is_refused_and_nothing_is_made(state, bridge_made):
+    wait_until(lambda: not _alice_veths(), what="earlier containers' pairs to go")
     if bridge_made:  # alice's bridge exists, made and recorded by an earlier create
         first = Proc.container(ALICE)
         result = create(ALICE, first.pid, bridge="nsgate-private")

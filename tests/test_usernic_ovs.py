@@ -225,9 +225,11 @@ def test_nsgate_check_asks_open_vswitch_too(bridge):
 # --- when, and as whom, Open vSwitch is asked -----------------------------------------------
 
 
-def _trace_create(pid: int, bridge: str) -> tuple[subprocess.CompletedProcess[bytes], str, int]:
-    """The create as strace sees it (lines `PID call`), and the pid of the helper: the setuid
-    helper run as alice, or the worker of the service that serves her."""
+def _trace_create(pid: int, bridge: str
+                  ) -> tuple[subprocess.CompletedProcess[bytes], str, int, int]:
+    """The create as strace sees it (lines `PID call`), the pid of the helper (the setuid helper
+    run as alice, or the worker of the service that serves her), and that of the process that
+    locks the database for it (the helper, or the service's nic committer)."""
     options = ["-qq", "-v", "-s", "4096", "-e", "trace=seccomp,flock,execve"]
     args = ["create", "x", "x", str(pid), "veth", bridge]
     if transport() == "service":
@@ -235,7 +237,8 @@ def _trace_create(pid: int, bridge: str) -> tuple[subprocess.CompletedProcess[by
             result = create(ALICE, pid, bridge, timeout=60)
         text = "".join(f"{pid} {line}\n" for pid, line in served)
         helper = min({pid for pid, line in served if line.startswith("seccomp(")}, default=0)
-        return result, text, helper
+        locker = next((pid for pid, line in served if line.startswith("flock(")), 0)
+        return result, text, helper, locker
     trace = WORK / "create.trace"
     result = subprocess.run(["strace", "-f", *options, "-o", str(trace), "-u", ALICE.name,
                              NSGATE_NIC, *args],
@@ -243,7 +246,7 @@ def _trace_create(pid: int, bridge: str) -> tuple[subprocess.CompletedProcess[by
     text = re.sub(r"^(\d+) +", r"\1 ", trace.read_text(), flags=re.MULTILINE)
     lines = text.splitlines()
     helper = int(next(line for line in lines if f'execve("{NSGATE_NIC}"' in line).split()[0])
-    return result, text, helper
+    return result, text, helper, helper
 
 
 def test_open_vswitch_is_asked_after_the_proof_by_the_runner(bridge):
@@ -251,17 +254,17 @@ def test_open_vswitch_is_asked_after_the_proof_by_the_runner(bridge):
     `br-exists` is exec'd after the helper has confined itself and before it locks the
     database, by the runner it forked (not by the helper itself), like `add-port`."""
     grant("nsgt-alice veth ovsbr 1")
-    result, trace, _ = _trace_create(Proc.plain(ALICE).pid, "ovsbr")
+    result, trace, _, _ = _trace_create(Proc.plain(ALICE).pid, "ovsbr")
     assert_refused(result, b"User nsgt-alice may not modify that network namespace")
     assert vsctl_execs(trace) == []
 
     ctr = Proc.container(ALICE)
-    result, trace, helper = _trace_create(ctr.pid, "ovsbr")
+    result, trace, helper, locker = _trace_create(ctr.pid, "ovsbr")
     host = assert_created(result, ctr)
     lines = trace.splitlines()
     sealed = next(i for i, line in enumerate(lines) if line.startswith(f"{helper} seccomp(")
                   and "SECCOMP_SET_MODE_FILTER" in line and line.endswith("= 0"))
-    locked = next(i for i, line in enumerate(lines) if line.startswith(f"{helper} flock("))
+    locked = next(i for i, line in enumerate(lines) if line.startswith(f"{locker} flock("))
     asked, added = (i for i, line in enumerate(lines)
                     if re.match(r'\d+ execve\("[^"]*/ovs-vsctl"', line))
     assert sealed < asked < locked < added

@@ -9,9 +9,10 @@ kernel has put that helper (/proc/PID/cgroup, /proc/PID/sched, /proc/PID/status)
 releases the lock: alice's helper and bob's create both finish although alice's cgroup is
 frozen. And while it waits, the helper holds only the action's capabilities.
 
-Through the service (transport "service") the same facts hold of the worker that serves alice,
-which never was in her cgroups nor had her scheduling; only her client is in her reach: frozen
-with her cgroup, it stalls neither the service nor bob, and gets its answer once thawed.
+Through the service (transport "service") the same facts hold of the worker that serves alice
+and of the service's nic committer, which waits on the lock for the worker's create: neither
+ever was in her cgroups nor had her scheduling; only her client is in her reach: frozen with her
+cgroup, it stalls neither the service nor bob, and gets its answer once thawed.
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.service_support import acting_pids, module_service
+from tests.service_support import (
+    acting_pids,
+    creates_waiting_for_the_lock,
+    is_committer,
+    module_service,
+)
 from tests.support import ALICE, BOB, SANDBOX, only_transport, transport, write_etc
 from tests.usernic_support import (
     DB_DIR,
@@ -93,20 +99,25 @@ def waits_on_lock(pid: int) -> bool:
     return False
 
 
-def lock_waiter(proc: subprocess.Popen[bytes]) -> int | None:
-    """What waits on the lock for the helper started as `proc`: the helper itself, or the
-    service's worker that serves it."""
-    return next((pid for pid in acting_pids(proc.pid) if waits_on_lock(pid)), None)
+def lock_waiting(proc: subprocess.Popen[bytes]) -> list[int]:
+    """What waits on the lock for the helper started as `proc`, the helper first: the helper
+    itself; through the service, the worker serving it, and for a create the service's nic
+    committer, which waits on the lock while the worker, confined, waits for the committer."""
+    if transport() == "setuid":
+        return [proc.pid] if waits_on_lock(proc.pid) else []
+    service = module_service().pid
+    blocked = {pid for pid in acting_pids(proc.pid) if waits_on_lock(pid)}
+    committers = sorted(pid for pid in blocked if is_committer(pid))
+    workers = sorted(creates_waiting_for_the_lock(service) | (blocked - set(committers)))
+    return [*workers, *committers] if workers else []
 
 
-def wait_for_the_lock(proc: subprocess.Popen[bytes]) -> int:
-    """The pid that waits on the lock for `proc`, once the kernel shows it waiting."""
-    wait_until(lambda: lock_waiter(proc) is not None or proc.poll() is not None, TIMEOUT,
+def wait_for_the_lock(proc: subprocess.Popen[bytes]) -> list[int]:
+    """lock_waiting(proc), once the kernel shows the helper waiting."""
+    wait_until(lambda: lock_waiting(proc) or proc.poll() is not None, TIMEOUT,
                "alice's helper blocked on the database lock")
     assert proc.poll() is None, proc.communicate()
-    waiter = lock_waiter(proc)
-    assert waiter is not None
-    return waiter
+    return lock_waiting(proc)
 
 
 def cgroups_of(pid: int) -> dict[str, str]:
@@ -231,9 +242,9 @@ def test_a_frozen_cgroup_stalls_nobody(alice_cgroup):
         proc = start_helper(alice_create_argv(alice_ctr.pid, "a0"),
                             lambda: procs.write_text(str(os.getpid())))
         assert str(proc.pid) in procs.read_text().split()  # started in alice's cgroup
-        helper = wait_for_the_lock(proc)
-        assert_out_of_alice_reach(helper)
-        assert str(helper) not in procs.read_text().split()
+        for waiting in wait_for_the_lock(proc):
+            assert_out_of_alice_reach(waiting)
+            assert str(waiting) not in procs.read_text().split()
         freeze_as_alice(alice_cgroup)
     finally:
         lock.release()
@@ -262,11 +273,11 @@ def test_idle_scheduling_pinned_to_a_busy_cpu_stalls_nobody():
                 "chrt", "--idle", "--reset-on-fork", "0",
                 *alice_create_argv(alice_ctr.pid, "a0")]
         proc = start_helper(argv)
-        helper = wait_for_the_lock(proc)
-        assert_out_of_alice_reach(helper)
-        ionice = subprocess.run(["ionice", "-p", str(helper)], capture_output=True,
-                                text=True, check=True).stdout
-        assert ionice.startswith("none") or ionice.startswith("best-effort"), ionice
+        for waiting in wait_for_the_lock(proc):
+            assert_out_of_alice_reach(waiting)
+            ionice = subprocess.run(["ionice", "-p", str(waiting)], capture_output=True,
+                                    text=True, check=True).stdout
+            assert ionice.startswith("none") or ionice.startswith("best-effort"), ionice
     finally:
         lock.release()
     try:
@@ -294,7 +305,7 @@ def test_the_helper_holds_only_the_actions_capabilities(verb):
     lock = HeldLock()
     try:
         proc = start_helper(argv)
-        helper = wait_for_the_lock(proc)
+        helper = wait_for_the_lock(proc)[0]  # the helper, or the worker serving it
         assert status_field(helper, "Uid").split() == ["0"] * 4
         for field in ("CapEff", "CapPrm", "CapBnd"):
             assert int(status_field(helper, field), 16) == caps, field
