@@ -110,8 +110,8 @@ def _ms(cell: str) -> float:
 
 
 def test_the_readme_figures_get_the_readme_verdicts_and_exit_1():
-    """The run the README reports misses (a), (d) and (g)'s time: `make bench` exits 1 on it,
-    naming exactly those."""
+    """The run the README reports misses some targets: `make bench` exits 1 on it, naming
+    exactly those, and every other verdict is the README's."""
     rows = _readme_table()
     stats, extras = _figures(
         a=_ms(rows["a"][1]), b=_ms(rows["b"][1]), b_ref=_ms(rows["b"][2]),
@@ -131,7 +131,8 @@ def test_the_readme_figures_get_the_readme_verdicts_and_exit_1():
     readme_verdict = {case: row[4] for case, row in rows.items()}
     assert passed["(a) nsgate / floor"] == readme_verdict["a"].startswith("met")
     assert passed["(b) reference / nsgate"] == readme_verdict["b"].startswith("met")
-    assert passed["(b) nsgate peak RSS"] == readme_verdict["b"].startswith("met")
+    assert passed["(b) nsgate peak RSS"] == (readme_verdict["b"].startswith("met")
+                                             or readme_verdict["b"].endswith("RSS met"))
     assert passed["(d) nsgate - reference"] == readme_verdict["d"].startswith("met")
     assert passed["(e) nsgate / floor"] == readme_verdict["e"].startswith("met")
     assert passed["(f) nsgate / reference"] == readme_verdict["f"].startswith("met")
