@@ -20,7 +20,8 @@ from nsgate.policy import nic_commit_wire as wire
 from nsgate.system import files, nicdb_store, ports
 from nsgate.system.nic_commit import Reserved
 
-MEMBER_SECONDS = 10.0  # how long the committer waits for a reserved member's report
+MEMBER_SECONDS = 30.0  # how long the committer waits for a reserved member's report: longer than
+# a create that rolls back on a hung Open vSwitch (two ovs-vsctl calls of --timeout=5 each)
 # The committer may first finish a batch (its members' bound) and wait for the lock (its bound).
 OUTCOME_SECONDS = nicdb_store.LOCK_WAIT_SECONDS + MEMBER_SECONDS + 5.0
 _MSG_CMSG_CLOEXEC = 0x40000000
