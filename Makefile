@@ -177,6 +177,29 @@ uninstall-init:
 	rmdir $(DESTDIR)$(OPENRCDIR) $(DESTDIR)$(PREFIX)/share/nsgate 2>/dev/null || true
 # --- end of the service's init files
 
+# --- The PAM session hook's snippet (issue 11): etc/pam.d/nsgate with the installed nsgate's
+# path, shipped for the administrator to include (nsgate(8), SESSION HOOK); never installed into
+# /etc/pam.d, where it would change every login behind the administrator's back.
+PAMSNIPPETDIR ?= $(PREFIX)/share/nsgate/pam.d
+
+.PHONY: install-pam uninstall-pam
+install: install-pam
+uninstall: uninstall-pam
+
+$(BUILD)/pam.d/nsgate: etc/pam.d/nsgate FORCE | check-paths
+	@case "$(PREFIX)" in /*) ;; *) echo "PREFIX must be an absolute path" >&2; exit 1;; esac
+	@mkdir -p $(@D)
+	sed -e 's|@PREFIX@|$(PREFIX)|g' $< > $@
+
+install-pam: $(BUILD)/pam.d/nsgate
+	install -d -m 0755 $(DESTDIR)$(PAMSNIPPETDIR)
+	install -m 0644 $(OWNER) $(BUILD)/pam.d/nsgate $(DESTDIR)$(PAMSNIPPETDIR)/nsgate
+
+uninstall-pam:
+	rm -f $(DESTDIR)$(PAMSNIPPETDIR)/nsgate
+	rmdir $(DESTDIR)$(PAMSNIPPETDIR) $(DESTDIR)$(PREFIX)/share/nsgate 2>/dev/null || true
+# --- end of the PAM snippet
+
 # Man pages: scdoc sources man/<name>.<section>.scd, installed under names no other package
 # uses (nsgate-newuidmap.1, nsgate-subuid.5, ..., nsgate.8).
 MAN_PAGES := $(patsubst man/%.scd,$(BUILD)/man/%,$(wildcard man/*.scd))

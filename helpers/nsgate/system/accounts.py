@@ -38,3 +38,13 @@ def user(name: bytes) -> tuple[bytes, int, int] | None:
     except (KeyError, ValueError, OverflowError):
         return None
     return _b(entry.pw_name), entry.pw_uid, entry.pw_gid
+
+
+def by_name(name: bytes) -> tuple[bytes, int, int] | None:
+    """(name, uid, primary gid) of the user `name` (a name only, never read as a uid, as PAM
+    names a user), None if NSS does not know it."""
+    try:
+        entry = pwd.getpwnam(name.decode("utf-8", "surrogateescape"))
+    except (KeyError, ValueError, UnicodeError):
+        return None
+    return _b(entry.pw_name), entry.pw_uid, entry.pw_gid

@@ -131,3 +131,11 @@ def drop_all(caller: CallerIds) -> None:
     except OSError:
         pass  # an id unmapped in this user namespace cannot be set; the capabilities still go
     kernel.set_capabilities(0, 0, 0)
+
+
+def become_root_alone() -> None:
+    """Every uid and gid root's and no supplementary group (a root process a user's su started
+    still has the user's gid and groups): what it creates from here on is root's alone."""
+    posix.setgroups([])
+    posix.setresgid(0, 0, 0)
+    posix.setresuid(0, 0, 0)

@@ -6,6 +6,7 @@
     nsgate subid add|remove USER START COUNT [-g] edit /etc/subuid (-g: /etc/subgid) safely
     nsgate subid allocate USER [--count N] [-g]   add the next free range of the pool
     nsgate nics list [--json] | nics gc           the nic database, and pruning it
+    nsgate session                                the PAM session hook, run by pam_exec
 
 Exit status: 0 success (check: no errors), 1 errors found or an operation refused or failed,
 2 usage error. Every failure is a one-line `nsgate: …` message, then its cause and its fix;
@@ -26,6 +27,7 @@ USAGE = """usage: nsgate check [--json]
        nsgate subid allocate USER [--count N] [-g|--gid]
        nsgate nics list [--json]
        nsgate nics gc
+       nsgate session   (run by pam_exec(8) from a PAM session line)
        nsgate help | --help | --version
 """
 HELP = USAGE + """
@@ -36,6 +38,8 @@ HELP = USAGE + """
   subid      add, remove or allocate a range in /etc/subuid (-g: /etc/subgid), as root,
              under the lock useradd and usermod use, with a backup (FILE-)
   nics       list the nic database with liveness; gc removes lines of vanished nics (root)
+  session    the PAM session hook (pam_exec, as root): subordinate ids and a delegated
+             cgroup for the user at login, per /etc/nsgate/session.conf; always exits 0
 
 Exit status: 0 success, 1 errors found or the operation refused or failed, 2 usage error.
 See nsgate(8).
@@ -113,6 +117,10 @@ def _dispatch(argv: list[str], out: Out, libdir: str, libexecdir: str) -> int:
         from nsgate.cli.admin import subid
 
         return subid.run(out, rest)
+    if verb == "session":
+        from nsgate.cli import session
+
+        return session.run(rest)
     if verb == "nics":
         if not rest or rest[0] not in ("list", "gc"):
             raise Usage("usage: nsgate nics list [--json] | nsgate nics gc")
