@@ -40,7 +40,7 @@ def _lckpwdf(wait_seconds: float) -> int:
     except OSError as err:
         raise Refusal(f"cannot open {PWD_LOCK}: {err.strerror}",
                       "it is the lock of every tool that edits the account files; it must be a "
-                      "regular file of root's") from None
+                      "regular file of root's, on a writable /etc", "nothing was changed") from None
     if not files.wait_for_lock(lambda: fcntl.lockf(fd, fcntl.LOCK_EX), wait_seconds):
         posix.close(fd)
         raise Refusal(f"{PWD_LOCK} is busy: another tool (useradd, usermod, vipw ...) has held "
