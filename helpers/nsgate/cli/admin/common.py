@@ -35,6 +35,7 @@ class Args:
         self.json = False
         self.gid = False
         self.count: str | None = None
+        self.if_missing = False
 
 
 def parse(argv: list[str], allowed: set[str]) -> Args:
@@ -54,6 +55,8 @@ def parse(argv: list[str], allowed: set[str]) -> Args:
             args.json = True
         elif option in ("-g", "--gid"):
             args.gid = True
+        elif option == "--if-missing":
+            args.if_missing = True
         elif option == "--count":
             args.count = value if "=" in item else next(items, None)
             if args.count is None:
