@@ -24,6 +24,9 @@ CODES = {
     "lock-leftover": WARNING,
     "service-socket": ERROR,
     "service-down": ERROR,
+    "subid-source": ERROR,
+    "subid-module": ERROR,
+    "subid-duplicate": WARNING,
 }
 
 
