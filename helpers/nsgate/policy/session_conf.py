@@ -228,6 +228,8 @@ def _parse_who(field: bytes) -> "Who | str":
         return f"'{_shown(field)}': wildcards are not supported (only * alone, for anyone)"
     if field.startswith(b"!"):
         return f"'{_shown(field)}': negation is not supported"
+    if field.startswith(b"-"):
+        return f"'{_shown(field)}' is no user name (a name never starts with '-')"
     return Who(USER, name=field)
 
 
