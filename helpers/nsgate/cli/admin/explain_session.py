@@ -24,11 +24,13 @@ def explain(name: bytes, uid: int, gid: int, notes: list[str]) -> dict[str, obje
     try:
         if unsafe:
             raise Refusal(unsafe[0].message)
-        conf = session_conf.parse(data or b"")
+        try:
+            conf = session_conf.parse(data or b"")
+        except Refusal as refusal:
+            raise Refusal(f"{SESSION_CONF}: {refusal.first}", *refusal.details) from None
         settings = conf.settings_for(name, uid, groups, read(LOGIN_DEFS, []) or b"")
     except Refusal as refusal:
-        where = "" if refusal.first.startswith(SESSION_CONF) else f"{SESSION_CONF}: "
-        report.update(state="refused", error=where + refusal.first, subids=None, cgroup=None,
+        report.update(state="refused", error=refusal.first, subids=None, cgroup=None,
                       limits=[], cgroup_now=None)
         return report
     report["state"] = "applied" if data is not None else "absent"
