@@ -1,9 +1,11 @@
 """nsgate check: every finding about the files nsgate reads and about the install."""
 
 from nsgate.cli.admin.common import (
+    LOGIN_DEFS,
     NICS,
     NSSWITCH,
     PATHS,
+    SESSION_CONF,
     SYSTEM_READERS,
     TRUSTED_FILES,
     USERNET,
@@ -41,6 +43,12 @@ def run(out: Out, args: Args, libdir: str, libexecdir: str) -> int:
     if nics is not None and links is not None:
         findings += usernet_lint.lint_nics(NICS, nics, usernet_lint.grants(usernet_data),
                                            set(links))
+    session = read(SESSION_CONF, notes)
+    if session is not None:
+        from nsgate.policy import session_conf
+
+        findings += session_conf.lint(SESSION_CONF, session, accounts,
+                                      read(LOGIN_DEFS, []) or b"")
     findings += _lock_leftovers()
     service_only = _service_only(libexecdir)
     findings += _install_findings(libdir, libexecdir, service_only)
