@@ -55,7 +55,8 @@ def test_replay(name: str, path: Path) -> None:
 
 def test_every_harness_has_seeds_and_every_corpus_a_harness() -> None:
     assert HARNESSES == ["config", "getsubids", "idmap", "netlink", "nic_commit_wire",
-                         "nic_request", "nicdb", "service_wire", "subid", "usernet"]
+                         "nic_request", "nicdb", "pam_exec_env", "service_wire", "subid",
+                         "usernet"]
     assert sorted(p.name for p in (FUZZ / "corpus").iterdir()) == HARNESSES
     for name in HARNESSES:
         assert any(p.name.startswith("seed-") for p in (FUZZ / "corpus" / name).iterdir())
