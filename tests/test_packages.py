@@ -37,13 +37,15 @@ MAN_PAGES = ("man1/nsgate-newuidmap.1", "man1/nsgate-newgidmap.1", "man1/nsgate-
 # script as an example.
 DEB_UNITS = ("/lib/systemd/system/nsgate.socket", "/lib/systemd/system/nsgate.service")
 DEB_OPENRC = "/usr/share/doc/nsgate/examples/openrc/nsgated"
+PAM_SNIPPET = "/usr/share/nsgate/pam.d/nsgate"  # shipped, never enabled by the package
 SOCKET_ENABLED = "/etc/systemd/system/sockets.target.wants/nsgate.socket"
 # What nsgate-divert replaces, and the package each original comes from on Debian 12.
 DIVERTED = {"/usr/bin/newuidmap": "uidmap", "/usr/bin/newgidmap": "uidmap",
             "/usr/bin/getsubids": "uidmap", "/usr/libexec/lxc/lxc-user-nic": "lxc"}
 # Everything of nsgate that must be gone after a purge.
 PACKAGE_PATHS = ("/usr/libexec/nsgate", "/usr/lib/nsgate", "/usr/bin/nsgate",
-                 "/usr/sbin/nsgate-divert", "/usr/share/doc/nsgate", *DEB_UNITS,
+                 "/usr/sbin/nsgate-divert", "/usr/share/doc/nsgate", "/usr/share/nsgate",
+                 *DEB_UNITS,
                  SOCKET_ENABLED, *(f"/usr/share/man/{page}.gz" for page in MAN_PAGES))
 # The end-to-end tests that run against an installed tree (NSGATE_PREFIX); the side-by-side
 # comparisons with the reference are left out (the reference is not what is installed here).
@@ -208,6 +210,11 @@ def test_deb_installs_helpers_setuid_and_the_library_root_owned(installed: DpkgS
     for page in MAN_PAGES:
         assert box.exists(f"/usr/share/man/{page}.gz"), page
     assert box.exists("/usr/bin/nsgate") and box.exists("/usr/sbin/nsgate-divert")
+    st = box.stat(PAM_SNIPPET)
+    assert st is not None and (stat.S_IMODE(st.st_mode), st.st_uid) == (0o644, 0)
+    assert "pam_exec.so quiet seteuid /usr/bin/nsgate session" in box.run("cat", PAM_SNIPPET).stdout
+    assert not box.exists("/etc/pam.d/nsgate")  # the admin enables it, never the package
+    assert box.run("grep", "-rlx", "@include nsgate", "/etc/pam.d", check=False).stdout == ""
     assert box.run("dpkg-query", "-W", "-f=${Status}", "nsgate").stdout == \
         "install ok installed"
 
@@ -451,6 +458,8 @@ def test_rpm_layout_modes_and_capabilities(rpms: dict[str, Path], variant: str):
     for name in ("nsgate.socket", "nsgate.service"):
         assert files[f"{unitdir}/{name}"][:2] == (0o100644, "root"), name
     assert f"{rpm_eval('%{_datadir}')}/nsgate/openrc/nsgated" in files
+    assert files[f"{rpm_eval('%{_datadir}')}/nsgate/pam.d/nsgate"][:2] == (0o100644, "root")
+    assert not any(p.startswith("/etc/pam.d") for p in files)
     mandir = rpm_eval("%{_mandir}")
     for page in MAN_PAGES:
         assert any(p.startswith(f"{mandir}/{page}") for p in files), page
@@ -545,7 +554,7 @@ def test_nsgate_page_documents_every_command_option_and_finding_code():
     for option in options:
         assert option in text, f"nsgate(8) does not mention {option}"
     for command in ("check", "explain", "subid add", "subid remove", "subid allocate",
-                    "nics list", "nics gc", "help", "--version"):
+                    "nics list", "nics gc", "session", "help", "--version"):
         assert f"nsgate {command}" in text, command
     for code in ("syntax", "grants-nothing", "shadow-grants", "overlap", "contains-real-id",
                  "unsafe-file", "no-bridge", "not-a-bridge", "stale-nic", "foreign-nic",
