@@ -238,6 +238,8 @@ def allocate(data: bytes, path: str, kind: str, owner: bytes, uid: int, login_de
     SUB_*_COUNT, so the start is still the one every host computes)."""
     name = f"SUB_{kind.upper()}"
     stored = stored_owner(login_defs, kind, owner, uid)
+    if parse_decimal(owner, UINT32_MAX) is None:
+        accounts = accounts.knowing(owner, uid, None)  # its own uid is a real id, enumerated or not
     if is_deterministic(login_defs, kind):
         start, slot_size = deterministic_range(login_defs, kind, uid)
         if count is not None and count > slot_size:
