@@ -97,12 +97,13 @@ def ensure(kind: str, name: bytes, uid: int, accounts: Accounts, login_defs: byt
     unless the file holds one already (a line of the name, the decimal uid, or another name of
     the uid): None then, and nothing written. Otherwise the range login.defs asks for is
     written under shadow's locks (waited for at most `lock_wait` seconds in all) and the line
-    saying so returned; any failure is a Refusal with the file unchanged."""
+    saying so returned; any failure is a Refusal with the file unchanged. The waits use
+    SIGALRM: call it from the main thread."""
     path = PATHS[kind]
     try:
-        accounts = _knowing(accounts, name, uid)
         if subid_edit.held_range(_read_current(path).data, name, uid, accounts) is not None:
             return None  # the usual login: settled without taking useradd's locks
+        accounts = _knowing(accounts, name, uid)
         result, notes = _edit_locked(path, lambda data: subid_edit.ensure(
             data, path, kind, name, uid, login_defs, accounts), lock_wait)
     except OSError as err:  # _edit_locked turns every failure from the commit on into notes
