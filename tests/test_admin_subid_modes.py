@@ -194,6 +194,8 @@ def test_deterministic_count_takes_the_first_ids_of_the_slot():
     ({"SUB_UID_MIN": "0x10000"}, ["SUB_UID_MIN in /etc/login.defs is '0x10000', not a decimal"]),
     ({"UID_MIN": "-1"}, ["UID_MIN in /etc/login.defs is '-1'"]),
     ({"SUB_UID_MAX": 4294967296}, ["SUB_UID_MAX", "from 0 to 4294967295"]),
+    ({"SUB_UID_STORE_BY_UID": '"yes"'}, ["SUB_UID_STORE_BY_UID in /etc/login.defs is quoted",
+                                          "write the value without quotes"]),
 ])
 @pytest.mark.parametrize("if_missing", [False, True])
 def test_deterministic_refusals_write_nothing(defs, words, if_missing):

@@ -85,6 +85,9 @@ def test_deterministic_examples(defs, uid, expected):
     ({"SUB_UID_MIN": 2, "SUB_UID_MAX": 1}, 1000, "invalid configuration"),
     ({"SUB_UID_MIN": "010"}, 1000, "SUB_UID_MIN in /etc/login.defs is '010', not a decimal"),
     ({"SUB_UID_MAX": UINT32_MAX + 1}, 1000, "SUB_UID_MAX in /etc/login.defs is"),
+    ({"SUB_UID_COUNT": '"10"'}, 1000, "SUB_UID_COUNT in /etc/login.defs is quoted"),
+    ({"UNSAFE_SUB_UID_DETERMINISTIC_WRAP": '"yes"', "SUB_UID_MAX": 200000}, 1005,
+     "UNSAFE_SUB_UID_DETERMINISTIC_WRAP in /etc/login.defs is quoted"),
 ])
 def test_deterministic_refusals(defs, uid, first_line):
     with pytest.raises(Refusal) as refusal:
@@ -150,6 +153,15 @@ def test_an_allocation_overlaps_no_other_owner_and_no_real_id(lines, determinist
             assert line.end <= new.start or line.start >= new.end
     assert not ACCOUNTS.known_ids_in("uid", new.start, new.end)
     assert not new.start <= uid < new.end
+
+
+def test_a_quoted_mode_flag_is_refused():
+    """shadow HEAD reads `"yes"` as not yes, shadow 4.13 as yes: neither is assumed."""
+    for key in (b"SUB_UID_DETERMINISTIC", b"SUB_UID_STORE_BY_UID"):
+        with pytest.raises(Refusal) as refusal:
+            subid_edit.allocate(b"", "/etc/subuid", "uid", b"carol", 1002,
+                                key + b' "yes"\n', None, ACCOUNTS)
+        assert refusal.value.first.startswith(f"{key.decode()} in /etc/login.defs is quoted")
 
 
 def test_store_by_uid_and_gid_keys():

@@ -21,7 +21,7 @@ a range that overlaps another owner's or swallows a real id is refused, never wr
 from nsgate.errors import Refusal
 from nsgate.policy import subid
 from nsgate.policy.accounts import Accounts
-from nsgate.policy.config import login_defs_flag, login_defs_value
+from nsgate.policy.config import login_defs_raw_value
 from nsgate.policy.findings import text as shown_bytes
 from nsgate.policy.numbers import UINT32_MAX, parse_decimal
 from nsgate.policy.subid_lint import numbered_lines, real_ids_in, valid_lines
@@ -135,10 +135,27 @@ def _key(kind: str, suffix: str) -> bytes:
     return f"SUB_{kind.upper()}_{suffix}".encode()
 
 
+def _unquoted(login_defs: bytes, key: bytes) -> bytes | None:
+    """The value of `key`; a quoted one is refused, as shadow's versions disagree on it (HEAD
+    reads the quotes as part of the value, older ones strip them)."""
+    raw = login_defs_raw_value(login_defs, key)
+    if raw is not None and b'"' in raw:
+        raise Refusal(f"{key.decode()} in /etc/login.defs is quoted ('{shown_bytes(raw)}'): "
+                      "shadow HEAD reads the quotes as part of the value, older shadow drops "
+                      "them", f"write the value without quotes; {NOTHING_CHANGED}")
+    return raw
+
+
+def _flag(login_defs: bytes, key: bytes) -> bool:
+    """shadow's getdef_bool: `yes` in any case; anything else, or no line, is no."""
+    value = _unquoted(login_defs, key)
+    return value is not None and value.lower() == b"yes"
+
+
 def defs_number(login_defs: bytes, key: bytes, default: int) -> int:
     """A number of login.defs, `default` where unset; anything but plain decimal up to
     4294967295 is refused (shadow would read octal, hex, or fall back to the default)."""
-    raw = login_defs_value(login_defs, key)
+    raw = _unquoted(login_defs, key)
     if raw is None:
         return default
     value = parse_decimal(raw, UINT32_MAX)
@@ -150,13 +167,13 @@ def defs_number(login_defs: bytes, key: bytes, default: int) -> int:
 
 
 def is_deterministic(login_defs: bytes, kind: str) -> bool:
-    return login_defs_flag(login_defs, _key(kind, "DETERMINISTIC"))
+    return _flag(login_defs, _key(kind, "DETERMINISTIC"))
 
 
 def stored_owner(login_defs: bytes, kind: str, owner: bytes, uid: int) -> bytes:
     """The owner field a new line gets: the decimal uid with SUB_*_STORE_BY_UID yes (shadow's
     sub_uid_add, sub_gid_add), else `owner` as given."""
-    if login_defs_flag(login_defs, _key(kind, "STORE_BY_UID")):
+    if _flag(login_defs, _key(kind, "STORE_BY_UID")):
         return b"%d" % uid
     return owner
 
@@ -221,7 +238,7 @@ def deterministic_range(login_defs: bytes, kind: str, uid: int) -> tuple[int, in
     slot = uid - uid_min
     if slot >= slots:
         wrap = f"UNSAFE_{name}_DETERMINISTIC_WRAP".encode()
-        if not login_defs_flag(login_defs, wrap):
+        if not _flag(login_defs, wrap):
             raise Refusal(f"the deterministic range of uid {uid} would end past {name}_MAX "
                           f"({high}): {name}_MIN..{name}_MAX ({low}-{high}) holds {slots} "
                           f"ranges of {count}, for uids {uid_min}-{uid_min + slots - 1}",
