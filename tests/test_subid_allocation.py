@@ -201,3 +201,24 @@ def test_the_own_uid_of_a_user_nsgate_cannot_enumerate_is_a_real_id():
         subid_edit.ensure(b"", "/etc/subuid", "uid", b"diruser", 150000, b"", ACCOUNTS)
     assert refusal.value.first == ("diruser:100000:65536 contains uid 150000 (the owner's "
                                    "own)")
+
+
+OWNER_LINES = st.lists(st.one_of(
+    st.builds(lambda o, s, c, sp: b"%s%s:%d:%d" % (sp, o, s, c),
+              st.sampled_from([b"alice", b"alias", b"1000", b"01000", b"bob", b"1001", b"al",
+                               b"#alice", b"+alice", b"alice2"]),
+              st.integers(0, 1 << 33), st.integers(0, 10), st.sampled_from([b"", b" "])),
+    st.binary(max_size=20).filter(lambda b: b"\n" not in b)), max_size=8)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(OWNER_LINES, st.booleans())
+def test_held_range_is_any_valid_line_of_the_user(lines, final_newline):
+    data = b"\n".join(lines) + (b"\n" if final_newline else b"")
+    expected = [line for line in subid_lint.valid_lines(data)
+                if line.owner == b"alice" or ACCOUNTS.owner_uid(line.owner) == 1000]
+    found = subid_edit.held_range(data, b"alice", 1000, ACCOUNTS)
+    assert (found is None) == (not expected)
+    if found is not None:
+        assert (found.owner, found.start, found.count) == \
+            (expected[0].owner, expected[0].start, expected[0].count)

@@ -279,11 +279,12 @@ def allocate(data: bytes, path: str, kind: str, owner: bytes, uid: int, login_de
 def held_range(data: bytes, name: bytes, uid: int,
                accounts: Accounts) -> subid.SubidLine | None:
     """The first valid line of the user: owner `name`, the decimal uid, or another name of
-    the same uid (as `accounts` knows it)."""
-    for line in valid_lines(data):
-        if line.owner == name or accounts.owner_uid(line.owner) == uid:
-            return line
-    return None
+    the same uid (as `accounts` knows it). Only those owners' lines are parsed: this runs at
+    every login, and the file may hold a million lines."""
+    owners = {name, b"%d" % uid} | {other for other, other_uid in accounts.uid_of.items()
+                                    if other_uid == uid}
+    found = subid.scan_owners((data,), owners, numbered=False).lines
+    return found[0] if found else None
 
 
 def ensure(data: bytes, path: str, kind: str, name: bytes, uid: int, login_defs: bytes,

@@ -118,6 +118,8 @@ def _knowing(accounts: Accounts, name: bytes, uid: int) -> Accounts:
     name but seldom enumerated), so that its own ids count as real ones."""
     if accounts.uid_of.get(name) == uid and uid in accounts.primary_gid_by_uid:
         return accounts
+    if name.isdigit():
+        return accounts  # a uid with no passwd entry: its own id counts already (owner_uid)
     entry = user_entry(name)
     return accounts.knowing(name, uid, entry[2] if entry and entry[1] == uid else None)
 
