@@ -222,3 +222,16 @@ def test_held_range_is_any_valid_line_of_the_user(lines, final_newline):
     if found is not None:
         assert (found.owner, found.start, found.count) == \
             (expected[0].owner, expected[0].start, expected[0].count)
+
+
+@pytest.mark.parametrize("name", [b"evil\nroot:0:1", b"a:b", b"two words", b"#x", b"-x", b"",
+                                  b"tab\there", b"esc\x1b[0m"])
+def test_a_name_that_cannot_be_an_owner_field_is_refused(name):
+    """A directory user's name is not checked by useradd: a newline in it would add a line."""
+    with pytest.raises(Refusal) as refusal:
+        subid_edit.ensure(b"", "/etc/subuid", "uid", name, 5000, b"", ACCOUNTS)
+    assert "cannot be an owner in /etc/subuid" in refusal.value.first
+    assert refusal.value.first.isprintable()
+    by_uid = subid_edit.ensure(b"", "/etc/subuid", "uid", name, 5000,
+                               b"SUB_UID_STORE_BY_UID yes\n", ACCOUNTS)
+    assert by_uid is not None and by_uid.content == b"5000:100000:65536\n"

@@ -255,6 +255,11 @@ def allocate(data: bytes, path: str, kind: str, owner: bytes, uid: int, login_de
     SUB_*_COUNT, so the start is still the one every host computes)."""
     name = f"SUB_{kind.upper()}"
     stored = stored_owner(login_defs, kind, owner, uid)
+    if not valid_owner(stored):  # a directory's name may hold ':', blanks, even a newline
+        raise Refusal(f"the user name '{shown_bytes(owner)}' cannot be an owner in {path}: it "
+                      "would not read back as one owner:start:count line",
+                      f"set {name}_STORE_BY_UID yes in /etc/login.defs (the line then names "
+                      f"the uid), or give a range by hand to the uid; {NOTHING_CHANGED}")
     if parse_decimal(owner, UINT32_MAX) is None:
         accounts = accounts.knowing(owner, uid, None)  # its own uid is a real id, enumerated or not
     if is_deterministic(login_defs, kind):
