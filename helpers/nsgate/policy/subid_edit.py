@@ -185,17 +185,20 @@ def _invalid(kind: str, low: int, high: int, count: int, why: str) -> Refusal:
                    f"{why}; {NOTHING_CHANGED}")
 
 
-def linear_pool(login_defs: bytes, kind: str) -> tuple[int, int, int]:
-    """(SUB_*_MIN, SUB_*_MAX, SUB_*_COUNT) for the linear search, shadow's defaults where
-    unset; a pool that cannot hold one range of SUB_*_COUNT is refused (shadow:
-    find_free_range's ERANGE)."""
-    low, high, count = (defs_number(login_defs, _key(kind, suffix), LINEAR_DEFAULTS[suffix])
-                        for suffix in ("MIN", "MAX", "COUNT"))
-    if count == 0 or high < low or count > high - low + 1:
+def linear_pool(login_defs: bytes, kind: str, count: int | None) -> tuple[int, int, int]:
+    """(SUB_*_MIN, SUB_*_MAX, size) for the linear search, shadow's defaults where unset, the
+    size `count` or else SUB_*_COUNT; a pool that cannot hold one range of that size is
+    refused (shadow: find_free_range's ERANGE)."""
+    low, high, size = (defs_number(login_defs, _key(kind, suffix), LINEAR_DEFAULTS[suffix])
+                       for suffix in ("MIN", "MAX", "COUNT"))
+    if count is not None:
+        size = count
+    if size == 0 or high < low or size > high - low + 1:
         name = f"SUB_{kind.upper()}"
-        raise _invalid(kind, low, high, count, f"the pool {name}_MIN..{name}_MAX must hold "
-                       f"{name}_COUNT ids, at least 1 (as for useradd)")
-    return low, high, count
+        raise _invalid(kind, low, high, size, f"the pool {name}_MIN..{name}_MAX must hold "
+                       f"{size if count is not None else name + '_COUNT'} ids, at least 1 (as "
+                       "for useradd)")
+    return low, high, size
 
 
 def find_free_range(lines: list[subid.SubidLine], low: int, high: int,
@@ -262,6 +265,11 @@ def allocate(data: bytes, path: str, kind: str, owner: bytes, uid: int, login_de
                       f"the uid), or give a range by hand to the uid; {NOTHING_CHANGED}")
     if parse_decimal(owner, UINT32_MAX) is None:
         accounts = accounts.knowing(owner, uid, None)  # its own uid is a real id, enumerated or not
+    defaults = DETERMINISTIC_DEFAULTS if is_deterministic(login_defs, kind) else LINEAR_DEFAULTS
+    if count is None and defs_number(login_defs, _key(kind, "COUNT"), defaults["COUNT"]) == 0:
+        raise Refusal(f"{name}_COUNT is 0 in /etc/login.defs: it asks for no subordinate "
+                      f"{kind}s (useradd allocates none)",
+                      f"set {name}_COUNT (e.g. 65536) to allocate ranges; {NOTHING_CHANGED}")
     if is_deterministic(login_defs, kind):
         start, slot_size = deterministic_range(login_defs, kind, uid)
         if count is not None and count > slot_size:
@@ -270,8 +278,7 @@ def allocate(data: bytes, path: str, kind: str, owner: bytes, uid: int, login_de
                           f"{uid + 1}'s", f"give at most {slot_size}; {NOTHING_CHANGED}")
         return add(data, path, kind, stored, start, slot_size if count is None else count,
                    accounts, deterministic_for=uid)
-    low, high, default_count = linear_pool(login_defs, kind)
-    size = default_count if count is None else count
+    low, high, size = linear_pool(login_defs, kind, count)
     free = find_free_range(valid_lines(data), low, high, size)
     if free is None:
         raise Refusal(f"no free range of {size} ids left in {name}_MIN..{name}_MAX "
