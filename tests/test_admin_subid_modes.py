@@ -182,7 +182,8 @@ def test_deterministic_count_takes_the_first_ids_of_the_slot():
      ["the deterministic range of uid 23003 would end past SUB_UID_MAX (300000)",
       "holds 3 ranges of 65536, for uids 1000-1002", "raise SUB_UID_MAX"]),
     ({"SUB_UID_MIN": 500000, "SUB_UID_MAX": 400000}, ["invalid configuration"]),
-    ({"SUB_UID_COUNT": 0}, ["invalid configuration"]),
+    ({"SUB_UID_COUNT": 0}, ["SUB_UID_COUNT is 0 in /etc/login.defs: it asks for no "
+                            "subordinate uids (useradd allocates none)"]),
     ({"SUB_UID_MIN": 100, "SUB_UID_MAX": 200, "SUB_UID_COUNT": 1000}, ["no room"]),
     ({"UID_MIN": 23000, "SUB_UID_MIN": 100000},  # slot 3: 296608-362143, over bob's range
      ["nsgt-carol:296608:65536, the deterministic range of uid 23003, overlaps "
@@ -194,6 +195,8 @@ def test_deterministic_count_takes_the_first_ids_of_the_slot():
     ({"SUB_UID_MIN": "0x10000"}, ["SUB_UID_MIN in /etc/login.defs is '0x10000', not a decimal"]),
     ({"UID_MIN": "-1"}, ["UID_MIN in /etc/login.defs is '-1'"]),
     ({"SUB_UID_MAX": 4294967296}, ["SUB_UID_MAX", "from 0 to 4294967295"]),
+    ({"SUB_UID_STORE_BY_UID": '"yes"'}, ["SUB_UID_STORE_BY_UID in /etc/login.defs is quoted",
+                                          "write the value without quotes"]),
 ])
 @pytest.mark.parametrize("if_missing", [False, True])
 def test_deterministic_refusals_write_nothing(defs, words, if_missing):
@@ -250,6 +253,16 @@ def test_linear_pool_that_cannot_hold_one_range_is_refused():
     set_defs(SUB_UID_MIN=100000, SUB_UID_MAX=100009, SUB_UID_COUNT=10)  # exactly one
     assert_ok(nsgate("subid", "allocate", CAROL.name), f"added {CAROL.name}:100000:10")
     assert SUBUID.read_bytes() == DEFAULT_FILE + b"nsgt-carol:100000:10\n"
+
+
+def test_sub_uid_count_0_asks_for_no_range_unless_a_count_is_given():
+    set_defs(SUB_UID_COUNT=0)
+    for extra in ([], ["--if-missing"]):
+        assert_refused(nsgate("subid", "allocate", CAROL.name, *extra), 1,
+                       "SUB_UID_COUNT is 0 in /etc/login.defs", "nothing was changed")
+    assert SUBUID.read_bytes() == DEFAULT_FILE
+    assert_ok(nsgate("subid", "allocate", CAROL.name, "--count", "10"),
+              f"added {CAROL.name}:100000:10")
 
 
 def test_linear_hole_up_to_sub_uid_max_included():

@@ -21,7 +21,7 @@ a range that overlaps another owner's or swallows a real id is refused, never wr
 from nsgate.errors import Refusal
 from nsgate.policy import subid
 from nsgate.policy.accounts import Accounts
-from nsgate.policy.config import login_defs_flag, login_defs_value
+from nsgate.policy.config import login_defs_raw_value
 from nsgate.policy.findings import text as shown_bytes
 from nsgate.policy.numbers import UINT32_MAX, parse_decimal
 from nsgate.policy.subid_lint import numbered_lines, real_ids_in, valid_lines
@@ -135,10 +135,27 @@ def _key(kind: str, suffix: str) -> bytes:
     return f"SUB_{kind.upper()}_{suffix}".encode()
 
 
+def _unquoted(login_defs: bytes, key: bytes) -> bytes | None:
+    """The value of `key`; a quoted one is refused, as shadow's versions disagree on it (HEAD
+    reads the quotes as part of the value, older ones strip them)."""
+    raw = login_defs_raw_value(login_defs, key)
+    if raw is not None and b'"' in raw:
+        raise Refusal(f"{key.decode()} in /etc/login.defs is quoted ('{shown_bytes(raw)}'): "
+                      "shadow HEAD reads the quotes as part of the value, older shadow drops "
+                      "them", f"write the value without quotes; {NOTHING_CHANGED}")
+    return raw
+
+
+def _flag(login_defs: bytes, key: bytes) -> bool:
+    """shadow's getdef_bool: `yes` in any case; anything else, or no line, is no."""
+    value = _unquoted(login_defs, key)
+    return value is not None and value.lower() == b"yes"
+
+
 def defs_number(login_defs: bytes, key: bytes, default: int) -> int:
     """A number of login.defs, `default` where unset; anything but plain decimal up to
     4294967295 is refused (shadow would read octal, hex, or fall back to the default)."""
-    raw = login_defs_value(login_defs, key)
+    raw = _unquoted(login_defs, key)
     if raw is None:
         return default
     value = parse_decimal(raw, UINT32_MAX)
@@ -150,13 +167,13 @@ def defs_number(login_defs: bytes, key: bytes, default: int) -> int:
 
 
 def is_deterministic(login_defs: bytes, kind: str) -> bool:
-    return login_defs_flag(login_defs, _key(kind, "DETERMINISTIC"))
+    return _flag(login_defs, _key(kind, "DETERMINISTIC"))
 
 
 def stored_owner(login_defs: bytes, kind: str, owner: bytes, uid: int) -> bytes:
     """The owner field a new line gets: the decimal uid with SUB_*_STORE_BY_UID yes (shadow's
     sub_uid_add, sub_gid_add), else `owner` as given."""
-    if login_defs_flag(login_defs, _key(kind, "STORE_BY_UID")):
+    if _flag(login_defs, _key(kind, "STORE_BY_UID")):
         return b"%d" % uid
     return owner
 
@@ -168,17 +185,20 @@ def _invalid(kind: str, low: int, high: int, count: int, why: str) -> Refusal:
                    f"{why}; {NOTHING_CHANGED}")
 
 
-def linear_pool(login_defs: bytes, kind: str) -> tuple[int, int, int]:
-    """(SUB_*_MIN, SUB_*_MAX, SUB_*_COUNT) for the linear search, shadow's defaults where
-    unset; a pool that cannot hold one range of SUB_*_COUNT is refused (shadow:
-    find_free_range's ERANGE)."""
-    low, high, count = (defs_number(login_defs, _key(kind, suffix), LINEAR_DEFAULTS[suffix])
-                        for suffix in ("MIN", "MAX", "COUNT"))
-    if count == 0 or high < low or count > high - low + 1:
+def linear_pool(login_defs: bytes, kind: str, count: int | None) -> tuple[int, int, int]:
+    """(SUB_*_MIN, SUB_*_MAX, size) for the linear search, shadow's defaults where unset, the
+    size `count` or else SUB_*_COUNT; a pool that cannot hold one range of that size is
+    refused (shadow: find_free_range's ERANGE)."""
+    low, high, size = (defs_number(login_defs, _key(kind, suffix), LINEAR_DEFAULTS[suffix])
+                       for suffix in ("MIN", "MAX", "COUNT"))
+    if count is not None:
+        size = count
+    if size == 0 or high < low or size > high - low + 1:
         name = f"SUB_{kind.upper()}"
-        raise _invalid(kind, low, high, count, f"the pool {name}_MIN..{name}_MAX must hold "
-                       f"{name}_COUNT ids, at least 1 (as for useradd)")
-    return low, high, count
+        raise _invalid(kind, low, high, size, f"the pool {name}_MIN..{name}_MAX must hold "
+                       f"{size if count is not None else name + '_COUNT'} ids, at least 1 (as "
+                       "for useradd)")
+    return low, high, size
 
 
 def find_free_range(lines: list[subid.SubidLine], low: int, high: int,
@@ -221,7 +241,7 @@ def deterministic_range(login_defs: bytes, kind: str, uid: int) -> tuple[int, in
     slot = uid - uid_min
     if slot >= slots:
         wrap = f"UNSAFE_{name}_DETERMINISTIC_WRAP".encode()
-        if not login_defs_flag(login_defs, wrap):
+        if not _flag(login_defs, wrap):
             raise Refusal(f"the deterministic range of uid {uid} would end past {name}_MAX "
                           f"({high}): {name}_MIN..{name}_MAX ({low}-{high}) holds {slots} "
                           f"ranges of {count}, for uids {uid_min}-{uid_min + slots - 1}",
@@ -238,6 +258,18 @@ def allocate(data: bytes, path: str, kind: str, owner: bytes, uid: int, login_de
     SUB_*_COUNT, so the start is still the one every host computes)."""
     name = f"SUB_{kind.upper()}"
     stored = stored_owner(login_defs, kind, owner, uid)
+    if not valid_owner(stored):  # a directory's name may hold ':', blanks, even a newline
+        raise Refusal(f"the user name '{shown_bytes(owner)}' cannot be an owner in {path}: it "
+                      "would not read back as one owner:start:count line",
+                      f"set {name}_STORE_BY_UID yes in /etc/login.defs (the line then names "
+                      f"the uid), or give a range by hand to the uid; {NOTHING_CHANGED}")
+    if parse_decimal(owner, UINT32_MAX) is None:
+        accounts = accounts.knowing(owner, uid, None)  # its own uid is a real id, enumerated or not
+    defaults = DETERMINISTIC_DEFAULTS if is_deterministic(login_defs, kind) else LINEAR_DEFAULTS
+    if count is None and defs_number(login_defs, _key(kind, "COUNT"), defaults["COUNT"]) == 0:
+        raise Refusal(f"{name}_COUNT is 0 in /etc/login.defs: it asks for no subordinate "
+                      f"{kind}s (useradd allocates none)",
+                      f"set {name}_COUNT (e.g. 65536) to allocate ranges; {NOTHING_CHANGED}")
     if is_deterministic(login_defs, kind):
         start, slot_size = deterministic_range(login_defs, kind, uid)
         if count is not None and count > slot_size:
@@ -246,8 +278,7 @@ def allocate(data: bytes, path: str, kind: str, owner: bytes, uid: int, login_de
                           f"{uid + 1}'s", f"give at most {slot_size}; {NOTHING_CHANGED}")
         return add(data, path, kind, stored, start, slot_size if count is None else count,
                    accounts, deterministic_for=uid)
-    low, high, default_count = linear_pool(login_defs, kind)
-    size = default_count if count is None else count
+    low, high, size = linear_pool(login_defs, kind, count)
     free = find_free_range(valid_lines(data), low, high, size)
     if free is None:
         raise Refusal(f"no free range of {size} ids left in {name}_MIN..{name}_MAX "
@@ -260,11 +291,12 @@ def allocate(data: bytes, path: str, kind: str, owner: bytes, uid: int, login_de
 def held_range(data: bytes, name: bytes, uid: int,
                accounts: Accounts) -> subid.SubidLine | None:
     """The first valid line of the user: owner `name`, the decimal uid, or another name of
-    the same uid (as `accounts` knows it)."""
-    for line in valid_lines(data):
-        if line.owner == name or accounts.owner_uid(line.owner) == uid:
-            return line
-    return None
+    the same uid (as `accounts` knows it). Only those owners' lines are parsed: this runs at
+    every login, and the file may hold a million lines."""
+    owners = {name, b"%d" % uid} | {other for other, other_uid in accounts.uid_of.items()
+                                    if other_uid == uid}
+    found = subid.scan_owners((data,), owners, numbered=False).lines
+    return found[0] if found else None
 
 
 def ensure(data: bytes, path: str, kind: str, name: bytes, uid: int, login_defs: bytes,

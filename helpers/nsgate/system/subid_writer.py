@@ -22,6 +22,7 @@ from nsgate.policy import subid_edit
 from nsgate.policy.accounts import Accounts
 from nsgate.policy.subid_edit import Edit
 from nsgate.system import files
+from nsgate.system.accounts import user as user_entry
 from nsgate.system.shadow_lock import LOCK_WAIT_SECONDS, ShadowLock
 
 TYPE_CHECKING = False
@@ -96,11 +97,13 @@ def ensure(kind: str, name: bytes, uid: int, accounts: Accounts, login_defs: byt
     unless the file holds one already (a line of the name, the decimal uid, or another name of
     the uid): None then, and nothing written. Otherwise the range login.defs asks for is
     written under shadow's locks (waited for at most `lock_wait` seconds in all) and the line
-    saying so returned; any failure is a Refusal with the file unchanged."""
+    saying so returned; any failure is a Refusal with the file unchanged. The waits use
+    SIGALRM: call it from the main thread."""
     path = PATHS[kind]
     try:
         if subid_edit.held_range(_read_current(path).data, name, uid, accounts) is not None:
             return None  # the usual login: settled without taking useradd's locks
+        accounts = _knowing(accounts, name, uid)
         result, notes = _edit_locked(path, lambda data: subid_edit.ensure(
             data, path, kind, name, uid, login_defs, accounts), lock_wait)
     except OSError as err:  # _edit_locked turns every failure from the commit on into notes
@@ -108,6 +111,17 @@ def ensure(kind: str, name: bytes, uid: int, accounts: Accounts, login_defs: byt
     if result is None:
         return None
     return "; note: ".join([result.report, *notes])
+
+
+def _knowing(accounts: Accounts, name: bytes, uid: int) -> Accounts:
+    """`accounts` and the user itself with its primary gid (a directory user is resolved by
+    name but seldom enumerated), so that its own ids count as real ones."""
+    if accounts.uid_of.get(name) == uid and uid in accounts.primary_gid_by_uid:
+        return accounts
+    if name.isdigit():
+        return accounts  # a uid with no passwd entry: its own id counts already (owner_uid)
+    entry = user_entry(name)
+    return accounts.knowing(name, uid, entry[2] if entry and entry[1] == uid else None)
 
 
 def _edit_locked(path: str, change: "Callable[[bytes], Edit | None]",

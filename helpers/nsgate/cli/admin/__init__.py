@@ -4,7 +4,8 @@
     nsgate check [--json]                         lint every file nsgate reads, and the install
     nsgate explain [USER] [--json]                what a user may do, and why
     nsgate subid add|remove USER START COUNT [-g] edit /etc/subuid (-g: /etc/subgid) safely
-    nsgate subid allocate USER [--count N] [-g]   add the next free range of the pool
+    nsgate subid allocate USER [--count N | --if-missing] [-g]
+                                                  add a range as login.defs asks (as useradd)
     nsgate nics list [--json] | nics gc           the nic database, and pruning it
     nsgate session                                the PAM session hook, run by pam_exec
 
@@ -24,7 +25,7 @@ USAGE = """usage: nsgate check [--json]
        nsgate explain [USER] [--json]
        nsgate subid add USER START COUNT [-g|--gid]
        nsgate subid remove USER START COUNT [-g|--gid]
-       nsgate subid allocate USER [--count N] [-g|--gid]
+       nsgate subid allocate USER [--count N | --if-missing] [-g|--gid]
        nsgate nics list [--json]
        nsgate nics gc
        nsgate session   (run by pam_exec(8) from a PAM session line)
