@@ -19,7 +19,7 @@ from nsgate.policy.findings import ERROR, WARNING, Finding, count
 
 def run(out: Out, args: Args, libdir: str, libexecdir: str) -> int:
     from nsgate.policy import install_lint, nsswitch_lint, subid_lint, usernet_lint
-    from nsgate.system import file_facts, subid_db
+    from nsgate.system import file_facts, subid_survey
 
     notes: list[str] = []
     accounts = load_accounts()
@@ -33,7 +33,7 @@ def run(out: Out, args: Args, libdir: str, libexecdir: str) -> int:
             findings += subid_lint.lint(path, data, kind, accounts, _lenient_readers(kind))
     nsswitch = read(NSSWITCH, notes)
     if nsswitch is not None:
-        findings += nsswitch_lint.lint_subid_line(NSSWITCH, nsswitch, subid_db.module_error)
+        findings += nsswitch_lint.lint_subid_line(NSSWITCH, nsswitch, subid_survey.module_error)
     links = link_kinds(notes)
     usernet_data = read(USERNET, notes) or b""
     findings += usernet_lint.lint_usernet(USERNET, usernet_data, accounts, links)
