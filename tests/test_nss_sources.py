@@ -92,6 +92,17 @@ def test_a_source_after_the_answering_one_is_never_reached(nss_targets, kind: st
     assert listing.stdout == b"0: nsgt-alice 200000 65536\n"
 
 
+@pytest.mark.parametrize("owner", ["23001", "nsgt-alias"], ids=["by-uid", "by-alias"])
+def test_a_line_by_uid_or_by_another_name_is_the_users_too(nss_targets, owner: str) -> None:
+    """The files answer for alice through a line of her uid, or of another name of her uid
+    (shadow's second pass): the failing module after them is not asked."""
+    write_etc("subuid", f"{owner}:400000:65536\nnsgt-bob:300000:65536\n")
+    use_subid_source("files nsgtfail")
+    assert_maps(nss_targets, ALICE, "uid", 400000, 65536)
+    lines = refusal(nss_targets, ALICE, "uid", 400000, 65537)  # still the files' answer
+    assert any("owns in /etc/subuid: 400000-465535" in line for line in lines), lines
+
+
 @pytest.mark.parametrize("kind", ["uid", "gid"])
 def test_the_answering_source_alone_grants(nss_targets, kind: str) -> None:
     """alice is known to both: the files answer, so the module's range is not hers here."""
@@ -262,6 +273,17 @@ def test_explain_shows_a_failing_source(plugins_on_libpath) -> None:
     assert "libsubid_nosuchmodule.so" in section["sources"][2]["error"]
     assert any(note.startswith("the helpers refuse the uid requests of this user")
                for note in report["notes"])
+
+
+def test_explain_with_an_invalid_line(plugins_on_libpath) -> None:
+    use_subid_source("files [NOTFOUND=return]")
+    status, report = nsgate_json("explain", "nsgt-alice")
+    assert status == 0
+    assert report["sources"]["uid"] == {
+        "answering": None, "sources": [],
+        "refused": "invalid subid source '[NOTFOUND=return]' in /etc/nsswitch.conf"}
+    assert ("the helpers refuse every gid request: invalid subid source '[NOTFOUND=return]' in "
+            "/etc/nsswitch.conf") in report["notes"]
 
 
 def nsswitch_findings() -> list[tuple[int, str, str, str]]:
