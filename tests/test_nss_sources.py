@@ -270,7 +270,11 @@ def test_explain_shows_a_failing_source(plugins_on_libpath) -> None:
     assert "libsubid_nsgtfail.so failed" in section["refused"]
     assert [(s["role"], s["error"] is None) for s in section["sources"]] == [
         ("passes", True), ("fails", False), ("not asked", False)]
-    assert "libsubid_nosuchmodule.so" in section["sources"][2]["error"]
+    assert section["sources"][1]["error"] == ("the subid source NSS module libsubid_nsgtfail.so "
+                                              "failed for nsgt-carol: SUBID_STATUS_ERROR_CONN")
+    assert section["sources"][2]["error"].startswith(  # the loader's reason follows
+        "cannot load the subid NSS module libsubid_nosuchmodule.so named by /etc/nsswitch.conf: "
+        "libsubid_nosuchmodule.so: cannot open shared object file")
     assert any(note.startswith("the helpers refuse the uid requests of this user")
                for note in report["notes"])
 

@@ -46,8 +46,9 @@ def survey(kind: str, name: bytes, uid: int, login_defs: bytes,
                 report.ranges = held.ranges()
             finally:
                 held.close()
-        except Refusal as refusal:
-            report.error = "; ".join((refusal.first, *refusal.details[:1]))
+        except Refusal as refusal:  # its first line, and the cause when a fix follows it
+            cause = refusal.details[:1] if len(refusal.details) > 1 else ()
+            report.error = ": ".join((refusal.first, *cause))
         if settled:
             report.role = "not asked"
         elif report.error is not None or report.ranges:
