@@ -5,6 +5,8 @@ bytes in, decisions out, no root and no files."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -413,3 +415,20 @@ def test_limits_for_someone_without_a_cgroup():
     assert [(f.line, f.code) for f in findings] == [(1, "limit-without-cgroup")]
     assert "uid 0 is outside UID_MIN..UID_MAX" in findings[0].message
     assert lint("root pids.max 10\n", login_defs=b"UID_MIN 0\n") == []
+
+
+def test_the_shipped_example_and_the_man_page_example_parse():
+    repo = Path(__file__).resolve().parents[1]
+    example = (repo / "etc" / "session.conf.example").read_bytes()
+    got = session_conf.parse(example).settings_for(b"alice", 1500, [], NO_DEFS)
+    assert got.limits == {"pids.max": "4096", "memory.max": "8G", "memory.swap.max": "1G",
+                          "cpu.weight": "100"}
+    uncommented = b"\n".join(line.removeprefix(b"#") for line in example.splitlines()
+                             if not line.startswith(b"# ") and line != b"#")
+    session_conf.parse(uncommented)
+    page = (repo / "man" / "nsgate-session.conf.5.scd").read_text()
+    block = page.split("# EXAMPLE", 1)[1].split("```")[1]
+    conf = session_conf.parse(block.encode())
+    got = conf.settings_for(b"alice", 1500, [b"builders"], NO_DEFS)
+    assert got.limits["memory.max"] == "64G" and got.limits["cpu.weight"] == "200"
+    assert conf.settings_for(b"ci-runner", 1200, [], NO_DEFS).subids is False
