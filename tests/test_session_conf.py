@@ -5,13 +5,14 @@ bytes in, decisions out, no root and no files."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nsgate.errors import Refusal
-from nsgate.policy import cgroup_limits, session_conf
+from nsgate.policy import cgroup_limits, session_conf, session_conf_lint
 from nsgate.policy.accounts import Accounts
 
 FAST = settings(max_examples=300, deadline=None, database=None,
@@ -250,6 +251,24 @@ def test_size_is_bounded():
     assert session_conf.parse(fits).settings[0].value == "10"
 
 
+@pytest.mark.parametrize("make", [
+    lambda i: b"%d-%d pids.max 1\n" % (i, i),                       # many small ranges
+    lambda i: b"%d-%d pids.max 1\n" % (100000 - i, 100000 + i),     # nested ranges
+    lambda i: b"u%d pids.max 1\n%d-%d cgroup no\n" % (i, i, i),      # users and ranges
+])
+def test_a_file_at_the_size_limit_costs_little_cpu(make):
+    """Parsing, resolving and linting stay near-linear up to the 1 MiB bound (CPU time, not
+    the wall clock: a loaded CI stretches the latter)."""
+    data = b"".join(make(i) for i in range(100000))[:session_conf.SIZE_LIMIT]
+    data = data[:data.rfind(b"\n") + 1]
+    accounts = Accounts([(b"u%d" % i, i, i) for i in range(20000)], [])
+    start = time.process_time()
+    conf = session_conf.parse(data)
+    conf.settings_for(b"u5", 5, [], NO_DEFS)
+    session_conf.lint("p", data, accounts)
+    assert time.process_time() - start < 20  # quadratic work takes minutes here
+
+
 def test_shown_bytes_are_escaped():
     refused = refusal(b"\xff\xfe subids nope\xff\n")
     assert "\\xff" in refused.first and "\xff" not in refused.first
@@ -432,3 +451,63 @@ def test_the_shipped_example_and_the_man_page_example_parse():
     got = conf.settings_for(b"alice", 1500, [b"builders"], NO_DEFS)
     assert got.limits["memory.max"] == "64G" and got.limits["cpu.weight"] == "200"
     assert conf.settings_for(b"ci-runner", 1200, [], NO_DEFS).subids is False
+
+
+RANGE_LISTS = st.lists(st.tuples(st.integers(0, 40), st.integers(0, 12)), max_size=25)
+
+
+@FAST
+@given(ranges=RANGE_LISTS)
+def test_range_coverage_against_brute_force(ranges):
+    """The lint's index of range lines (painted in file order) against counting uid by uid:
+    which line decides each uid, and whether a line covers any uid no earlier one did."""
+    text = "".join(f"{low}-{low + width} pids.max {n}\n"
+                   for n, (low, width) in enumerate(ranges, 1))
+    conf = session_conf.parse(text.encode())
+    cover = session_conf_lint.FirstCover()
+    fresh = [cover.paint(s.who.low, s.who.high, s) for s in conf.settings]
+    seen: set[int] = set()
+    for (low, width), is_fresh in zip(ranges, fresh, strict=True):
+        ids = set(range(low, low + width + 1))
+        assert is_fresh == bool(ids - seen)
+        seen |= ids
+    for uid in range(0, 55):
+        expected = next((s for s in conf.settings if s.who.low <= uid <= s.who.high), None)
+        assert cover.decider(uid) is expected
+    shadowed = {f.line for f in session_conf.lint("p", text.encode(), ACCOUNTS)
+                if f.code == "shadowed-setting"}
+    for line, is_fresh in enumerate(fresh, 1):
+        assert (line in shadowed) == (not is_fresh), line  # a repeat too: its value differs
+
+
+WHO_CHOICES = ["*", "0-1500", "1000-1999", "1500-2500", "@staff", "@alice", "@bob", "alice",
+               "bob", "root"]
+
+
+@FAST
+@given(lines=st.lists(st.tuples(st.sampled_from(WHO_CHOICES),
+                                st.sampled_from(["cgroup yes", "cgroup no", "pids.max 5"])),
+                      max_size=14),
+       defs=st.sampled_from([b"", b"UID_MIN 1002\n", b"UID_MIN 0\n"]))
+def test_limit_without_cgroup_agrees_with_the_resolver(lines, defs):
+    """For users the accounts list, the lint's indexed decision of `cgroup` is the hook's."""
+    text = "".join(f"{who} {setting}\n" for who, setting in lines).encode()
+    conf = session_conf.parse(text)
+    flagged = {f.line for f in session_conf.lint("p", text, ACCOUNTS, defs)
+               if f.code == "limit-without-cgroup"}
+    groups = {b"alice": [b"alice", b"staff"], b"bob": [b"bob"], b"root": [b"root"]}
+    uids = {b"alice": 1001, b"bob": 1002, b"root": 0}
+    firsts: set[tuple[str, str]] = set()
+    for number, (who, setting) in enumerate(lines, 1):
+        key = setting.split()[0]
+        first = (who, key) not in firsts
+        firsts.add((who, key))
+        if key != "pids.max" or not first or who not in ("alice", "bob", "root"):
+            continue
+        same_who = next((s for w, s in lines if w == who and s.startswith("cgroup")), None)
+        if same_who is not None:
+            expected = same_who == "cgroup no"
+        else:
+            name = who.encode()
+            expected = not conf.settings_for(name, uids[name], groups[name], defs).cgroup
+        assert (number in flagged) == expected, (number, text)
