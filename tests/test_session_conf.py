@@ -280,6 +280,7 @@ def test_shown_bytes_are_escaped():
     ("pids.max", "max"), ("pids.max", "0"), ("pids.max", "4194304"),
     ("memory.max", "max"), ("memory.max", "0"), ("memory.max", "4096"),
     ("memory.max", "512K"), ("memory.max", "512M"), ("memory.max", "4G"), ("memory.max", "2T"),
+    ("memory.max", "4g"), ("memory.max", "512k"),  # either case, as the kernel's memparse
     ("memory.swap.max", "0"), ("memory.swap.max", "max"), ("memory.swap.max", "1G"),
     ("cpu.max", "max"), ("cpu.max", "50000"), ("cpu.max", "50000 100000"),
     ("cpu.max", "max 100000"), ("cpu.max", "1000 1000"), ("cpu.max", "200000 1000000"),
@@ -294,7 +295,7 @@ def test_valid_limit_values(key, value):
 @pytest.mark.parametrize(("key", "value"), [
     ("pids.max", ""), ("pids.max", "4194305"), ("pids.max", "+5"), ("pids.max", "010"),
     ("pids.max", "0x10"), ("pids.max", "Max"), ("pids.max", "max "), ("pids.max", "5 5"),
-    ("memory.max", "1g"), ("memory.max", "1KB"), ("memory.max", "K"), ("memory.max", "-1"),
+    ("memory.max", "1KB"), ("memory.max", "K"), ("memory.max", "-1"),
     ("memory.max", "9223372036854775808"), ("memory.max", "8388608T"), ("memory.max", "1 G"),
     ("memory.max", "1P"), ("memory.swap.max", "1.0G"), ("memory.max", "\uff11G"),
     ("cpu.max", ""), ("cpu.max", "0"), ("cpu.max", "999"), ("cpu.max", "50000 999"),
