@@ -143,6 +143,18 @@ def test_a_writable_directory_of_the_policy_is_unsafe():
     assert "its directory /etc/nsgate" in only_finding(None, "error", "unsafe-file")
 
 
+def test_a_directory_in_place_of_the_policy_is_unsafe():
+    CONF.mkdir(mode=0o755)
+    assert "is not a regular file" in only_finding(None, "error", "unsafe-file")
+    session = session_of("nsgt-alice")
+    assert session["state"] == "refused" and "not a regular file" in session["error"]
+
+
+def test_names_that_are_not_utf8_are_shown_escaped():
+    write_conf(b"\xffnobody subids no\n")
+    assert "no user '\\xffnobody'" in only_finding(1, "warning", "unknown-who")
+
+
 def test_a_user_running_check_without_read_access_gets_a_note():
     write_conf("* subids maybe\n", mode=0o600)
     result = nsgate("check", user=ALICE)

@@ -9,6 +9,7 @@ import bisect
 from nsgate.errors import Refusal
 from nsgate.policy.accounts import Accounts
 from nsgate.policy.findings import Finding
+from nsgate.policy.install_lint import S_IFLNK, S_IFMT, S_IFREG, Stat
 from nsgate.policy.numbers import UINT32_MAX
 from nsgate.policy.session_conf import (
     ANYONE,
@@ -23,6 +24,17 @@ from nsgate.policy.session_conf import (
 )
 
 HOOK_REFUSES = "until then the session hook refuses the whole file and sets up nothing for anyone"
+
+
+def lint_file_kind(st: Stat) -> list[Finding]:
+    """The policy's path holding something other than a regular file or a symbolic link (the
+    trusted-file rule reports links): the hook cannot read it, and refuses it."""
+    if st.mode is None or st.mode & S_IFMT in (S_IFREG, S_IFLNK):
+        return []
+    return [Finding(st.path, None, "unsafe-file",
+                    f"{st.path} is not a regular file, so the session hook refuses it and "
+                    "sets up nothing for anyone: make it a file (nsgate-session.conf(5)) or "
+                    "remove it")]
 
 
 def lint(path: str, data: bytes, accounts: Accounts, login_defs: bytes = b"") -> list[Finding]:

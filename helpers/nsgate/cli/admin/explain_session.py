@@ -7,7 +7,7 @@ from nsgate.errors import Refusal
 
 
 def explain(name: bytes, uid: int, gid: int, notes: list[str]) -> dict[str, object]:
-    from nsgate.policy import cgroup_limits, install_lint, session_conf
+    from nsgate.policy import cgroup_limits, install_lint, session_conf, session_conf_lint
     from nsgate.policy.findings import text
     from nsgate.system import accounts as nss
     from nsgate.system import file_facts
@@ -15,8 +15,9 @@ def explain(name: bytes, uid: int, gid: int, notes: list[str]) -> dict[str, obje
     groups = nss.group_names_of(name, gid)
     report: dict[str, object] = {"file": SESSION_CONF, "groups": [text(g) for g in groups],
                                  "error": None}
-    unsafe = install_lint.lint_trusted_file(file_facts.lstat(SESSION_CONF),
-                                            file_facts.ancestors(SESSION_CONF))
+    st = file_facts.lstat(SESSION_CONF)
+    unsafe = (session_conf_lint.lint_file_kind(st)
+              + install_lint.lint_trusted_file(st, file_facts.ancestors(SESSION_CONF)))
     data = read(SESSION_CONF, notes)
     if data is None and not unsafe and file_facts.lstat(SESSION_CONF).exists:
         report.update(state="unreadable", subids=None, cgroup=None, limits=[], cgroup_now=None)
