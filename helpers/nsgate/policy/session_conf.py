@@ -119,9 +119,11 @@ def login_uid_range(login_defs: bytes) -> tuple[int, int]:
     values = []
     for key, default in ((b"UID_MIN", UID_MIN_DEFAULT), (b"UID_MAX", UID_MAX_DEFAULT)):
         raw = login_defs_value(login_defs, key)
-        value = default if raw is None else parse_decimal(raw, UINT32_MAX)
+        if raw is None:
+            values.append(default)
+            continue
+        value = parse_decimal(raw, UINT32_MAX)
         if value is None:
-            assert raw is not None
             raise Refusal(f"{key.decode()} in /etc/login.defs is "
                           f"'{raw.decode('utf-8', 'backslashreplace')}', not a decimal number",
                           f"fix /etc/login.defs, or set subids and cgroup for everyone in {PATH}")
