@@ -189,7 +189,9 @@ def test_explain_without_a_policy_gives_the_defaults():
     start = lines.index(f"session ({SHOWN}):")
     assert lines[start + 1].startswith("  no file: the defaults apply")
     assert lines[start + 2].split() == ["SETTING", "VALUE", "FROM"]
-    assert lines[start + 3].split() == ["subids", "yes", "default"]
+    assert lines[start + 3].split() == ["subids", "yes", "default", "(uid", "23001", "is",
+                                        "inside", "UID_MIN..UID_MAX,", "1000..60000)"]
+    assert session["default_uids"] == [1000, 60000]
     assert lines[start + 5].split() == ["pids.max", "-", "default", "(no", "limit)"]
 
 
@@ -198,6 +200,9 @@ def test_explain_a_user_login_defs_leaves_out():
     session = session_of("nsgt-alice")
     assert session["subids"] == {"value": False, "origin": "default"}
     assert session["cgroup"] == {"value": False, "origin": "default"}
+    text = nsgate("explain", "nsgt-alice").stdout
+    assert "cgroup           no     default (uid 23001 is outside UID_MIN..UID_MAX, 1000..20000)" \
+        in text
 
 
 POLICY = """\

@@ -29,12 +29,18 @@ def explain(name: bytes, uid: int, gid: int, notes: list[str]) -> dict[str, obje
             conf = session_conf.parse(data or b"")
         except Refusal as refusal:
             raise Refusal(f"{SESSION_CONF}: {refusal.first}", *refusal.details) from None
-        settings = conf.settings_for(name, uid, groups, read(LOGIN_DEFS, []) or b"")
+        login_defs = read(LOGIN_DEFS, []) or b""
+        settings = conf.settings_for(name, uid, groups, login_defs)
     except Refusal as refusal:
         report.update(state="refused", error=refusal.first, subids=None, cgroup=None,
                       limits=[], cgroup_now=None)
         return report
     report["state"] = "applied" if data is not None else "absent"
+    try:
+        report["default_uids"] = list(session_conf.login_uid_range(login_defs))
+    except Refusal:
+        report["default_uids"] = None  # no key needs the default
+    report["uid"] = uid
     report["subids"] = {"value": settings.subids, "origin": settings.origin["subids"]}
     report["cgroup"] = {"value": settings.cgroup, "origin": settings.origin["cgroup"]}
     limits = []
@@ -70,7 +76,13 @@ def render(out: Out, report: dict[str, object]) -> None:
     for key in ("subids", "cgroup"):
         setting = report[key]
         assert isinstance(setting, dict)
-        rows.append([key, "yes" if setting["value"] else "no", str(setting["origin"])])
+        origin = str(setting["origin"])
+        bounds = report["default_uids"]
+        if origin == "default" and isinstance(bounds, list):
+            inside = "inside" if setting["value"] else "outside"
+            origin += (f" (uid {report['uid']} is {inside} UID_MIN..UID_MAX, "
+                       f"{bounds[0]}..{bounds[1]})")
+        rows.append([key, "yes" if setting["value"] else "no", origin])
     limits = report["limits"]
     assert isinstance(limits, list)
     for limit in limits:
