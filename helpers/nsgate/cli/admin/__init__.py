@@ -30,10 +30,11 @@ USAGE = """usage: nsgate check [--json]
        nsgate help | --help | --version
 """
 HELP = USAGE + """
-  check      lint /etc/subuid, /etc/subgid, /etc/lxc/lxc-usernet, /run/lxc/nics, the
-             ownership of the files nsgate trusts, and the install; exit 1 on errors
-  explain    a user's subordinate ranges and nic grants with current use (yourself, or
-             anyone as root)
+  check      lint /etc/subuid, /etc/subgid, /etc/lxc/lxc-usernet, /run/lxc/nics,
+             /etc/nsgate/session.conf, the ownership of the files nsgate trusts, and the
+             install; exit 1 on errors
+  explain    a user's subordinate ranges, nic grants with current use, and what a login
+             gets from /etc/nsgate/session.conf (yourself, or anyone as root)
   subid      add, remove or allocate a range in /etc/subuid (-g: /etc/subgid), as root,
              under the lock useradd and usermod use, with a backup (FILE-)
   nics       list the nic database with liveness; gc removes lines of vanished nics (root)

@@ -16,12 +16,13 @@ PATHS = {"uid": "/etc/subuid", "gid": "/etc/subgid"}
 USERNET = "/etc/lxc/lxc-usernet"
 LOGIN_DEFS = "/etc/login.defs"
 NSSWITCH = "/etc/nsswitch.conf"
+SESSION_CONF = "/etc/nsgate/session.conf"  # policy.session_conf.PATH
 NICS = "/run/lxc/nics"
 # The system's map helpers, and where nsgate-divert keeps the originals: privileged programs that
 # read /etc/subuid and /etc/subgid besides nsgate's own helpers (unless they are nsgate's).
 SYSTEM_READERS = {"uid": ("/usr/bin/newuidmap", "/usr/bin/newuidmap.distrib"),
                   "gid": ("/usr/bin/newgidmap", "/usr/bin/newgidmap.distrib")}
-TRUSTED_FILES = (PATHS["uid"], PATHS["gid"], USERNET, LOGIN_DEFS, NSSWITCH)
+TRUSTED_FILES = (PATHS["uid"], PATHS["gid"], USERNET, LOGIN_DEFS, NSSWITCH, SESSION_CONF)
 FULL_CONTAINER = 65536
 
 
