@@ -27,6 +27,10 @@ CODES = {
     "subid-source": ERROR,
     "subid-module": ERROR,
     "subid-duplicate": WARNING,
+    "unknown-who": WARNING,
+    "duplicate-setting": WARNING,
+    "shadowed-setting": ERROR,
+    "limit-without-cgroup": ERROR,
 }
 
 
