@@ -143,6 +143,18 @@ def test_a_writable_directory_of_the_policy_is_unsafe():
     assert "its directory /etc/nsgate" in only_finding(None, "error", "unsafe-file")
 
 
+def test_a_directory_in_place_of_the_policy_is_unsafe():
+    CONF.mkdir(mode=0o755)
+    assert "is not a regular file" in only_finding(None, "error", "unsafe-file")
+    session = session_of("nsgt-alice")
+    assert session["state"] == "refused" and "not a regular file" in session["error"]
+
+
+def test_names_that_are_not_utf8_are_shown_escaped():
+    write_conf(b"\xffnobody subids no\n")
+    assert "no user '\\xffnobody'" in only_finding(1, "warning", "unknown-who")
+
+
 def test_a_user_running_check_without_read_access_gets_a_note():
     write_conf("* subids maybe\n", mode=0o600)
     result = nsgate("check", user=ALICE)
@@ -177,7 +189,9 @@ def test_explain_without_a_policy_gives_the_defaults():
     start = lines.index(f"session ({SHOWN}):")
     assert lines[start + 1].startswith("  no file: the defaults apply")
     assert lines[start + 2].split() == ["SETTING", "VALUE", "FROM"]
-    assert lines[start + 3].split() == ["subids", "yes", "default"]
+    assert lines[start + 3].split() == ["subids", "yes", "default", "(uid", "23001", "is",
+                                        "inside", "UID_MIN..UID_MAX,", "1000..60000)"]
+    assert session["default_uids"] == [1000, 60000]
     assert lines[start + 5].split() == ["pids.max", "-", "default", "(no", "limit)"]
 
 
@@ -186,6 +200,9 @@ def test_explain_a_user_login_defs_leaves_out():
     session = session_of("nsgt-alice")
     assert session["subids"] == {"value": False, "origin": "default"}
     assert session["cgroup"] == {"value": False, "origin": "default"}
+    text = nsgate("explain", "nsgt-alice").stdout
+    assert "cgroup           no     default (uid 23001 is outside UID_MIN..UID_MAX, 1000..20000)" \
+        in text
 
 
 POLICY = """\

@@ -5,11 +5,14 @@ bytes in, decisions out, no root and no files."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nsgate.errors import Refusal
-from nsgate.policy import cgroup_limits, session_conf
+from nsgate.policy import cgroup_limits, session_conf, session_conf_lint
 from nsgate.policy.accounts import Accounts
 
 FAST = settings(max_examples=300, deadline=None, database=None,
@@ -248,6 +251,24 @@ def test_size_is_bounded():
     assert session_conf.parse(fits).settings[0].value == "10"
 
 
+@pytest.mark.parametrize("make", [
+    lambda i: b"%d-%d pids.max 1\n" % (i, i),                       # many small ranges
+    lambda i: b"%d-%d pids.max 1\n" % (100000 - i, 100000 + i),     # nested ranges
+    lambda i: b"u%d pids.max 1\n%d-%d cgroup no\n" % (i, i, i),      # users and ranges
+])
+def test_a_file_at_the_size_limit_costs_little_cpu(make):
+    """Parsing, resolving and linting stay near-linear up to the 1 MiB bound (CPU time, not
+    the wall clock: a loaded CI stretches the latter)."""
+    data = b"".join(make(i) for i in range(100000))[:session_conf.SIZE_LIMIT]
+    data = data[:data.rfind(b"\n") + 1]
+    accounts = Accounts([(b"u%d" % i, i, i) for i in range(20000)], [])
+    start = time.process_time()
+    conf = session_conf.parse(data)
+    conf.settings_for(b"u5", 5, [], NO_DEFS)
+    session_conf.lint("p", data, accounts)
+    assert time.process_time() - start < 20  # quadratic work takes minutes here
+
+
 def test_shown_bytes_are_escaped():
     refused = refusal(b"\xff\xfe subids nope\xff\n")
     assert "\\xff" in refused.first and "\xff" not in refused.first
@@ -259,6 +280,7 @@ def test_shown_bytes_are_escaped():
     ("pids.max", "max"), ("pids.max", "0"), ("pids.max", "4194304"),
     ("memory.max", "max"), ("memory.max", "0"), ("memory.max", "4096"),
     ("memory.max", "512K"), ("memory.max", "512M"), ("memory.max", "4G"), ("memory.max", "2T"),
+    ("memory.max", "4g"), ("memory.max", "512k"),  # either case, as the kernel's memparse
     ("memory.swap.max", "0"), ("memory.swap.max", "max"), ("memory.swap.max", "1G"),
     ("cpu.max", "max"), ("cpu.max", "50000"), ("cpu.max", "50000 100000"),
     ("cpu.max", "max 100000"), ("cpu.max", "1000 1000"), ("cpu.max", "200000 1000000"),
@@ -273,7 +295,7 @@ def test_valid_limit_values(key, value):
 @pytest.mark.parametrize(("key", "value"), [
     ("pids.max", ""), ("pids.max", "4194305"), ("pids.max", "+5"), ("pids.max", "010"),
     ("pids.max", "0x10"), ("pids.max", "Max"), ("pids.max", "max "), ("pids.max", "5 5"),
-    ("memory.max", "1g"), ("memory.max", "1KB"), ("memory.max", "K"), ("memory.max", "-1"),
+    ("memory.max", "1KB"), ("memory.max", "K"), ("memory.max", "-1"),
     ("memory.max", "9223372036854775808"), ("memory.max", "8388608T"), ("memory.max", "1 G"),
     ("memory.max", "1P"), ("memory.swap.max", "1.0G"), ("memory.max", "\uff11G"),
     ("cpu.max", ""), ("cpu.max", "0"), ("cpu.max", "999"), ("cpu.max", "50000 999"),
@@ -413,3 +435,80 @@ def test_limits_for_someone_without_a_cgroup():
     assert [(f.line, f.code) for f in findings] == [(1, "limit-without-cgroup")]
     assert "uid 0 is outside UID_MIN..UID_MAX" in findings[0].message
     assert lint("root pids.max 10\n", login_defs=b"UID_MIN 0\n") == []
+
+
+def test_the_shipped_example_and_the_man_page_example_parse():
+    repo = Path(__file__).resolve().parents[1]
+    example = (repo / "etc" / "session.conf.example").read_bytes()
+    got = session_conf.parse(example).settings_for(b"alice", 1500, [], NO_DEFS)
+    assert got.limits == {"pids.max": "4096", "memory.max": "8G", "memory.swap.max": "1G",
+                          "cpu.weight": "100"}
+    uncommented = b"\n".join(line.removeprefix(b"#") for line in example.splitlines()
+                             if not line.startswith(b"# ") and line != b"#")
+    session_conf.parse(uncommented)
+    page = (repo / "man" / "nsgate-session.conf.5.scd").read_text()
+    block = page.split("# EXAMPLE", 1)[1].split("```")[1]
+    conf = session_conf.parse(block.encode())
+    got = conf.settings_for(b"alice", 1500, [b"builders"], NO_DEFS)
+    assert got.limits["memory.max"] == "64G" and got.limits["cpu.weight"] == "200"
+    assert conf.settings_for(b"ci-runner", 1200, [], NO_DEFS).subids is False
+
+
+RANGE_LISTS = st.lists(st.tuples(st.integers(0, 40), st.integers(0, 12)), max_size=25)
+
+
+@FAST
+@given(ranges=RANGE_LISTS)
+def test_range_coverage_against_brute_force(ranges):
+    """The lint's index of range lines (painted in file order) against counting uid by uid:
+    which line decides each uid, and whether a line covers any uid no earlier one did."""
+    text = "".join(f"{low}-{low + width} pids.max {n}\n"
+                   for n, (low, width) in enumerate(ranges, 1))
+    conf = session_conf.parse(text.encode())
+    cover = session_conf_lint.FirstCover()
+    fresh = [cover.paint(s.who.low, s.who.high, s) for s in conf.settings]
+    seen: set[int] = set()
+    for (low, width), is_fresh in zip(ranges, fresh, strict=True):
+        ids = set(range(low, low + width + 1))
+        assert is_fresh == bool(ids - seen)
+        seen |= ids
+    for uid in range(0, 55):
+        expected = next((s for s in conf.settings if s.who.low <= uid <= s.who.high), None)
+        assert cover.decider(uid) is expected
+    shadowed = {f.line for f in session_conf.lint("p", text.encode(), ACCOUNTS)
+                if f.code == "shadowed-setting"}
+    for line, is_fresh in enumerate(fresh, 1):
+        assert (line in shadowed) == (not is_fresh), line  # a repeat too: its value differs
+
+
+WHO_CHOICES = ["*", "0-1500", "1000-1999", "1500-2500", "@staff", "@alice", "@bob", "alice",
+               "bob", "root"]
+
+
+@FAST
+@given(lines=st.lists(st.tuples(st.sampled_from(WHO_CHOICES),
+                                st.sampled_from(["cgroup yes", "cgroup no", "pids.max 5"])),
+                      max_size=14),
+       defs=st.sampled_from([b"", b"UID_MIN 1002\n", b"UID_MIN 0\n"]))
+def test_limit_without_cgroup_agrees_with_the_resolver(lines, defs):
+    """For users the accounts list, the lint's indexed decision of `cgroup` is the hook's."""
+    text = "".join(f"{who} {setting}\n" for who, setting in lines).encode()
+    conf = session_conf.parse(text)
+    flagged = {f.line for f in session_conf.lint("p", text, ACCOUNTS, defs)
+               if f.code == "limit-without-cgroup"}
+    groups = {b"alice": [b"alice", b"staff"], b"bob": [b"bob"], b"root": [b"root"]}
+    uids = {b"alice": 1001, b"bob": 1002, b"root": 0}
+    firsts: set[tuple[str, str]] = set()
+    for number, (who, setting) in enumerate(lines, 1):
+        key = setting.split()[0]
+        first = (who, key) not in firsts
+        firsts.add((who, key))
+        if key != "pids.max" or not first or who not in ("alice", "bob", "root"):
+            continue
+        same_who = next((s for w, s in lines if w == who and s.startswith("cgroup")), None)
+        if same_who is not None:
+            expected = same_who == "cgroup no"
+        else:
+            name = who.encode()
+            expected = not conf.settings_for(name, uids[name], groups[name], defs).cgroup
+        assert (number in flagged) == expected, (number, text)

@@ -10,7 +10,7 @@ KEYS = ("pids.max", "memory.max", "memory.swap.max", "cpu.max", "cpu.weight", "i
 
 PIDS_LIMIT = 4194304  # PID_MAX_LIMIT: the kernel refuses a larger pids.max
 BYTES_LIMIT = (1 << 63) - 1  # memory.max is a signed 64-bit count in the kernel
-SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}  # either case
 CPU_PERIOD_MIN, CPU_PERIOD_MAX = 1000, 1000000  # microseconds, as the kernel bounds them
 CPU_QUOTA_MIN, CPU_QUOTA_MAX = 1000, (1 << 44) - 1  # likewise for the quota
 WEIGHT_MIN, WEIGHT_MAX = 1, 10000
@@ -23,12 +23,12 @@ def _number(text: str, maximum: int) -> int | None:
 def _bytes(value: str) -> str | None:
     if value == "max":
         return None
-    suffix = value[-1:] if value[-1:] in SUFFIXES else ""
+    suffix = value[-1:].upper() if value[-1:].upper() in SUFFIXES else ""
     digits = value[:len(value) - len(suffix)]
     number = _number(digits, BYTES_LIMIT)
     if number is None or number * SUFFIXES[suffix] > BYTES_LIMIT:
         return ("must be 'max' or a number of bytes with an optional K, M, G or T suffix "
-                "(e.g. 512M), below 2^63")
+                "(either case, e.g. 512M), below 2^63")
     return None
 
 

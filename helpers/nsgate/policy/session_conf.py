@@ -119,9 +119,11 @@ def login_uid_range(login_defs: bytes) -> tuple[int, int]:
     values = []
     for key, default in ((b"UID_MIN", UID_MIN_DEFAULT), (b"UID_MAX", UID_MAX_DEFAULT)):
         raw = login_defs_value(login_defs, key)
-        value = default if raw is None else parse_decimal(raw, UINT32_MAX)
+        if raw is None:
+            values.append(default)
+            continue
+        value = parse_decimal(raw, UINT32_MAX)
         if value is None:
-            assert raw is not None
             raise Refusal(f"{key.decode()} in /etc/login.defs is "
                           f"'{raw.decode('utf-8', 'backslashreplace')}', not a decimal number",
                           f"fix /etc/login.defs, or set subids and cgroup for everyone in {PATH}")
@@ -273,122 +275,7 @@ if TYPE_CHECKING:
 
 def lint(path: str, data: bytes, accounts: "Accounts", login_defs: bytes = b""
          ) -> "list[Finding]":
-    """`nsgate check` of session.conf: lines that do not parse (the hook then applies nothing
-    to anyone), names NSS does not know, lines that can never decide anything, limits on users
-    whose cgroup is off. `login_defs` gives the default's uid range."""
-    from nsgate.policy.findings import Finding
+    """`nsgate check` of the file (policy.session_conf_lint)."""
+    from nsgate.policy import session_conf_lint
 
-    settings, problems = read(data)
-    findings = [Finding(path, p.lineno, "syntax", f"{p.cause}; {p.fix} (until then the "
-                        "session hook refuses the whole file and sets up nothing for anyone)")
-                for p in problems]
-    first_of: dict[tuple[tuple[int, bytes, int, int], str], Setting] = {}
-    ranges: dict[str, list[tuple[int, int]]] = {}
-    named: set[tuple[int, bytes]] = set()
-    for setting in settings:
-        who, key = setting.who, setting.key
-        if who.kind in (USER, GROUP) and (who.kind, who.name) not in named:
-            named.add((who.kind, who.name))
-            findings += _unknown_who(path, setting, accounts)
-        first = first_of.setdefault((who.identity, key), setting)
-        if first is not setting:
-            findings.append(_repeated(path, setting, first))
-        elif who.kind == RANGE:
-            if _covered(who.low, who.high, ranges.get(key, [])):
-                findings.append(Finding(
-                    path, setting.lineno, "shadowed-setting",
-                    f"{key} for {who_text(who)} never applies: earlier range lines set {key} "
-                    f"for every uid of {who_text(who)} (among ranges the first line wins); "
-                    "move it above them or remove it"))
-            ranges.setdefault(key, []).append((who.low, who.high))
-    effective = [s for s in settings if first_of[(s.who.identity, s.key)] is s]
-    findings += _limits_without_cgroup(path, effective, accounts, login_defs)
-    return sorted(findings, key=lambda f: f.line or 0)
-
-
-def _unknown_who(path: str, setting: Setting, accounts: "Accounts") -> "list[Finding]":
-    from nsgate.policy.findings import Finding
-
-    who = setting.who
-    if who.kind == USER and who.name not in accounts.uid_of:
-        what = f"no user '{who_text(who)}' in the passwd database"
-    elif who.kind == GROUP and who.name not in accounts.gid_of:
-        what = f"no group '{who_text(who)[1:]}' in the group database"
-    else:
-        return []
-    return [Finding(path, setting.lineno, "unknown-who",
-                    f"{what}, so its lines apply to nobody NSS lists (a directory that does "
-                    "not enumerate may still know it at login): correct the name or remove "
-                    "its lines")]
-
-
-def _repeated(path: str, setting: Setting, first: Setting) -> "Finding":
-    from nsgate.policy.findings import Finding
-
-    where = f"{who_text(setting.who)} {setting.key}"
-    if setting.value == first.value:
-        return Finding(path, setting.lineno, "duplicate-setting",
-                       f"{where} is already set to the same value at line {first.lineno}: "
-                       "remove this line")
-    return Finding(path, setting.lineno, "shadowed-setting",
-                   f"{where} '{setting.value}' never applies: line {first.lineno} sets it to "
-                   f"'{first.value}' and the first line wins; keep the one you mean")
-
-
-def _covered(low: int, high: int, earlier: list[tuple[int, int]]) -> bool:
-    """Whether the ranges `earlier` together hold every id of low..high."""
-    for start, end in sorted(earlier):
-        if start > low:
-            return False
-        if end >= low:
-            if end >= high:
-                return True
-            low = end + 1
-    return False
-
-
-def _limits_without_cgroup(path: str, settings: list[Setting], accounts: "Accounts",
-                           login_defs: bytes) -> "list[Finding]":
-    """A limit for a WHO whose cgroup is off (by a `cgroup no` line for the same WHO, or, for a
-    user NSS knows, by the whole policy): the hook makes no cgroup, so the limit never applies."""
-    from nsgate.policy.findings import Finding
-
-    conf = SessionConf(settings)
-    cgroup_of = {s.who.identity: s for s in settings if s.key == "cgroup"}
-    findings = []
-    for setting in settings:
-        if setting.key in SWITCHES:
-            continue
-        who = setting.who
-        off = cgroup_of.get(who.identity)
-        if off is not None:
-            why = f"line {off.lineno} sets 'cgroup {off.value}' for {who_text(who)}"
-            if off.value == "yes":
-                continue
-        elif who.kind == USER and who.name in accounts.uid_of:
-            uid = accounts.uid_of[who.name]
-            try:
-                settings_ = conf.settings_for(who.name, uid, _groups_of(who.name, accounts),
-                                              login_defs)
-            except Refusal:
-                continue
-            if settings_.cgroup:
-                continue
-            origin = settings_.origin["cgroup"]
-            why = (f"{who_text(who)}'s cgroup is off ({origin}"
-                   + (f": uid {uid} is outside UID_MIN..UID_MAX" if origin == "default" else "")
-                   + ")")
-        else:
-            continue
-        findings.append(Finding(path, setting.lineno, "limit-without-cgroup",
-                                f"{setting.key} for {who_text(who)} never applies: {why}, so "
-                                "the session hook makes no cgroup; set 'cgroup yes' for them "
-                                "or remove the limit"))
-    return findings
-
-
-def _groups_of(name: bytes, accounts: "Accounts") -> list[bytes]:
-    """The groups a login of `name` gets, as far as the group database lists them."""
-    groups = [group for group, members in accounts.members.items() if name in members]
-    primary = accounts.group_by_gid.get(accounts.gid_of_user.get(name, -1))
-    return [*groups, primary] if primary is not None else groups
+    return session_conf_lint.lint(path, data, accounts, login_defs)

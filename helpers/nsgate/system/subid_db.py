@@ -211,15 +211,6 @@ def load_plugin(kind: str, source: bytes) -> "SubidPlugin":
     return loaded
 
 
-def module_error(source: bytes) -> str | None:
-    """For `nsgate check`: why the module `source` names cannot be loaded, or None."""
-    try:
-        load_plugin("uid", source)
-    except Refusal as refusal:
-        return refusal.details[0]
-    return None
-
-
 def _fallback(kind: str, source: bytes) -> str:
     return PATHS[kind] if source != FILES else "another source"
 
@@ -252,8 +243,9 @@ def _files_holdings(kind: str, name: bytes, uid: int | None, login_defs: bytes |
     return result
 
 
-def _source_holdings(kind: str, source: bytes, name: bytes, uid: int | None,
-                     login_defs: bytes | None) -> Holdings:
+def source_holdings(kind: str, source: bytes, name: bytes, uid: int | None,
+                    login_defs: bytes | None) -> Holdings:
+    """What one source holds for the user (a module: loaded, not asked yet)."""
     if source == FILES:
         return _files_holdings(kind, name, uid, login_defs)
     result = Holdings(kind, name, uid)
@@ -269,7 +261,7 @@ def _answering(kind: str, name: bytes, uid: int | None, order: list[bytes],
     source is opened or loaded; the last source is not even asked whether it holds anything."""
     passed: list[str] = []
     for index, source in enumerate(order):
-        held = _source_holdings(kind, source, name, uid, login_defs)
+        held = source_holdings(kind, source, name, uid, login_defs)
         held.passed = passed
         try:
             if index == len(order) - 1 or held.holds_any():
@@ -330,44 +322,3 @@ def _uid_of(name: bytes) -> int | None:
         return pwd.getpwnam(name.decode("utf-8", "surrogateescape")).pw_uid
     except (KeyError, ValueError, UnicodeError):
         return None
-
-
-class SourceReport:
-    """One source of the `subid:` line for `nsgate explain`: what it holds for the user, and
-    its role for the helpers: "answers", "passes" (holds nothing, the next is asked), "fails"
-    (the helpers refuse there) or "not asked" (an earlier source answered or failed)."""
-
-    __slots__ = ("description", "error", "ranges", "role", "source")
-
-    def __init__(self, source: bytes, description: str) -> None:
-        self.source = source
-        self.description = description
-        self.ranges: list[tuple[int, int]] = []
-        self.error: str | None = None
-        self.role = "passes"
-
-
-def survey(kind: str, name: bytes, uid: int, login_defs: bytes,
-           nsswitch: bytes | None) -> list[SourceReport]:
-    """Every source of the `subid:` line asked about the user, including those the helpers do
-    not reach (a Refusal for a line nsgate will not read)."""
-    reports = []
-    settled = False
-    for source in sources(nsswitch):
-        report = SourceReport(source, describe(kind, source))
-        reports.append(report)
-        try:
-            held = _source_holdings(kind, source, name, uid, login_defs)
-            try:
-                held.holds_any()
-                report.ranges = held.ranges()
-            finally:
-                held.close()
-        except Refusal as refusal:
-            report.error = "; ".join((refusal.first, *refusal.details[:1]))
-        if settled:
-            report.role = "not asked"
-        elif report.error is not None or report.ranges:
-            report.role = "fails" if report.error is not None else "answers"
-            settled = True
-    return reports

@@ -16,12 +16,13 @@ from nsgate.cli.admin.common import (
     print_note,
     read,
 )
+from nsgate.policy.accounts import Accounts
 from nsgate.policy.findings import ERROR, WARNING, Finding, count
 
 
 def run(out: Out, args: Args, libdir: str, libexecdir: str) -> int:
     from nsgate.policy import install_lint, nsswitch_lint, subid_lint, usernet_lint
-    from nsgate.system import file_facts, subid_db
+    from nsgate.system import file_facts, subid_survey
 
     notes: list[str] = []
     accounts = load_accounts()
@@ -35,7 +36,7 @@ def run(out: Out, args: Args, libdir: str, libexecdir: str) -> int:
             findings += subid_lint.lint(path, data, kind, accounts, _lenient_readers(kind))
     nsswitch = read(NSSWITCH, notes)
     if nsswitch is not None:
-        findings += nsswitch_lint.lint_subid_line(NSSWITCH, nsswitch, subid_db.module_error)
+        findings += nsswitch_lint.lint_subid_line(NSSWITCH, nsswitch, subid_survey.module_error)
     links = link_kinds(notes)
     usernet_data = read(USERNET, notes) or b""
     findings += usernet_lint.lint_usernet(USERNET, usernet_data, accounts, links)
@@ -43,12 +44,7 @@ def run(out: Out, args: Args, libdir: str, libexecdir: str) -> int:
     if nics is not None and links is not None:
         findings += usernet_lint.lint_nics(NICS, nics, usernet_lint.grants(usernet_data),
                                            set(links))
-    session = read(SESSION_CONF, notes)
-    if session is not None:
-        from nsgate.policy import session_conf
-
-        findings += session_conf.lint(SESSION_CONF, session, accounts,
-                                      read(LOGIN_DEFS, []) or b"")
+    findings += _session_conf(accounts, notes)
     findings += _lock_leftovers()
     service_only = _service_only(libexecdir)
     findings += _install_findings(libdir, libexecdir, service_only)
@@ -69,6 +65,18 @@ def run(out: Out, args: Args, libdir: str, libexecdir: str) -> int:
         out.say(f"nsgate check: {errors} error{'s' * (errors != 1)}, {warnings} "
                 f"warning{'s' * (warnings != 1)}")
     return 1 if errors else 0
+
+
+def _session_conf(accounts: Accounts, notes: list[str]) -> list[Finding]:
+    """The session hook's policy (its ownership is among TRUSTED_FILES)."""
+    from nsgate.policy import session_conf, session_conf_lint
+    from nsgate.system import file_facts
+
+    findings = session_conf_lint.lint_file_kind(file_facts.lstat(SESSION_CONF))
+    data = read(SESSION_CONF, notes)
+    if data is not None:
+        findings += session_conf.lint(SESSION_CONF, data, accounts, read(LOGIN_DEFS, []) or b"")
+    return findings
 
 
 def _lock_leftovers() -> list[Finding]:

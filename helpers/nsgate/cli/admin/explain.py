@@ -100,7 +100,7 @@ def _explain_sources(name: bytes, uid: int, login_defs: bytes, nsswitch: bytes,
     """The sources of the `subid:` line in order, asked about the user as the helpers ask them:
     which answers (what subid_db.holding_source says), which pass, fail or are not reached."""
     from nsgate.policy.config import subid_line
-    from nsgate.system import subid_db
+    from nsgate.system import subid_survey
 
     found = subid_line(nsswitch)
     result: dict[str, object] = {
@@ -108,7 +108,7 @@ def _explain_sources(name: bytes, uid: int, login_defs: bytes, nsswitch: bytes,
         "order": [text(token) for token in found[1]] if found else ["files"]}
     for kind, path in PATHS.items():
         try:
-            reports = subid_db.survey(kind, name, uid, login_defs, nsswitch)
+            reports = subid_survey.survey(kind, name, uid, login_defs, nsswitch)
         except Refusal as refusal:
             result[kind] = {"answering": None, "refused": refusal.first, "sources": []}
             notes.append(f"the helpers refuse every {kind} request: {refusal.first}")

@@ -7,7 +7,7 @@ from nsgate.errors import Refusal
 
 
 def explain(name: bytes, uid: int, gid: int, notes: list[str]) -> dict[str, object]:
-    from nsgate.policy import cgroup_limits, install_lint, session_conf
+    from nsgate.policy import cgroup_limits, install_lint, session_conf, session_conf_lint
     from nsgate.policy.findings import text
     from nsgate.system import accounts as nss
     from nsgate.system import file_facts
@@ -15,8 +15,9 @@ def explain(name: bytes, uid: int, gid: int, notes: list[str]) -> dict[str, obje
     groups = nss.group_names_of(name, gid)
     report: dict[str, object] = {"file": SESSION_CONF, "groups": [text(g) for g in groups],
                                  "error": None}
-    unsafe = install_lint.lint_trusted_file(file_facts.lstat(SESSION_CONF),
-                                            file_facts.ancestors(SESSION_CONF))
+    st = file_facts.lstat(SESSION_CONF)
+    unsafe = (session_conf_lint.lint_file_kind(st)
+              + install_lint.lint_trusted_file(st, file_facts.ancestors(SESSION_CONF)))
     data = read(SESSION_CONF, notes)
     if data is None and not unsafe and file_facts.lstat(SESSION_CONF).exists:
         report.update(state="unreadable", subids=None, cgroup=None, limits=[], cgroup_now=None)
@@ -28,12 +29,18 @@ def explain(name: bytes, uid: int, gid: int, notes: list[str]) -> dict[str, obje
             conf = session_conf.parse(data or b"")
         except Refusal as refusal:
             raise Refusal(f"{SESSION_CONF}: {refusal.first}", *refusal.details) from None
-        settings = conf.settings_for(name, uid, groups, read(LOGIN_DEFS, []) or b"")
+        login_defs = read(LOGIN_DEFS, []) or b""
+        settings = conf.settings_for(name, uid, groups, login_defs)
     except Refusal as refusal:
         report.update(state="refused", error=refusal.first, subids=None, cgroup=None,
                       limits=[], cgroup_now=None)
         return report
     report["state"] = "applied" if data is not None else "absent"
+    try:
+        report["default_uids"] = list(session_conf.login_uid_range(login_defs))
+    except Refusal:
+        report["default_uids"] = None  # no key needs the default
+    report["uid"] = uid
     report["subids"] = {"value": settings.subids, "origin": settings.origin["subids"]}
     report["cgroup"] = {"value": settings.cgroup, "origin": settings.origin["cgroup"]}
     limits = []
@@ -69,7 +76,13 @@ def render(out: Out, report: dict[str, object]) -> None:
     for key in ("subids", "cgroup"):
         setting = report[key]
         assert isinstance(setting, dict)
-        rows.append([key, "yes" if setting["value"] else "no", str(setting["origin"])])
+        origin = str(setting["origin"])
+        bounds = report["default_uids"]
+        if origin == "default" and isinstance(bounds, list):
+            inside = "inside" if setting["value"] else "outside"
+            origin += (f" (uid {report['uid']} is {inside} UID_MIN..UID_MAX, "
+                       f"{bounds[0]}..{bounds[1]})")
+        rows.append([key, "yes" if setting["value"] else "no", origin])
     limits = report["limits"]
     assert isinstance(limits, list)
     for limit in limits:
