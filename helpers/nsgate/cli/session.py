@@ -75,7 +75,7 @@ def _run(argv: list[str], started: float) -> int:
     if call is None:
         sys.stderr.write(NOT_FROM_PAM)
         return 2
-    kind = _text(call.type)
+    kind = _shown(call.type)
     if argv:
         _log_apart(f"{kind}: `nsgate session` takes no arguments, not {' '.join(argv)!r}: "
                    "nothing done; fix the pam_exec line", failed=True)
@@ -88,15 +88,15 @@ def _run(argv: list[str], started: float) -> int:
         return 0
     if call.type not in (b"open_session", b"close_session"):
         _log_apart(f"called for {kind}: nsgate session acts on a `session` line only (PAM "
-                   "service " f"{_text(call.service)}): nothing done", failed=True)
+                   f"service {_shown(call.service)}): nothing done", failed=True)
         return 0
     if not call.user:
-        _log_apart(f"{kind}: PAM names no user (service {_text(call.service)}): nothing done",
+        _log_apart(f"{kind}: PAM names no user (service {_shown(call.service)}): nothing done",
                    failed=True)
         return 0
     session_pid = posix.getppid()
-    what = (f"{kind} for {_text(call.user)}, session process {session_pid} (service "
-            f"{_text(call.service)})")
+    what = (f"{kind} for {_shown(call.user)}, session process {session_pid} (service "
+            f"{_shown(call.service)})")
     if session_pid <= 1:
         _log_apart(f"{what}: the process that opened the session is gone: nothing done",
                    failed=True)
@@ -126,8 +126,7 @@ def _open(what: str, user: bytes, session_pid: int, started: float) -> None:
 
     entry = accounts.by_name(user)
     if entry is None:
-        _log(f"{what}: no user {_text(user)!r} in the passwd database: nothing done",
-             failed=True)
+        _log(f"{what}: no such user in the passwd database: nothing done", failed=True)
         return
     name, uid, gid = entry
     what = f"{what}, uid {uid}"
@@ -161,8 +160,7 @@ def _close(what: str, user: bytes, session_pid: int, started: float) -> None:
 
     entry = accounts.by_name(user)
     if entry is None:
-        _log(f"{what}: no user {_text(user)!r} in the passwd database: nothing done",
-             failed=True)
+        _log(f"{what}: no such user in the passwd database: nothing done", failed=True)
         return
     uid = entry[1]
     what = f"{what}, uid {uid}"
@@ -242,6 +240,17 @@ def _reason(refusal: Refusal) -> str:
 
 def _text(value: bytes) -> str:
     return value.decode("utf-8", "surrogateescape")
+
+
+def _shown(value: bytes) -> str:
+    """A value pam_exec passed, for the log: as it is if it is a plain word (a user or service
+    name, a module type), else quoted, so that no text in it reads as the hook's own words."""
+    if value and all(c in _PLAIN for c in value) and value[:1] != b"-":
+        return _text(value)
+    return repr(_text(value))
+
+
+_PLAIN = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@$")
 
 
 def _log(text: str, *, failed: bool = False) -> None:
