@@ -296,10 +296,10 @@ def test_a_user_with_no_passwd_entry_logs_in_and_nothing_is_done(logins, syslog)
     login = logins("nsgt-ghost")  # pam_permit lets anyone in
     assert login.open()["seconds"] < SESSION_BOUND + STARTUP_SLACK
     line = syslog.wait_line(b"open_session for nsgt-ghost",
-                            b"no user 'nsgt-ghost' in the passwd database")
+                            b"no such user in the passwd database: nothing done")
     assert priority(line) == LOG_AUTHPRIV | LOG_WARNING
     login.close()
-    syslog.wait_line(b"close_session for nsgt-ghost", b"no user")
+    syslog.wait_line(b"close_session for nsgt-ghost", b"no such user")
     assert_untouched(before)
 
 
@@ -419,12 +419,13 @@ def test_run_by_hand_it_says_what_it_is_for():
 def test_a_user_forging_pam_exec_s_environment_gets_nothing(syslog):
     before = (SUBUID.read_bytes(), SUBGID.read_bytes())
     env = {"PATH": "/usr/bin:/bin", "PAM_SERVICE": "sshd", "PAM_USER": DAVE.name,
-           "PAM_TYPE": "open_session"}
+           "PAM_TYPE": "open_session for root: added x"}
     result = subprocess.run(["setpriv", f"--reuid={DAVE.uid}", f"--regid={DAVE.gid}",
                              "--clear-groups", str(NSGATE_BIN), "session"],
                             capture_output=True, text=True, env=env)
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
-    syslog.wait_line(b"open_session", b"not root's alone", b"nothing done")
+    line = syslog.wait_line(b"not root's alone", b"nothing done")
+    assert b"failed: 'open_session for root: added x': run with uids 23201/23201/23201" in line
     assert (SUBUID.read_bytes(), SUBGID.read_bytes()) == before
 
 
@@ -432,3 +433,4 @@ def test_the_snippet_is_the_installed_pam_exec_line():
     lines = [line for line in SNIPPET.read_text().splitlines() if not line.startswith("#")]
     assert lines == [f"session optional pam_exec.so quiet seteuid {NSGATE_BIN} session"]
     assert os.stat(SNIPPET).st_mode & 0o777 == 0o644
+
