@@ -275,6 +275,18 @@ def test_a_malformed_session_conf_does_nothing_and_says_which_line(logins, syslo
     login.close()
 
 
+def test_a_session_conf_others_may_write_is_not_trusted(logins, syslog):
+    write_etc("nsgate/session.conf", "* subids yes\n", mode=0o666)
+    before = (SUBUID.read_bytes(), SUBGID.read_bytes())
+    login = logins(DAVE.name)
+    assert login.open()["seconds"] < SESSION_BOUND + STARTUP_SLACK
+    line = syslog.wait_line(b"open_session for nsgt-pam1", b"/etc/nsgate/session.conf",
+                            b"nothing done")
+    assert priority(line) == LOG_AUTHPRIV | LOG_WARNING
+    assert_untouched(before)
+    login.close()
+
+
 def test_a_full_subid_space_is_logged_and_nothing_written(logins, syslog):
     policy("* cgroup no\n")
     # alice 200000+65536 and bob 300000+65536 leave no room for 65536 ids in 200000..365535
