@@ -94,12 +94,13 @@ def cg() -> Iterator[object]:
 
 class Session:
     """A session process: root's, it waits for its session to be opened, then runs `script`
-    as `user` (sh -c), where the open put it."""
+    as `user` (sh -c; as root if None), where the open put it."""
 
-    def __init__(self, script: str, user: User = ALICE) -> None:
+    def __init__(self, script: str, user: User | None = ALICE) -> None:
+        argv: list[str | bytes] = ["sh", "-c", script]
         self.proc = subprocess.Popen(
             ["sh", "-c", 'read go && exec "$@"', "sh",
-             *as_user(user, ["sh", "-c", script])],
+             *(argv if user is None else as_user(user, argv))],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.pid = self.proc.pid
         wait_for(lambda: Path(f"/proc/{self.pid}/cmdline").read_bytes().startswith(b"sh\0-c"),
@@ -137,7 +138,7 @@ def sessions() -> Iterator[list[Session]]:
 
 
 def started(sessions: list[Session], script: str = "echo ready; exec sleep 600",
-            user: User = ALICE) -> Session:
+            user: User | None = ALICE) -> Session:
     session = Session(script, user)
     sessions.append(session)
     return session
@@ -373,6 +374,49 @@ def test_two_sessions_share_the_tree_until_the_last_closes(cg, sessions) -> None
     assert cgroups_of(second.pid) == origin
     assert not [m for m in MOUNTS if user_dir(m).exists()]
     assert sorted(SESSIONS.iterdir()) == [SESSIONS / f"{UID}.lock"]
+
+
+HOOK = """
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+from nsgate.system import cgroups
+cgroups.TOP = sys.argv[2]
+print(json.dumps(cgroups.close_session(int(sys.argv[3]), os.getppid())))
+"""
+
+
+def test_close_from_the_hook_moves_the_hooks_own_processes_out(cg, sessions) -> None:
+    """The hook runs as a child of the session process, inside the user's tree: close moves
+    the session process and the hook out, and the tree, then empty, is removed."""
+    origin = cgroups_of(os.getpid())
+    session = started(sessions, f"/usr/bin/python3 -I -c '{HOOK}' {PREFIX}/lib/nsgate {TOP} "
+                                f"{UID}; cat /proc/self/cgroup", user=None)
+    cg.open_session(UID, ALICE.gid, {"pids.max": "50"}, session.pid)
+    session.go()
+    status, out, err = session.finish()
+    assert status == 0, err
+    notes, *shown = out.splitlines()
+    assert json.loads(notes) == []
+    assert {line.split(":", 2)[1]: line.split(":", 2)[2] for line in shown} == origin
+    assert not [m for m in MOUNTS if user_dir(m).exists()]
+
+
+def test_close_never_moves_a_process_that_may_not_be_the_sessions(cg, sessions) -> None:
+    """close_session(uid, pid) with a pid that is not the caller's ancestor and whose start time
+    is not the recorded one (the session process gone, its pid reused, say by a process of the
+    user's inside the tree): that process stays under the limits, and the tree is kept."""
+    session, _ = running(cg, sessions, {"pids.max": "50"})
+    record = SESSIONS / f"{UID}.{session.pid}"
+    forged = json.loads(record.read_text())
+    forged["start"] -= 1
+    record.write_text(json.dumps(forged))
+    assert cg.close_session(UID, session.pid) == [
+        f"kept the cgroups of uid {UID}: {len(MOUNTS)} process(es) still in them"]
+    assert in_delegate(session.pid)
+    other, _ = running(cg, sessions)
+    (SESSIONS / f"{UID}.{other.pid}").unlink()  # no record at all
+    cg.close_session(UID, other.pid)
+    assert in_delegate(other.pid)
 
 
 def test_close_removes_what_the_user_made_inside(cg, sessions) -> None:

@@ -24,16 +24,22 @@ The host's kind decides how (policy/cgroup_tree.host_kind):
   Limits are written at every open (a changed policy applies at the next login); a key no longer
   set keeps its value until the tree is removed.
 
-Records: /run/nsgate/sessions/ (root's, 0700) holds `<uid>.lock` (flock: opens and closes of a
-user's sessions run one at a time) and `<uid>.<pid>`, a JSON record of the session process (its
-start time, to know it from a later process of the same pid) and of the cgroup it was in before
-open, per hierarchy. Close moves the closing process back there, if it is still in the user's
-tree, else to the hierarchy's root when no record matches, or when the recorded cgroup was itself
-in the user's tree (a nested session: root never writes into a cgroup the user can have replaced).
-The processes moved with it are its descendants on the way to the caller: the hook runs as a
-child of the session process and would otherwise keep the tree busy. Then, only if no process is
-left anywhere in the user's tree in any hierarchy (another session's, a container's), the tree is
-removed bottom-up; else it is kept, with a note. A user's tree over MAX_WALK cgroups is kept.
+Records: /run/nsgate/sessions/ (root's, 0700) holds `<uid>.lock` (flock, waited for at most
+LOCK_SECONDS: opens and closes of a user's sessions run one at a time) and `<uid>.<pid>`, a JSON
+record {"pid", "start", "origins"} of the session process: its start time (to know it from a
+later process of the same pid) and, per hierarchy key, the cgroup it was in before open.
+
+Close moves out of the user's tree, in every hierarchy where they are inside it:
+- when the session process is an ancestor of the caller (the hook runs as its child): it and
+  every process on the way down to the caller (the hook's own would keep the tree busy);
+- otherwise the caller, and the session process only if its start time is the recorded one: a
+  reused pid, maybe a user's process inside the tree, is never moved out of its limits.
+They go to the session's recorded cgroup; to the hierarchy's root when there is no record, when
+that cgroup is gone, or when it was itself in the user's tree (a nested session: root never
+writes into a cgroup the user could have replaced). Then, only if no process is left anywhere in
+the user's tree in any hierarchy (another session's, a container's), the tree is removed
+bottom-up; else it is kept, with a note. A user's tree over MAX_WALK cgroups is kept. Records of
+the user's sessions whose process is gone are dropped.
 
 Failures are a Refusal, after undoing what this open made: processes moved back, cgroups it
 created removed, its record deleted.
@@ -50,7 +56,7 @@ from fcntl import LOCK_EX, flock
 from nsgate.errors import Refusal
 from nsgate.policy import cgroup_limits, cgroup_tree
 from nsgate.policy.cgroup_tree import Hierarchy
-from nsgate.system import cgroupfs, programs
+from nsgate.system import cgroupfs, files, programs
 
 TOP = "nsgate"
 DELEGATE = "delegate"
@@ -58,6 +64,7 @@ SESSIONS = "/run/nsgate/sessions"
 SYSTEMD_RUNNING = "/run/systemd/system"
 MOUNTINFO = "/proc/self/mountinfo"
 UID_LIMIT = 0xFFFFFFFE  # (uid_t) -1 is no id
+LOCK_SECONDS = 30
 _V1_DELEGATED = ("tasks", "cgroup.procs")
 _V2_DELEGATED = ("cgroup.procs", "cgroup.threads", "cgroup.subtree_control")
 _DESCRIBED_V1 = ("pids.max", "memory.limit_in_bytes", "memory.memsw.limit_in_bytes",
@@ -187,10 +194,14 @@ class _Records:
         try:
             self.lock = posix.open(f"{uid}.lock", posix.O_RDWR | posix.O_CREAT | posix.O_NOFOLLOW
                                    | posix.O_CLOEXEC, 0o600, dir_fd=self.dirfd)
-            flock(self.lock, LOCK_EX)
         except OSError as err:
             posix.close(self.dirfd)
-            raise Refusal(f"cannot lock {SESSIONS}/{uid}.lock: {err.strerror}") from None
+            raise Refusal(f"cannot open {SESSIONS}/{uid}.lock: {err.strerror}") from None
+        if not files.wait_for_lock(lambda: flock(self.lock, LOCK_EX), LOCK_SECONDS):
+            self.close()
+            raise Refusal(f"cannot lock {SESSIONS}/{uid}.lock: still held after "
+                          f"{LOCK_SECONDS} s", "another open or close of the user's sessions "
+                          "hangs: see which process holds it (/proc/locks)")
 
     def close(self) -> None:
         posix.close(self.lock)
@@ -475,27 +486,47 @@ def open_session(uid: int, gid: int, limits: dict[str, str], pid: int) -> list[s
 
 # --- close ------------------------------------------------------------------------------------
 
-def _movers(pid: int) -> list[_Process]:
-    """The session process and, if it is an ancestor of this process, every process on the way
-    down to this one (the hook's own): each would keep the tree busy."""
+def _ancestry(pid: int) -> list[_Process] | None:
+    """This process and its ancestors up to, and with, `pid` (the hook runs as a child of the
+    session process); None if `pid` is not an ancestor."""
     chain: list[_Process] = []
     current = posix.getpid()
     try:
-        while current > 1 and current != pid and len(chain) < 64:
+        while current > 0 and len(chain) < 64:
             process = _Process(current)
             chain.append(process)
+            if current == pid:
+                return chain
             current = process.ppid
-        if current != pid:
-            for process in chain[1:]:
-                process.close()
-            chain = chain[:1]
-        try:
-            chain.append(_Process(pid))
-        except (OSError, IndexError, ValueError):
-            pass
     except (OSError, IndexError, ValueError):
         pass
-    return chain
+    for process in chain:
+        process.close()
+    return None
+
+
+def _movers(pid: int, records: _Records) -> tuple[list[_Process], dict[str, str] | None]:
+    """The processes close moves out of the user's tree, and where the session process was
+    before open (None: no record of it).
+
+    The session process and every process between it and this one (the hook's own, which
+    would keep the tree busy), when it is an ancestor: then it is certainly the process that
+    opened the session. Otherwise this process, and the process `pid` only if its start time
+    is the recorded one: a pid reused by some other process (a user's, inside the tree) is
+    never moved out of its limits."""
+    chain = _ancestry(pid)
+    if chain is not None:
+        return chain, records.load(pid, chain[-1].start)
+    movers = [_Process(posix.getpid())]
+    try:
+        session = _Process(pid)
+    except (OSError, IndexError, ValueError):
+        return movers, None
+    origins = records.load(pid, session.start)
+    if origins is None:
+        session.close()
+        return movers, None
+    return [*movers, session], origins
 
 
 def _move_out(hierarchy: Hierarchy, root: int, uid: int, movers: list[_Process],
@@ -505,8 +536,10 @@ def _move_out(hierarchy: Hierarchy, root: int, uid: int, movers: list[_Process],
     for process in movers:
         try:
             now = process.cgroups().get(hierarchy.key)
-        except (OSError, cgroup_tree.BadCgroupFile):
+        except cgroup_tree.BadCgroupFile:
             now = None  # unreadable: treated as inside
+        except OSError:
+            continue  # gone: its pid is no longer its own
         if now is not None and not cgroup_tree.in_user_tree(now, TOP, uid):
             continue
         target = "/"
@@ -560,10 +593,9 @@ def _close_cgroupfs(uid: int, pid: int) -> list[str]:
     hierarchies = _hierarchies()
     records = _Records(uid)
     fds: list[int] = []
-    movers = _movers(pid)
+    movers: list[_Process] = []
     try:
-        session = next((p for p in movers if p.pid == pid), None)
-        origins = records.load(pid, session.start if session is not None else None)
+        movers, origins = _movers(pid, records)
         tops: dict[str, int] = {}
         for hierarchy in hierarchies:
             root = cgroupfs.open_root(hierarchy)
