@@ -347,7 +347,7 @@ def test_close_keeps_the_tree_while_a_process_is_left(cg, sessions) -> None:
     left = [int(p) for p in (delegate(CGROUP / "pids") / "cgroup.procs").read_text().split()
             if int(p) != session.pid]
     notes = cg.close_session(UID, session.pid)
-    assert notes == [f"kept the cgroups of uid {UID}: {len(MOUNTS)} process(es) still in them"]
+    assert notes == [f"kept the cgroups of uid {UID}: 1 process(es) still in them"]
     assert cgroups_of(session.pid) == origin  # back where it was
     assert all(user_dir(m).is_dir() for m in MOUNTS)
     assert in_delegate(left[0])
@@ -368,7 +368,7 @@ def test_two_sessions_share_the_tree_until_the_last_closes(cg, sessions) -> None
     assert (delegate(CGROUP / "pids") / "cgroup.procs").read_text().split() == sorted(
         [str(first.pid), str(second.pid)], key=int)
     assert cg.close_session(UID, first.pid) == [
-        f"kept the cgroups of uid {UID}: {len(MOUNTS)} process(es) still in them"]
+        f"kept the cgroups of uid {UID}: 1 process(es) still in them"]
     assert cgroups_of(first.pid) == origin and in_delegate(second.pid)
     assert cg.close_session(UID, second.pid) == []
     assert cgroups_of(second.pid) == origin
@@ -411,7 +411,7 @@ def test_close_never_moves_a_process_that_may_not_be_the_sessions(cg, sessions) 
     forged["start"] -= 1
     record.write_text(json.dumps(forged))
     assert cg.close_session(UID, session.pid) == [
-        f"kept the cgroups of uid {UID}: {len(MOUNTS)} process(es) still in them"]
+        f"kept the cgroups of uid {UID}: 1 process(es) still in them"]
     assert in_delegate(session.pid)
     other, _ = running(cg, sessions)
     (SESSIONS / f"{UID}.{other.pid}").unlink()  # no record at all
@@ -440,7 +440,7 @@ def test_a_process_deep_in_the_users_tree_keeps_it(cg, sessions) -> None:
     assert other.line() == "ready\n"
     assert cgroups_of(other.pid)["freezer"] == f"/{TOP}/user-{UID}/delegate/x/y"
     assert cg.close_session(UID, session.pid) == [
-        f"kept the cgroups of uid {UID}: {len(MOUNTS)} process(es) still in them"]
+        f"kept the cgroups of uid {UID}: 1 process(es) still in them"]
     assert deep.is_dir()
 
 
@@ -466,11 +466,12 @@ def test_close_never_writes_into_a_cgroup_the_user_could_replace(cg, sessions) -
     assert not (pids / "sub" / "cgroup.procs").read_text().strip()
 
 
-def test_a_tampered_tree_is_refused_and_the_open_undone(cg, sessions) -> None:
-    """user-<uid> not root's in one hierarchy (say a stale tree chowned by hand): the open is
+@pytest.mark.parametrize("tampered", [TOP, f"{TOP}/user-{UID}"])
+def test_a_tampered_tree_is_refused_and_the_open_undone(cg, sessions, tampered) -> None:
+    """The top or user-<uid> not root's in one hierarchy (say chowned by hand): the open is
     refused, the cgroups it made in the hierarchies before are removed, nothing moved."""
     (UNIFIED / TOP / f"user-{UID}").mkdir(parents=True)
-    os.chown(UNIFIED / TOP / f"user-{UID}", UID, ALICE.gid)
+    os.chown(UNIFIED / tampered, UID, ALICE.gid)
     session = started(sessions)
     origin = cgroups_of(session.pid)
     with pytest.raises(Refusal) as refused:

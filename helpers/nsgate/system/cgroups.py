@@ -361,6 +361,15 @@ def _enable(directory: int, controllers: set[str]) -> None:
         cgroupfs.write(directory, "cgroup.subtree_control", " ".join(f"+{c}" for c in wanted))
 
 
+def _require_roots(hierarchy: Hierarchy, directory: int, shown: str) -> None:
+    """The cgroups above the delegated one hold the limits and the user's place: root's alone."""
+    st = posix.fstat(directory)
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        raise Refusal(f"refusing {hierarchy.point}/{shown}: owned by uid {st.st_uid} with mode "
+                      f"{st.st_mode & 0o7777:04o}, not root's alone",
+                      "it holds users' limits: remove it (empty) and nsgate makes it again")
+
+
 def _build(hierarchy: Hierarchy, root: int, uid: int, gid: int,
            writes: list[cgroup_limits.Write], undo: _Undo, notes: list[str]) -> int:
     """Make (or check) the user's tree in one hierarchy and apply its limits; the delegate fd."""
@@ -372,6 +381,7 @@ def _build(hierarchy: Hierarchy, root: int, uid: int, gid: int,
     undo.keep(top)
     if made:
         undo.made.append((root, TOP))
+    _require_roots(hierarchy, top, TOP)
     if hierarchy.v2:
         _enable(top, needed)
     if cpuset:
@@ -381,11 +391,7 @@ def _build(hierarchy: Hierarchy, root: int, uid: int, gid: int,
     undo.keep(user)
     if made:
         undo.made.append((top, user_name))
-    st = posix.fstat(user)
-    if st.st_uid != 0 or st.st_mode & 0o022:
-        raise Refusal(f"refusing {hierarchy.point}/{TOP}/{user_name}: owned by uid {st.st_uid} "
-                      f"with mode {st.st_mode & 0o7777:04o}, not root's alone",
-                      "it holds the user's limits: remove it (empty) and nsgate makes it again")
+    _require_roots(hierarchy, user, f"{TOP}/{user_name}")
     if cpuset:
         _copy_cpuset(top, user)
     for key, _, name, value in writes:
@@ -557,16 +563,16 @@ def _move_out(hierarchy: Hierarchy, root: int, uid: int, movers: list[_Process],
             posix.close(destination)
 
 
-def _busy(user: int) -> int:
-    """How many processes are in the user's tree (the user's cgroup and all below it)."""
-    count = len(cgroupfs.processes(user))
+def _busy(user: int) -> set[int]:
+    """The processes in the user's tree (the user's cgroup and all below it)."""
+    found = set(cgroupfs.processes(user))
     tree = cgroupfs.subtree(user)
     try:
         for _, _, fd in tree:
-            count += len(cgroupfs.processes(fd))
+            found.update(cgroupfs.processes(fd))
     finally:
         cgroupfs.close_all(tree)
-    return count
+    return found
 
 
 def _remove_tree(top: int, uid: int) -> bool:
@@ -608,18 +614,18 @@ def _close_cgroupfs(uid: int, pid: int) -> list[str]:
             _move_out(hierarchy, root, uid, movers, origins)
         records.delete(pid)
         records.forget_dead()
-        left = 0
+        left: set[int] = set()
         for top in tops.values():
             try:
                 user = cgroupfs.open_dir(top, f"user-{uid}")
             except FileNotFoundError:
                 continue
             try:
-                left += _busy(user)
+                left |= _busy(user)
             finally:
                 posix.close(user)
         if left:
-            return [f"kept the cgroups of uid {uid}: {left} process(es) still in them"]
+            return [f"kept the cgroups of uid {uid}: {len(left)} process(es) still in them"]
         kept = [h.shown for h in hierarchies
                 if h.key in tops and not _remove_tree(tops[h.key], uid)]
         if kept:
@@ -686,7 +692,7 @@ def describe(uid: int) -> list[dict[str, object]]:
             except FileNotFoundError:
                 owner = None
             try:
-                processes: int | None = _busy(user)
+                processes: int | None = len(_busy(user))
             except cgroupfs.TooBig:
                 processes = None
             path = f"{hierarchy.point}{cgroup_tree.user_cgroup(TOP, uid)}"
