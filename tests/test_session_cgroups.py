@@ -27,7 +27,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ALICE, BOB, PREFIX, SANDBOX, User, as_user, wait_for
+from tests.support import (
+    ALICE,
+    BOB,
+    PREFIX,
+    SANDBOX,
+    User,
+    as_user,
+    lock_holders,
+    wait_for,
+)
 
 sys.path.append(str(PREFIX / "lib" / "nsgate"))  # _nsgate_sys, the compiled cffi module
 
@@ -519,6 +528,25 @@ def test_session_records_must_be_roots_alone(cg, sessions) -> None:
     assert not [m for m in MOUNTS if (m / TOP).exists()]
 
 
+def test_a_held_lock_is_waited_for_a_bounded_time(cg, sessions, monkeypatch) -> None:
+    """Opens and closes of a user's sessions take the user's lock; one that hangs holding it
+    makes the next fail after LOCK_SECONDS, having made nothing."""
+    SESSIONS.mkdir(parents=True, mode=0o700)
+    holder = subprocess.Popen(["flock", str(SESSIONS / f"{UID}.lock"), "sleep", "600"])
+    try:
+        wait_for(lambda: bool(lock_holders(SESSIONS / f"{UID}.lock")), "flock to hold the lock")
+        monkeypatch.setattr(cgroups, "LOCK_SECONDS", 0.2)
+        session = started(sessions)
+        with pytest.raises(Refusal) as refused:
+            cg.open_session(UID, ALICE.gid, {}, session.pid)
+        assert refused.value.first == (f"cannot lock {SESSIONS}/{UID}.lock: still held after "
+                                       "0.2 s")
+        assert not [m for m in MOUNTS if (m / TOP).exists()]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_session_process_that_is_gone(cg) -> None:
     proc = subprocess.Popen(["true"])
     proc.wait()
@@ -526,6 +554,49 @@ def test_a_session_process_that_is_gone(cg) -> None:
         cg.open_session(UID, ALICE.gid, {}, proc.pid)
     assert refused.value.first == f"no session process {proc.pid}"
     assert not [m for m in MOUNTS if (m / TOP / f"user-{UID}").exists()]
+
+
+def test_lxc_start_puts_its_container_under_the_users_cgroup(cg, sessions) -> None:
+    """An unprivileged lxc-start (Debian's liblxc) run in the session: the delegation is enough
+    for it on this hybrid host, and its container lands under the user's limits."""
+    home = SANDBOX / "cg-lxc"
+    shutil.rmtree(home, ignore_errors=True)
+    rootfs = home / "lxc" / "c1" / "rootfs"
+    for sub in ("bin", "dev", "proc", "sys", "tmp", "etc"):
+        (rootfs / sub).mkdir(parents=True)
+    shutil.copy("/bin/busybox", rootfs / "bin" / "busybox")
+    (rootfs / "bin" / "sleep").symlink_to("busybox")
+    subprocess.run(["chown", "-hR", "200000:200000", str(rootfs)], check=True)  # alice's ids
+    (home / "lxc" / "c1" / "config").write_text(
+        f"lxc.uts.name = c1\nlxc.rootfs.path = dir:{rootfs}\n"
+        "lxc.idmap = u 0 200000 65536\nlxc.idmap = g 0 200000 65536\n"
+        "lxc.net.0.type = empty\nlxc.init.cmd = /bin/sleep 3600\n"
+        "lxc.apparmor.profile = unconfined\nlxc.mount.auto = proc:mixed sys:ro\n"
+        "lxc.tty.max = 0\nlxc.pty.max = 1\nlxc.console.path = none\n")
+    (home / "run").mkdir()
+    for path in (home, home / "run", home / "lxc", home / "lxc" / "c1"):
+        path.chmod(0o755)
+        os.chown(path, UID, ALICE.gid)
+    env = (f"env -i PATH={PREFIX}/libexec/nsgate:/usr/sbin:/usr/bin:/sbin:/bin HOME={home} "
+           f"XDG_RUNTIME_DIR={home}/run USER={ALICE.name} LOGNAME={ALICE.name}")
+    lxc = f"-P {home}/lxc -n c1"
+    session = started(sessions, f"{env} lxc-start {lxc} -d -l trace -o {home}/log && "
+                                f"echo started; {env} lxc-info {lxc} -p -H")
+    cg.open_session(UID, ALICE.gid, {"pids.max": "100"}, session.pid)
+    session.go()
+    status, out, err = session.finish()
+    try:
+        log = (home / "log").read_text() if (home / "log").exists() else ""
+        assert status == 0 and out.startswith("started\n"), err + "\n".join(
+            line for line in log.splitlines() if " ERROR " in line)
+        init = int(out.split()[1])
+        for line in Path(f"/proc/{init}/cgroup").read_text().splitlines():
+            assert line.split(":", 2)[2].startswith(f"/{TOP}/user-{UID}/delegate/"), line
+        assert int((user_dir(CGROUP / "pids") / "pids.current").read_text()) >= 1
+    finally:
+        subprocess.run(as_user(ALICE, ["sh", "-c", f"{env} lxc-stop {lxc} -k"]),
+                       capture_output=True, timeout=60)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 # --- pure v2: the unified hierarchy over /sys/fs/cgroup, in a child's mount namespace ---------
