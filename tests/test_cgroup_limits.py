@@ -80,6 +80,9 @@ def test_v1_writes_in_an_order_the_kernel_takes() -> None:
         ("cpu", "cpu.shares", "2048"),  # 200 * 1024 / 100
         ("io", "blkio.weight", "1000"),  # 300 * 500 / 100 = 1500, clamped to 1000
     ]
+    # the opening-up writes are only preparation: no note where their file is missing
+    assert [w[4] for w in writes] == [True, False, True, True, False, True, True, True, True]
+    assert [w[4] for w in v1_writes({"cpu.max": "max"})[0]] == [True, True]
 
 
 @pytest.mark.parametrize(("limits", "expected"), [

@@ -117,9 +117,11 @@ def _bytes_of(value: str) -> int | None:
     return None if value == "max" else _bytes(value)
 
 
-# A write: (policy key it serves, v2 controller, file, value). The controller names the
-# hierarchy (v1) or the controller that must be enabled (v2) for the file to exist.
-Write = tuple[str, str, str, str]
+# A write: (policy key it serves, v2 controller, file, value, required). The controller names
+# the hierarchy (v1) or the controller that must be enabled (v2) for the file to exist. A write
+# not required only prepares the ones after it (v1 opening memsw or the quota up first): where
+# its file is missing it is skipped without a note.
+Write = tuple[str, str, str, str, bool]
 
 
 def v2_writes(limits: dict[str, str]) -> list[Write]:
@@ -141,7 +143,7 @@ def v2_writes(limits: dict[str, str]) -> list[Write]:
             value = str(_weight_of(key, value))
         elif key == "io.weight":
             value = f"default {_weight_of(key, value)}"
-        writes.append((key, CONTROLLER[key], key, value))
+        writes.append((key, CONTROLLER[key], key, value, True))
     return writes
 
 
@@ -151,19 +153,20 @@ def v1_writes(limits: dict[str, str]) -> tuple[list[Write], list[str]]:
     writes: list[Write] = []
     notes: list[str] = []
     if "pids.max" in limits:
-        writes.append(("pids.max", "pids", "pids.max", limits["pids.max"]))
+        writes.append(("pids.max", "pids", "pids.max", limits["pids.max"], True))
     if "memory.max" in limits:
         memory = _bytes_of(limits["memory.max"])
-        writes.append(("memory.max", "memory", "memory.memsw.limit_in_bytes", UNLIMITED_V1))
+        writes.append(("memory.max", "memory", "memory.memsw.limit_in_bytes", UNLIMITED_V1,
+                       False))
         writes.append(("memory.max", "memory", "memory.limit_in_bytes",
-                       UNLIMITED_V1 if memory is None else str(memory)))
+                       UNLIMITED_V1 if memory is None else str(memory), True))
         if "memory.swap.max" in limits:
             swap = _bytes_of(limits["memory.swap.max"])
             total = None if memory is None or swap is None else memory + swap
             if total is not None and total > MAX_BYTES:
                 total = None
             writes.append(("memory.swap.max", "memory", "memory.memsw.limit_in_bytes",
-                           UNLIMITED_V1 if total is None else str(total)))
+                           UNLIMITED_V1 if total is None else str(total), True))
     elif "memory.swap.max" in limits:
         notes.append("memory.swap.max not applied: cgroup v1 limits memory and swap together "
                      "(memory.memsw.limit_in_bytes = memory.max + memory.swap.max), and "
@@ -172,16 +175,19 @@ def v1_writes(limits: dict[str, str]) -> tuple[list[Write], list[str]]:
         parsed = _cpu_max(limits["cpu.max"])
         assert parsed is not None, "checked"
         quota, period = parsed
-        writes.append(("cpu.max", "cpu", "cpu.cfs_quota_us", UNLIMITED_V1))
-        writes.append(("cpu.max", "cpu", "cpu.cfs_period_us", str(period or PERIOD_DEFAULT)))
+        writes.append(("cpu.max", "cpu", "cpu.cfs_quota_us", UNLIMITED_V1, quota is None))
+        writes.append(("cpu.max", "cpu", "cpu.cfs_period_us", str(period or PERIOD_DEFAULT),
+                       True))
         if quota is not None:
-            writes.append(("cpu.max", "cpu", "cpu.cfs_quota_us", str(quota)))
+            writes.append(("cpu.max", "cpu", "cpu.cfs_quota_us", str(quota), True))
     if "cpu.weight" in limits:
         shares = _weight_of("cpu.weight", limits["cpu.weight"]) * 1024 // 100
-        writes.append(("cpu.weight", "cpu", "cpu.shares", str(min(max(shares, 2), 262144))))
+        writes.append(("cpu.weight", "cpu", "cpu.shares", str(min(max(shares, 2), 262144)),
+                       True))
     if "io.weight" in limits:
         blkio = _weight_of("io.weight", limits["io.weight"]) * 500 // 100
-        writes.append(("io.weight", "io", "blkio.weight", str(min(max(blkio, 10), 1000))))
+        writes.append(("io.weight", "io", "blkio.weight", str(min(max(blkio, 10), 1000)),
+                       True))
     return writes, notes
 
 

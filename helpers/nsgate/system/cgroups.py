@@ -262,20 +262,19 @@ def _systemctl(*args: str) -> str:
         raise Refusal("systemctl not found in " + ", ".join(programs.SEARCH_PATH),
                       "systemd runs (/run/systemd/system exists) but its systemctl is missing")
     out_r, out_w = posix.pipe2(posix.O_CLOEXEC)
-    err_r, err_w = posix.pipe2(posix.O_CLOEXEC)
     null = posix.open("/dev/null", posix.O_RDONLY | posix.O_CLOEXEC)
-    try:
+    try:  # one pipe for both outputs: reading one while the other fills cannot deadlock
         pid = posix.posix_spawn(path, [path, *args], programs.ENVIRONMENT,
                                 file_actions=[(posix.POSIX_SPAWN_DUP2, null, 0),
                                               (posix.POSIX_SPAWN_DUP2, out_w, 1),
-                                              (posix.POSIX_SPAWN_DUP2, err_w, 2)])
+                                              (posix.POSIX_SPAWN_DUP2, out_w, 2)])
     finally:
-        for fd in (null, out_w, err_w):
+        for fd in (null, out_w):
             posix.close(fd)
-    out, err = _drain(out_r), _drain(err_r)
+    out = _drain(out_r)
     _, status = posix.waitpid(pid, 0)
     if not (posix.WIFEXITED(status) and posix.WEXITSTATUS(status) == 0):
-        reason = err.strip().splitlines()[:1] or [f"exit status {status}"]
+        reason = out.strip().splitlines()[:1] or [f"exit status {status}"]
         raise Refusal(f"systemctl {' '.join(args[:3])} failed: {reason[0]}")
     return out
 
@@ -394,10 +393,10 @@ def _build(hierarchy: Hierarchy, root: int, uid: int, gid: int,
     _require_roots(hierarchy, user, f"{TOP}/{user_name}")
     if cpuset:
         _copy_cpuset(top, user)
-    for key, _, name, value in writes:
+    for key, _, name, value, required in writes:
         if not cgroupfs.exists(user, name):
             note = f"{key} not applied in {hierarchy.shown}: the kernel has no {name} there"
-            if note not in notes:
+            if required and note not in notes:
                 notes.append(note)
             continue
         try:
