@@ -419,7 +419,11 @@ def _build(hierarchy: Hierarchy, root: int, uid: int, gid: int,
         cgroupfs.write(delegate, "cgroup.clone_children", "1")
     cgroupfs.chown(delegate, None, uid, gid)
     for name in _V2_DELEGATED if hierarchy.v2 else _V1_DELEGATED:
-        cgroupfs.chown(delegate, name, uid, gid)
+        try:
+            cgroupfs.chown(delegate, name, uid, gid)
+        except FileNotFoundError:
+            if name != "cgroup.threads":  # before 4.14 there are no threaded cgroups
+                raise
     return delegate
 
 
