@@ -491,6 +491,45 @@ def test_a_tampered_tree_is_refused_and_the_open_undone(cg, sessions, tampered) 
     assert not (SESSIONS / f"{UID}.{session.pid}").exists()
 
 
+def test_something_mounted_over_a_cgroup_is_never_written_into(cg, sessions) -> None:
+    """Each directory is opened from its parent's fd and must be on the same cgroup file
+    system: a tmpfs mounted over the delegated cgroup stops open and close (fail closed)."""
+    first, _ = running(cg, sessions)
+    over = delegate(CGROUP / "pids")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "nsgate-over", str(over)],
+                   check=True)
+    try:
+        (over / "cgroup.procs").write_text("")
+        second = started(sessions)
+        origin = cgroups_of(second.pid)
+        with pytest.raises(Refusal) as refused:
+            cg.open_session(UID, ALICE.gid, {}, second.pid)
+        assert refused.value.first.endswith("delegate is not on the parent's cgroup file system")
+        assert cgroups_of(second.pid) == origin
+        with pytest.raises(Refusal):  # the session process goes home, the tree stays
+            cg.close_session(UID, first.pid)
+        assert (over / "cgroup.procs").read_text() == ""
+        assert cgroups_of(first.pid) == cgroups_of(os.getpid())
+    finally:
+        subprocess.run(["umount", str(over)], check=True)
+    assert all(delegate(m).is_dir() for m in MOUNTS)
+
+
+def test_a_hierarchy_root_is_proven_before_use() -> None:
+    from nsgate.policy.cgroup_tree import Hierarchy
+    from nsgate.system import cgroupfs
+
+    pids = CGROUP / "pids"
+    st = pids.stat()
+    device = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    os.close(cgroupfs.open_root(Hierarchy(str(pids), device, False, frozenset({"pids"}))))
+    for wrong in (Hierarchy(str(pids), "0:1", False, frozenset({"pids"})),  # another device
+                  Hierarchy(str(pids), device, True, frozenset()),  # not cgroup2
+                  Hierarchy("/run", device, False, frozenset({"pids"}))):  # a tmpfs
+        with pytest.raises(cgroupfs.NotCgroupfs):
+            cgroupfs.open_root(wrong)
+
+
 def test_a_delegate_of_another_user_is_refused(cg, sessions) -> None:
     running(cg, sessions, user=BOB)
     os.rename(user_dir(CGROUP / "memory", BOB.uid), user_dir(CGROUP / "memory"))
