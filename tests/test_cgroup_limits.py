@@ -45,7 +45,28 @@ def test_valid_values_pass(key: str, value: str) -> None:
 @pytest.mark.parametrize(("key", "value"), INVALID)
 def test_invalid_values_say_why(key: str, value: str) -> None:
     why = check_value(key, value)
-    assert why is not None and key.strip() in why
+    assert why is not None
+    if key in cgroup_limits.KEYS:  # it reads after "KEY 'VALUE': " in session.conf's message
+        assert why.startswith(("must be ", "its MAX must be ", "its PERIOD must be "))
+    else:
+        assert why.startswith(f"{key} is not a limit nsgate knows")
+
+
+@pytest.mark.parametrize(("key", "value", "why"), [
+    ("pids.max", "lots", "must be 'max' or a number of processes from 0 to 4194304"),
+    ("memory.max", "1GB", "must be 'max' or a number of bytes with an optional K, M, G or T "
+                          "suffix (either case, e.g. 512M), below 2^63"),
+    ("cpu.max", "1 2 3", "must be 'MAX' or 'MAX PERIOD' (e.g. '50000 100000', or 'max')"),
+    ("cpu.max", "999", "its MAX must be 'max' or a quota in microseconds from 1000 to "
+                       "17592186044415"),
+    ("cpu.max", "max 999", "its PERIOD must be a number of microseconds from 1000 to 1000000"),
+    ("cpu.weight", "0", "must be a weight from 1 to 10000"),
+    ("io.weight", "default 0", "must be a weight from 1 to 10000, or 'default' and one"),
+    ("pids.max", " 5", "must be plain ASCII with no surrounding blanks"),
+    ("memory.max", "１G", "must be plain ASCII with no surrounding blanks"),
+])
+def test_reasons(key: str, value: str, why: str) -> None:
+    assert check_value(key, value) == why
 
 
 def test_the_keys_are_the_issues() -> None:

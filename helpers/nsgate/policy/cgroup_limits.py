@@ -9,6 +9,10 @@ The keys are the cgroup v2 interface files, with their v2 value syntax:
   `$PERIOD` 1000 .. 1000000 (the kernel's bounds; 100000 when left out);
 - `cpu.weight`, `io.weight`: 1 .. 10000; `io.weight` also as `default N` (its v2 spelling).
 
+`check_value` gives the reason a value is refused in the words session.conf's messages use
+("KEY 'VALUE': reason"), the same as the sessconf branch's minimal version of this module, which
+this one replaces (same KEYS, same accepted values, same reasons).
+
 Translations:
 - v2: the files themselves, values normalised (bytes as a number, `io.weight` as `default N`).
 - v1: `pids.max`; `memory.limit_in_bytes`, and `memory.memsw.limit_in_bytes` = memory + swap
@@ -78,27 +82,41 @@ def _weight(value: str) -> int | None:
     return weight if weight is not None and weight >= WEIGHT_MIN else None
 
 
-def check_value(key: str, value: str) -> str | None:
-    """Why `value` is not a valid `key` (the v2 syntax above), or None if it is."""
-    if key not in KEYS:
-        return f"unknown cgroup limit {key!r}: one of {', '.join(KEYS)}"
+def _why(key: str, value: str) -> str | None:
     if key == "pids.max":
         if value != "max" and _number(value, PID_MAX_LIMIT) is None:
-            return f"{key} is `max` or a count of 0 to {PID_MAX_LIMIT}, not {value!r}"
+            return f"must be 'max' or a number of processes from 0 to {PID_MAX_LIMIT}"
     elif key in ("memory.max", "memory.swap.max"):
         if value != "max" and _bytes(value) is None:
-            return (f"{key} is `max` or a size in bytes with an optional K, M, G or T suffix "
-                    f"(at most 2^63-1), not {value!r}")
+            return ("must be 'max' or a number of bytes with an optional K, M, G or T suffix "
+                    "(either case, e.g. 512M), below 2^63")
     elif key == "cpu.max":
+        fields = value.split(" ")
+        if not 1 <= len(fields) <= 2:
+            return "must be 'MAX' or 'MAX PERIOD' (e.g. '50000 100000', or 'max')"
+        if _cpu_max(fields[0]) is None:
+            return (f"its MAX must be 'max' or a quota in microseconds from {QUOTA_MIN} to "
+                    f"{QUOTA_MAX}")
         if _cpu_max(value) is None:
-            return (f"{key} is `$MAX [$PERIOD]` in microseconds: `max` or a quota of at least "
-                    f"{QUOTA_MIN}, and a period of {PERIOD_MIN} to {PERIOD_MAX}, not {value!r}")
-    else:
-        weight = value.removeprefix("default ") if key == "io.weight" else value
-        if _weight(weight) is None:
-            spelling = "`N` or `default N`" if key == "io.weight" else "a weight"
-            return f"{key} is {spelling} with N from {WEIGHT_MIN} to {WEIGHT_MAX}, not {value!r}"
+            return (f"its PERIOD must be a number of microseconds from {PERIOD_MIN} to "
+                    f"{PERIOD_MAX}")
+    elif key == "cpu.weight":
+        if _weight(value) is None:
+            return f"must be a weight from {WEIGHT_MIN} to {WEIGHT_MAX}"
+    elif _weight(value.removeprefix("default ")) is None:  # io.weight
+        return f"must be a weight from {WEIGHT_MIN} to {WEIGHT_MAX}, or 'default' and one"
     return None
+
+
+def check_value(key: str, value: str) -> str | None:
+    """Why `value` is not a valid cgroup v2 value for `key` (the syntax above), else None.
+    Fields are separated by one space (as the kernel writes them back); nothing else is
+    accepted. The reason reads after "KEY 'VALUE': " (session.conf's messages)."""
+    if key not in KEYS:
+        return f"{key} is not a limit nsgate knows (one of {', '.join(KEYS)})"
+    if not value.isascii() or not value.isprintable() or value != value.strip():
+        return "must be plain ASCII with no surrounding blanks"
+    return _why(key, value)
 
 
 def check_all(limits: dict[str, str]) -> list[str]:
