@@ -32,7 +32,8 @@ HELPERS = ("newuidmap", "newgidmap", "getsubids", "lxc-user-nic")
 SETUID = ("newuidmap", "newgidmap", "lxc-user-nic")
 MAN_PAGES = ("man1/nsgate-newuidmap.1", "man1/nsgate-newgidmap.1", "man1/nsgate-getsubids.1",
              "man1/nsgate-lxc-user-nic.1", "man5/nsgate-subuid.5", "man5/nsgate-subgid.5",
-             "man5/nsgate-lxc-usernet.5", "man8/nsgate.8", "man8/nsgated.8")
+             "man5/nsgate-lxc-usernet.5", "man5/nsgate-session.conf.5", "man8/nsgate.8",
+             "man8/nsgated.8")
 # The service's files in the .deb: the units where bookworm's debhelper handles them, the OpenRC
 # script as an example.
 DEB_UNITS = ("/lib/systemd/system/nsgate.socket", "/lib/systemd/system/nsgate.service")
@@ -550,7 +551,8 @@ def test_nsgate_page_documents_every_command_option_and_finding_code():
     for code in ("syntax", "grants-nothing", "shadow-grants", "overlap", "contains-real-id",
                  "unsafe-file", "no-bridge", "not-a-bridge", "stale-nic", "foreign-nic",
                  "private-bridge", "lock-leftover", "install", "service-socket",
-                 "service-down"):
+                 "service-down", "unknown-who", "duplicate-setting", "shadowed-setting",
+                 "limit-without-cgroup"):
         assert f"{code} (" in text, code
     for status in ("0 Success", "1 Errors were found", "2 Usage error"):
         assert status in text, status
@@ -563,6 +565,14 @@ def test_subid_file_pages_describe_nsgates_differences():
     for phrase in ("nsgate-private", "nsgu", "per type and per bridge", "/run/lxc/nics",
                    "isolated"):
         assert phrase in usernet, phrase
+
+
+def test_session_conf_page_describes_the_policy():
+    text = rendered("man5/nsgate-session.conf.5")
+    for phrase in ("WHO KEY VALUE", "the first in the file wins", "refuses the whole file",
+                   "UID_MIN", "pids.max", "memory.swap.max", "cpu.max", "io.weight",
+                   "initgroups", "limit-without-cgroup"):
+        assert phrase in text, phrase
 
 
 def test_nothing_leaks_out_of_the_dpkg_sandboxes():

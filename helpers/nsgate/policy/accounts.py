@@ -53,3 +53,22 @@ class Accounts:
         low = bisect.bisect_left(ids, start)
         high = bisect.bisect_left(ids, end)
         return [(i, names[i]) for i in ids[low:high]]
+
+    def knowing(self, name: bytes, uid: int, gid: int | None) -> "Accounts":
+        """These accounts and user `name` (uid, primary gid where known), for a user NSS
+        resolves but does not enumerate (a directory user): its own ids then count as real
+        ones and its name as the owner its uid denotes."""
+        if self.uid_of.get(name) == uid and (gid is None or uid in self.primary_gid_by_uid):
+            return self
+        known = Accounts([], [])
+        known.uid_of = {**self.uid_of, name: self.uid_of.get(name, uid)}
+        known.user_by_uid = {uid: name, **self.user_by_uid}
+        known.gid_of_user = dict(self.gid_of_user)
+        known.primary_gid_by_uid = dict(self.primary_gid_by_uid)
+        if gid is not None:
+            known.gid_of_user.setdefault(name, gid)
+            known.primary_gid_by_uid.setdefault(uid, gid)
+        known.uids = sorted(known.user_by_uid)
+        known.gid_of, known.group_by_gid = self.gid_of, self.group_by_gid
+        known.members, known.gids = self.members, self.gids
+        return known

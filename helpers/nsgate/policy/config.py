@@ -6,7 +6,16 @@ _NSS_NAME_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWX
 
 def login_defs_value(data: bytes, key: bytes) -> bytes | None:
     """The value of `key` in login.defs text (shadow's getdef: `NAME value`, `#` comments; a
-    later definition overrides an earlier one)."""
+    later definition overrides an earlier one), a leading `"` quoting it (shadow before
+    855d15a, 2026; shadow HEAD keeps the quotes: `login_defs_raw_value`)."""
+    value = login_defs_raw_value(data, key)
+    if value is not None and value.startswith(b'"'):
+        value = value[1:].split(b'"', 1)[0]
+    return value
+
+
+def login_defs_raw_value(data: bytes, key: bytes) -> bytes | None:
+    """The value of `key` as shadow HEAD reads it: everything after the name, quotes kept."""
     if not key or b"\n" in key or key.strip() != key:
         return None  # not a name login.defs can hold (and an empty one would match everywhere)
     found = None
@@ -17,10 +26,7 @@ def login_defs_value(data: bytes, key: bytes) -> bytes | None:
         line = data[line_start:line_end if line_end != -1 else len(data)]
         fields = line.split(None, 1)
         if len(fields) == 2 and fields[0] == key:
-            value = fields[1].strip()
-            if value.startswith(b'"'):
-                value = value[1:].split(b'"', 1)[0]
-            found = value
+            found = fields[1].strip()
         pos = data.find(key, line_end) if line_end != -1 else -1
     return found
 

@@ -24,6 +24,10 @@ CODES = {
     "lock-leftover": WARNING,
     "service-socket": ERROR,
     "service-down": ERROR,
+    "unknown-who": WARNING,
+    "duplicate-setting": WARNING,
+    "shadowed-setting": ERROR,
+    "limit-without-cgroup": ERROR,
 }
 
 

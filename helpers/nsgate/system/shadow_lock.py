@@ -2,14 +2,16 @@
 /etc/subgid, taken the same way so that none of them can lose an update of ours or we one of
 theirs (shadow lib/commonio.c `commonio_lock`, glibc `lckpwdf`):
 
-1. lckpwdf: a write lock (fcntl F_SETLKW, whole file) on /etc/.pwd.lock, waited for at most
-   LOCK_WAIT_SECONDS (glibc waits 15 s). useradd and usermod hold it for their whole run.
+1. lckpwdf: a write lock (fcntl F_SETLKW, whole file) on /etc/.pwd.lock (glibc waits 15 s).
+   useradd and usermod hold it for their whole run.
 2. The link lock: our pid (decimal, then a NUL) in `FILE.<pid>`, made durable, then
    link(2)ed to `FILE.lock`; the lock is ours only if the link succeeded and `FILE.<pid>` then
    has exactly two links. A `FILE.lock` whose pid no longer runs is stale: removed, and the
    link tried again. One without a readable pid is left alone and named.
 
-Release is the reverse: `FILE.lock` removed, then the fcntl lock dropped with its fd.
+Both are waited for LOCK_WAIT_SECONDS in all (glibc's 15 s), or the shorter bound a caller gives
+(the session hook must not hold up a login). Release is the reverse: `FILE.lock` removed, then
+the fcntl lock dropped with its fd.
 A writer killed between making `FILE.<pid>` and removing it leaves that file behind:
 `nsgate check` reports it (policy/lock_lint.py).
 """
@@ -27,19 +29,23 @@ _POLL_SECONDS = 0.02
 _CREATE = posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW | posix.O_CLOEXEC
 
 
-def _lckpwdf() -> int:
+def _shown_seconds(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds >= 1 else f"{seconds:.2g} s"
+
+
+def _lckpwdf(wait_seconds: float) -> int:
     try:
         fd = posix.open(PWD_LOCK, posix.O_WRONLY | posix.O_CREAT | posix.O_NOFOLLOW
                         | posix.O_CLOEXEC, 0o600)
     except OSError as err:
         raise Refusal(f"cannot open {PWD_LOCK}: {err.strerror}",
                       "it is the lock of every tool that edits the account files; it must be a "
-                      "regular file of root's") from None
-    if not files.wait_for_lock(lambda: fcntl.lockf(fd, fcntl.LOCK_EX), LOCK_WAIT_SECONDS):
+                      "regular file of root's, on a writable /etc", "nothing was changed") from None
+    if not files.wait_for_lock(lambda: fcntl.lockf(fd, fcntl.LOCK_EX), wait_seconds):
         posix.close(fd)
         raise Refusal(f"{PWD_LOCK} is busy: another tool (useradd, usermod, vipw ...) has held "
-                      f"it for over {LOCK_WAIT_SECONDS:.0f} s", "try again when it is done; "
-                      "nothing was changed")
+                      f"it for over {_shown_seconds(wait_seconds)}", "try again when it is "
+                      "done; nothing was changed")
     return fd
 
 
@@ -75,16 +81,20 @@ def process_runs(pid: int) -> bool:
 class ShadowLock:
     """Both locks of `path`, held from acquire() until release()."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, wait_seconds: float = LOCK_WAIT_SECONDS) -> None:
+        if not wait_seconds > 0:
+            raise ValueError("a lock wait must be positive")  # 0 would disarm the timer
         self.path = path
+        self.wait_seconds = wait_seconds
         self.lock = path + ".lock"
         self._pwd_fd = -1
         self._linked = False
 
     def acquire(self) -> None:
-        self._pwd_fd = _lckpwdf()
+        deadline = time.monotonic() + self.wait_seconds
+        self._pwd_fd = _lckpwdf(self.wait_seconds)
         try:
-            self._link_lock()
+            self._link_lock(deadline)
         except BaseException:
             self.release()
             raise
@@ -105,8 +115,7 @@ class ShadowLock:
             self._pwd_fd = -1
         return notes
 
-    def _link_lock(self) -> None:
-        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    def _link_lock(self, deadline: float) -> None:
         holder = None
         while True:
             holder = self._try_once()
@@ -114,7 +123,7 @@ class ShadowLock:
                 return
             if time.monotonic() > deadline:
                 raise Refusal(f"{self.lock} is held by process {holder}, which is still "
-                              f"running after {LOCK_WAIT_SECONDS:.0f} s",
+                              f"running after {_shown_seconds(self.wait_seconds)}",
                               "wait for it to finish and try again; nothing was changed")
             time.sleep(_POLL_SECONDS)
 

@@ -4,7 +4,8 @@
     nsgate check [--json]                         lint every file nsgate reads, and the install
     nsgate explain [USER] [--json]                what a user may do, and why
     nsgate subid add|remove USER START COUNT [-g] edit /etc/subuid (-g: /etc/subgid) safely
-    nsgate subid allocate USER [--count N] [-g]   add the next free range of the pool
+    nsgate subid allocate USER [--count N | --if-missing] [-g]
+                                                  add a range as login.defs asks (as useradd)
     nsgate nics list [--json] | nics gc           the nic database, and pruning it
 
 Exit status: 0 success (check: no errors), 1 errors found or an operation refused or failed,
@@ -23,16 +24,17 @@ USAGE = """usage: nsgate check [--json]
        nsgate explain [USER] [--json]
        nsgate subid add USER START COUNT [-g|--gid]
        nsgate subid remove USER START COUNT [-g|--gid]
-       nsgate subid allocate USER [--count N] [-g|--gid]
+       nsgate subid allocate USER [--count N | --if-missing] [-g|--gid]
        nsgate nics list [--json]
        nsgate nics gc
        nsgate help | --help | --version
 """
 HELP = USAGE + """
-  check      lint /etc/subuid, /etc/subgid, /etc/lxc/lxc-usernet, /run/lxc/nics, the
-             ownership of the files nsgate trusts, and the install; exit 1 on errors
-  explain    a user's subordinate ranges and nic grants with current use (yourself, or
-             anyone as root)
+  check      lint /etc/subuid, /etc/subgid, /etc/lxc/lxc-usernet, /run/lxc/nics,
+             /etc/nsgate/session.conf, the ownership of the files nsgate trusts, and the
+             install; exit 1 on errors
+  explain    a user's subordinate ranges, nic grants with current use, and what a login
+             gets from /etc/nsgate/session.conf (yourself, or anyone as root)
   subid      add, remove or allocate a range in /etc/subuid (-g: /etc/subgid), as root,
              under the lock useradd and usermod use, with a backup (FILE-)
   nics       list the nic database with liveness; gc removes lines of vanished nics (root)

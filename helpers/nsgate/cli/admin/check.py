@@ -1,8 +1,10 @@
 """nsgate check: every finding about the files nsgate reads and about the install."""
 
 from nsgate.cli.admin.common import (
+    LOGIN_DEFS,
     NICS,
     PATHS,
+    SESSION_CONF,
     SYSTEM_READERS,
     TRUSTED_FILES,
     USERNET,
@@ -13,6 +15,7 @@ from nsgate.cli.admin.common import (
     print_note,
     read,
 )
+from nsgate.policy.accounts import Accounts
 from nsgate.policy.findings import ERROR, WARNING, Finding, count
 
 
@@ -37,6 +40,7 @@ def run(out: Out, args: Args, libdir: str, libexecdir: str) -> int:
     if nics is not None and links is not None:
         findings += usernet_lint.lint_nics(NICS, nics, usernet_lint.grants(usernet_data),
                                            set(links))
+    findings += _session_conf(accounts, notes)
     findings += _lock_leftovers()
     service_only = _service_only(libexecdir)
     findings += _install_findings(libdir, libexecdir, service_only)
@@ -57,6 +61,18 @@ def run(out: Out, args: Args, libdir: str, libexecdir: str) -> int:
         out.say(f"nsgate check: {errors} error{'s' * (errors != 1)}, {warnings} "
                 f"warning{'s' * (warnings != 1)}")
     return 1 if errors else 0
+
+
+def _session_conf(accounts: Accounts, notes: list[str]) -> list[Finding]:
+    """The session hook's policy (its ownership is among TRUSTED_FILES)."""
+    from nsgate.policy import session_conf, session_conf_lint
+    from nsgate.system import file_facts
+
+    findings = session_conf_lint.lint_file_kind(file_facts.lstat(SESSION_CONF))
+    data = read(SESSION_CONF, notes)
+    if data is not None:
+        findings += session_conf.lint(SESSION_CONF, data, accounts, read(LOGIN_DEFS, []) or b"")
+    return findings
 
 
 def _lock_leftovers() -> list[Finding]:

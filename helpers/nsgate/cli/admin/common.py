@@ -16,12 +16,13 @@ PATHS = {"uid": "/etc/subuid", "gid": "/etc/subgid"}
 USERNET = "/etc/lxc/lxc-usernet"
 LOGIN_DEFS = "/etc/login.defs"
 NSSWITCH = "/etc/nsswitch.conf"
+SESSION_CONF = "/etc/nsgate/session.conf"  # policy.session_conf.PATH
 NICS = "/run/lxc/nics"
 # The system's map helpers, and where nsgate-divert keeps the originals: privileged programs that
 # read /etc/subuid and /etc/subgid besides nsgate's own helpers (unless they are nsgate's).
 SYSTEM_READERS = {"uid": ("/usr/bin/newuidmap", "/usr/bin/newuidmap.distrib"),
                   "gid": ("/usr/bin/newgidmap", "/usr/bin/newgidmap.distrib")}
-TRUSTED_FILES = (PATHS["uid"], PATHS["gid"], USERNET, LOGIN_DEFS, NSSWITCH)
+TRUSTED_FILES = (PATHS["uid"], PATHS["gid"], USERNET, LOGIN_DEFS, NSSWITCH, SESSION_CONF)
 FULL_CONTAINER = 65536
 
 
@@ -35,6 +36,7 @@ class Args:
         self.json = False
         self.gid = False
         self.count: str | None = None
+        self.if_missing = False
 
 
 def parse(argv: list[str], allowed: set[str]) -> Args:
@@ -54,6 +56,8 @@ def parse(argv: list[str], allowed: set[str]) -> Args:
             args.json = True
         elif option in ("-g", "--gid"):
             args.gid = True
+        elif option == "--if-missing":
+            args.if_missing = True
         elif option == "--count":
             args.count = value if "=" in item else next(items, None)
             if args.count is None:

@@ -1,4 +1,5 @@
-"""nsgate explain: what a user may do, and why (subordinate ranges, nic grants and their use)."""
+"""nsgate explain: what a user may do, and why (subordinate ranges, nic grants and their use,
+what a login gets from session.conf)."""
 
 import posix
 
@@ -56,6 +57,9 @@ def run(out: Out, args: Args, who: str | None) -> int:
                      f"{module.decode('utf-8', 'backslashreplace')}: the helpers ask it, not "
                      "the files shown here")
     report["nics"] = _explain_nics(name, gid, notes)
+    from nsgate.cli.admin import explain_session
+
+    report["session"] = explain_session.explain(name, uid, gid, notes)
     report["notes"] = notes
     if args.json:
         out.json(report)
@@ -174,6 +178,11 @@ def _render_explain(out: Out, report: dict[str, object]) -> None:
             rows.append([nic["type"], nic["bridge"], str(nic["quota"]), used, grants,
                          ", ".join(nic["interfaces"]) or "-"])
         out.table(["TYPE", "BRIDGE", "QUOTA", "USED", "GRANTS", "NICS"], rows)
+    from nsgate.cli.admin import explain_session
+
+    session = report["session"]
+    assert isinstance(session, dict)
+    explain_session.render(out, session)
     notes = report["notes"]
     assert isinstance(notes, list)
     for note in notes:
