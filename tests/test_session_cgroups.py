@@ -245,6 +245,29 @@ def test_limits_are_read_back_from_the_kernel(cg, sessions) -> None:
     assert cg.describe(BOB.uid) == []
 
 
+def test_explain_shows_the_cgroup_as_it_is_now(cg, sessions) -> None:
+    """`nsgate explain USER`'s session part: the user's cgroup per hierarchy, as described."""
+    from nsgate.cli.admin import explain_session
+    from nsgate.cli.admin.common import Out
+
+    assert explain_session.live_cgroup(UID) == []
+    running(cg, sessions, {"pids.max": "50", "memory.max": "64M"})
+    assert explain_session.live_cgroup(UID) == cg.describe(UID)
+    report = explain_session.explain(ALICE.name.encode(), UID, ALICE.gid, [])
+    out = Out()
+    explain_session.render(out, report)
+    start = out.lines.index("  cgroup now:")
+    assert out.lines[start + 1].split() == ["HIERARCHY", "CGROUP", "DELEGATE", "PROCESSES",
+                                            "LIMITS"]
+    rows = {line.split()[0]: line.split() for line in out.lines[start + 2:]}
+    assert rows["pids"] == ["pids", str(user_dir(CGROUP / "pids")), "uid", str(UID), "1",
+                            "pids.max=50"]
+    assert rows["memory"][-2:] == [f"memory.limit_in_bytes={64 << 20}",
+                                   "memory.memsw.limit_in_bytes=9223372036854771712"]
+    assert rows["unified"][-2:] == ["1", "-"]
+    assert len(rows) == len(MOUNTS)
+
+
 def test_invalid_limits_are_refused_before_anything(cg, sessions) -> None:
     session = started(sessions)
     with pytest.raises(Refusal) as refused:
