@@ -451,6 +451,53 @@ def test_close_never_moves_a_process_that_may_not_be_the_sessions(cg, sessions) 
     assert in_delegate(other.pid)
 
 
+RACER = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from nsgate.system import cgroups
+cgroups.TOP = sys.argv[2]
+uid, pid = int(sys.argv[3]), int(sys.argv[4])
+sys.stdin.read(1)  # all start together
+if sys.argv[5] == "open":
+    print(json.dumps(cgroups.open_session(uid, uid, {"pids.max": "64"}, pid)))
+else:
+    print(json.dumps(cgroups.close_session(uid, pid)))
+"""
+
+
+def race(what: str, pids: list[int]) -> list[list[str]]:
+    """`what` (open or close) for each pid at once, each from its own process."""
+    racers = [subprocess.Popen(["/usr/bin/python3", "-I", "-c", RACER,
+                                str(PREFIX / "lib" / "nsgate"), TOP, str(UID), str(pid), what],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE) for pid in pids]
+    for racer in racers:
+        assert racer.stdin is not None
+        racer.stdin.write(b"g")
+        racer.stdin.close()
+        racer.stdin = None
+    results = []
+    for racer in racers:
+        out, err = racer.communicate(timeout=120)
+        assert racer.returncode == 0, err.decode()
+        results.append(json.loads(out))
+    return results
+
+
+def test_concurrent_opens_and_closes_of_one_user(cg, sessions) -> None:
+    """Opens and closes of the same user's sessions at once (the user's lock serialises them):
+    every session lands in the one tree; after every close it is gone."""
+    origin = cgroups_of(os.getpid())
+    members = [started(sessions) for _ in range(6)]
+    assert race("open", [m.pid for m in members]) == [[]] * 6
+    assert all(in_delegate(m.pid) for m in members)
+    assert (user_dir(CGROUP / "pids") / "pids.max").read_text() == "64\n"
+    notes = race("close", [m.pid for m in members])
+    assert sorted(map(len, notes)) == [0] + [1] * 5  # the last close alone removes the tree
+    assert all(cgroups_of(m.pid) == origin for m in members)
+    assert not [m for m in MOUNTS if user_dir(m).exists()]
+
+
 def test_close_removes_what_the_user_made_inside(cg, sessions) -> None:
     session, _ = running(cg, sessions)
     for mount in (CGROUP / "pids", UNIFIED):
