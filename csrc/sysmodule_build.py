@@ -31,11 +31,12 @@ long nsg_seccomp_compile(const char **names, int count, int refusal_errno, unsig
 int nsg_seccomp_load(const unsigned char *filter, size_t len);
 
 struct nsg_subid_range { unsigned long start; unsigned long count; };
-int nsg_plugin_open(const char *libname, char *err, size_t errlen);
-int nsg_plugin_has_range(const char *owner, unsigned long start, unsigned long count,
-                         int idtype, bool *result);
-int nsg_plugin_list_ranges(const char *owner, int idtype, struct nsg_subid_range *out,
-                           int max, int *count);
+typedef struct nsg_plugin nsg_plugin;
+nsg_plugin *nsg_plugin_open(const char *libname, char *err, size_t errlen);
+int nsg_plugin_has_range(nsg_plugin *plugin, const char *owner, unsigned long start,
+                         unsigned long count, int idtype, bool *result);
+int nsg_plugin_list_ranges(nsg_plugin *plugin, const char *owner, int idtype,
+                           struct nsg_subid_range *out, int max, int *count);
 """
 
 SOURCE = r"""
@@ -228,60 +229,72 @@ static int nsg_seccomp_load(const unsigned char *filter, size_t len)
     return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == 0 ? 0 : -errno;
 }
 
-/* shadow's libsubid NSS plugin interface (lib/nss.c, libsubid/subid.h). */
+/* shadow's libsubid NSS plugin interface (lib/nss.c, libsubid/subid.h). A process may hold
+ * several plugins at once (one per module of the `subid:` line), each its own handle; a plugin
+ * stays loaded until the process ends, as in shadow. */
 struct nsg_subid_range { unsigned long start; unsigned long count; };
 typedef int (*has_range_fn)(const char *, unsigned long, unsigned long, int, bool *);
 typedef int (*list_ranges_fn)(const char *, int, struct nsg_subid_range **, int *);
 typedef void (*free_fn)(void *);
-static has_range_fn plugin_has_range;
-static list_ranges_fn plugin_list_ranges;
-static free_fn plugin_free;
+typedef struct nsg_plugin {
+    has_range_fn has_range;
+    list_ranges_fn list_ranges;
+    free_fn free_ranges;
+} nsg_plugin;
 
-static int nsg_plugin_open(const char *libname, char *err, size_t errlen)
+/* NULL, and the reason in `err`, if the module cannot be loaded or lacks a function nsgate
+ * calls. */
+static nsg_plugin *nsg_plugin_open(const char *libname, char *err, size_t errlen)
 {
     void *h = dlopen(libname, RTLD_NOW | RTLD_LOCAL);
+    nsg_plugin *plugin;
 
     if (h == NULL) {
         snprintf(err, errlen, "%s", dlerror());
-        return -1;
+        return NULL;
     }
-    plugin_has_range = (has_range_fn)dlsym(h, "shadow_subid_has_range");
-    plugin_list_ranges = (list_ranges_fn)dlsym(h, "shadow_subid_list_owner_ranges");
-    plugin_free = (free_fn)dlsym(h, "shadow_subid_free");
-    if (plugin_free == NULL)
-        plugin_free = free;
-    if (plugin_has_range == NULL || plugin_list_ranges == NULL) {
-        snprintf(err, errlen, "%s does not provide %s", libname,
-                 plugin_has_range == NULL ? "shadow_subid_has_range"
-                                          : "shadow_subid_list_owner_ranges");
+    plugin = calloc(1, sizeof *plugin);
+    if (plugin == NULL) {
+        snprintf(err, errlen, "%s: out of memory", libname);
         dlclose(h);
-        plugin_has_range = NULL;
-        plugin_list_ranges = NULL;
-        return -1;
+        return NULL;
     }
-    return 0;
+    plugin->has_range = (has_range_fn)dlsym(h, "shadow_subid_has_range");
+    plugin->list_ranges = (list_ranges_fn)dlsym(h, "shadow_subid_list_owner_ranges");
+    plugin->free_ranges = (free_fn)dlsym(h, "shadow_subid_free");
+    if (plugin->free_ranges == NULL)
+        plugin->free_ranges = free;
+    if (plugin->has_range == NULL || plugin->list_ranges == NULL) {
+        snprintf(err, errlen, "%s does not provide %s", libname,
+                 plugin->has_range == NULL ? "shadow_subid_has_range"
+                                           : "shadow_subid_list_owner_ranges");
+        free(plugin);
+        dlclose(h);
+        return NULL;
+    }
+    return plugin;
 }
 
-static int nsg_plugin_has_range(const char *owner, unsigned long start, unsigned long count,
-                                int idtype, bool *result)
+static int nsg_plugin_has_range(nsg_plugin *plugin, const char *owner, unsigned long start,
+                                unsigned long count, int idtype, bool *result)
 {
     *result = false;
-    if (plugin_has_range == NULL)
+    if (plugin == NULL)
         return -1;
-    return plugin_has_range(owner, start, count, idtype, result);
+    return plugin->has_range(owner, start, count, idtype, result);
 }
 
-static int nsg_plugin_list_ranges(const char *owner, int idtype, struct nsg_subid_range *out,
-                                  int max, int *count)
+static int nsg_plugin_list_ranges(nsg_plugin *plugin, const char *owner, int idtype,
+                                  struct nsg_subid_range *out, int max, int *count)
 {
     struct nsg_subid_range *ranges = NULL;
     int n = 0, status;
 
     *count = 0;
-    if (plugin_list_ranges == NULL)
+    if (plugin == NULL)
         return -1;
-    status = plugin_list_ranges(owner, idtype, &ranges, &n);
-    if (status == 0) {
+    status = plugin->list_ranges(owner, idtype, &ranges, &n);
+    if (status == 0 && ranges != NULL) {
         if (n < 0)
             n = 0;
         for (int i = 0; i < n && i < max; i++)
@@ -289,7 +302,7 @@ static int nsg_plugin_list_ranges(const char *owner, int idtype, struct nsg_subi
         *count = n < max ? n : max;
     }
     if (ranges != NULL)
-        plugin_free(ranges);
+        plugin->free_ranges(ranges);
     return status;
 }
 """

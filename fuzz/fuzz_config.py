@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """/etc/login.defs and /etc/nsswitch.conf: config.login_defs_value, login_defs_flag and
-subid_source.
+subid_sources.
 
 Input: `header SEP text`; the text is read both as login.defs and as nsswitch.conf. Header byte 0
 picks the key: one nsgate reads, or (odd values) the rest of the header kept to `[A-Z_]`. Keys are
 nsgate's own constants, never input: an empty key or one with a newline is outside the contract.
-Properties: no exception but InvalidSubidSource (a ValueError) from subid_source; the value of
+Properties: no exception but InvalidSubidSource (a ValueError) from subid_sources; the value of
 the last line `KEY value` (quotes removed) as the oracle reads it; the flag is `yes` in any case;
-the subid source is the first token of the first `subid:` line with one, None for `files` or
-none, and a refusal exactly when that token cannot be a library name.
+the subid sources are every token of the first `subid:` line with one, in order, [files] for
+none, and a refusal exactly when one of them is neither `files` nor a library name.
 """
 
 from __future__ import annotations
@@ -43,17 +43,17 @@ def _oracle_value(text: bytes, key: bytes) -> bytes | None:
     return found
 
 
-def _oracle_source(text: bytes) -> tuple[str, bytes | None]:
+def _oracle_sources(text: bytes) -> tuple[str, list[bytes] | None]:
     for line in text.split(b"\n"):
         if line[:1] == b"#" or line[:6].lower() != b"subid:":
             continue
         tokens = re.split(rb"[ \t]+", line[6:].strip(b" \t"))
         if tokens == [b""]:
             continue
-        if tokens[0] == b"files":
-            return "source", None
-        return ("source", tokens[0]) if _NSS_NAME.fullmatch(tokens[0]) else ("refused", None)
-    return "source", None
+        if all(token == b"files" or _NSS_NAME.fullmatch(token) for token in tokens):
+            return "sources", tokens
+        return "refused", None
+    return "sources", [b"files"]
 
 
 def check(data: bytes) -> None:
@@ -63,11 +63,11 @@ def check(data: bytes) -> None:
     assert value == _oracle_value(text, key), ("login.defs", key, value)
     assert config.login_defs_flag(text, key) == (value is not None and value.lower() == b"yes")
     try:
-        got = ("source", config.subid_source(text))
+        got: tuple[str, list[bytes] | None] = ("sources", config.subid_sources(text))
     except config.InvalidSubidSource as err:
         assert isinstance(err, ValueError) and str(err)
         got = ("refused", None)
-    assert got == _oracle_source(text), ("nsswitch", got)
+    assert got == _oracle_sources(text), ("nsswitch", got)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,10 @@ Properties: no exception; `getsubids [-g] USER` lists, in file order and shadow'
 ranges of valid lines selected as shadow 4.13 selects them: once for an owner field equal to USER
 as given, once more for one equal to the decimal id of the user (-g: group) named USER (a user
 named by its own uid gets its lines twice), status 0 iff there is one; usage for no argument or
-`-h`; a clear error and nothing listed for an invalid subid source; every file it opens is closed.
+`-h`; a clear error and nothing listed for an invalid subid source; with `files extra` (a module
+that cannot be loaded after the files), the files' listing when they hold a line of the user (by
+name, by the decimal uid of the user named USER, or by another name of that uid), else the
+module's load error and nothing listed; every file it opens is closed.
 """
 
 from __future__ import annotations
@@ -100,23 +103,41 @@ def _fake_system(etc: dict[str, bytes | None], users: dict[bytes, int],
         subid_db._owner_uids.clear()
 
 
+def _files_hold(lines: list[tuple[bytes, int, int]], name: bytes,
+                users: dict[bytes, int]) -> bool:
+    """Whether the files answer for the user named `name` (subid_db's order of sources)."""
+    uid = users.get(name)
+    if any(owner == name for owner, _, _ in lines):
+        return True
+    if uid is None:
+        return False
+    for owner, _, _ in lines:
+        number = oracles.canonical(owner, UINT32_MAX)
+        if (number if number is not None else users.get(owner)) == uid:
+            return True
+    return False
+
+
 def _expected(argv: list[str], etc: dict[str, bytes | None], users: dict[bytes, int],
-              groups: dict[bytes, int]) -> tuple[int, str, str] | None:
-    """(status, out, err), or None where only "status 1, an error, nothing listed" is known."""
+              groups: dict[bytes, int]) -> tuple[int, str, str] | str:
+    """(status, out, err), or the start of the error where only "status 1, that error, nothing
+    listed" is known."""
     if not argv or argv == ["-h"]:
         return 1, "", getsubids.USAGE
     kind, owner = ("gid", argv[1]) if len(argv) == 2 and argv[0] == "-g" else ("uid", argv[0])
     name = owner.encode("utf-8", "surrogateescape")
     nsswitch = etc["/etc/nsswitch.conf"] or b""
     if b"../evil" in nsswitch or b"lib/x" in nsswitch:
-        return None
+        return "getsubids: invalid subid source"
+    content = etc[f"/etc/sub{kind}"]
+    valid = [] if content is None else list(filter(None, map(oracles.subid_line,
+                                                            oracles.file_lines(content))))
+    if b"extra" in nsswitch and not _files_hold(valid, name, users):
+        return "getsubids: cannot load the subid NSS module libsubid_extra.so"
     found = (groups if kind == "gid" else users).get(name)  # shadow's get_owner_id
     id_key = None if found is None else str(found).encode()
-    content = etc[f"/etc/sub{kind}"]
-    ranges = [] if content is None else [
-        (start, count) for owner_field, start, count in
-        filter(None, map(oracles.subid_line, oracles.file_lines(content)))
-        for _ in range((owner_field == name) + (owner_field == id_key))]
+    ranges = [(start, count) for owner_field, start, count in valid
+              for _ in range((owner_field == name) + (owner_field == id_key))]
     if not ranges:
         return 1, "", "Error fetching ranges\n"
     return 0, "".join(f"{i}: {owner} {s} {c}\n" for i, (s, c) in enumerate(ranges)), ""
@@ -134,8 +155,8 @@ def check(data: bytes) -> None:
         status, out, err = getsubids.main(argv)
     assert sorted(opened) == sorted(closed), ("fd leak", opened, closed)
     expected = _expected(argv, etc, users, groups)
-    if expected is None:
-        assert (status, out) == (1, "") and err.startswith("getsubids: invalid subid source")
+    if isinstance(expected, str):
+        assert (status, out) == (1, "") and err.startswith(expected), (argv, err, expected)
         return
     assert (status, out, err) == expected, ("getsubids", argv, (status, out, err), expected)
 

@@ -10,6 +10,7 @@ and fail closed (where shadow falls back to the files) when the module cannot be
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import shutil
 import subprocess
@@ -35,15 +36,26 @@ enum subid_status { SUBID_STATUS_SUCCESS = 0, SUBID_STATUS_UNKNOWN_USER = 1,
                     SUBID_STATUS_ERROR_CONN = 2, SUBID_STATUS_ERROR = 3 };
 struct subid_range { unsigned long start; unsigned long count; };
 
-/* nsgt-alice holds uids 500000-565535 and gids 600000-665535; nobody else holds anything. */
+/* GRANTEE holds uids UID_START..+65535 and gids GID_START..+65535; nobody else holds anything.
+ * By default nsgt-alice, 500000 and 600000. With FAIL_ALL every question fails as a module
+ * whose directory is down does (SUBID_STATUS_ERROR_CONN). */
+#ifndef GRANTEE
+#define GRANTEE "nsgt-alice"
+#define GRANTEE_UID 23001
+#endif
+#ifndef UID_START
+#define UID_START 500000
+#define GID_START 600000
+#endif
+
 static bool grant(const char *owner, enum subid_type type, struct subid_range *range)
 {
-    if (owner == NULL || strcmp(owner, "nsgt-alice") != 0)
+    if (owner == NULL || strcmp(owner, GRANTEE) != 0)
         return false;
     range->count = 65536;
     switch (type) {
-    case ID_TYPE_UID: range->start = 500000; return true;
-    case ID_TYPE_GID: range->start = 600000; return true;
+    case ID_TYPE_UID: range->start = UID_START; return true;
+    case ID_TYPE_GID: range->start = GID_START; return true;
     }
     return false;
 }
@@ -54,6 +66,10 @@ enum subid_status shadow_subid_has_range(const char *owner, unsigned long start,
 {
     struct subid_range range;
 
+    *result = false;
+#ifdef FAIL_ALL
+    return SUBID_STATUS_ERROR_CONN;
+#endif
     *result = grant(owner, type, &range) && start >= range.start && count <= range.count
               && start - range.start <= range.count - count;
     return SUBID_STATUS_SUCCESS;
@@ -68,6 +84,9 @@ enum subid_status shadow_subid_list_owner_ranges(const char *owner, enum subid_t
 
     *ranges = NULL;
     *count = 0;
+#ifdef FAIL_ALL
+    return SUBID_STATUS_ERROR_CONN;
+#endif
     if (!grant(owner, type, &range))
         return SUBID_STATUS_UNKNOWN_USER;
     *ranges = malloc(sizeof **ranges);
@@ -86,12 +105,12 @@ enum subid_status shadow_subid_find_subid_owners(unsigned long id, enum subid_ty
 
     *uids = NULL;
     *count = 0;
-    if (!grant("nsgt-alice", type, &range) || id < range.start || id - range.start >= range.count)
+    if (!grant(GRANTEE, type, &range) || id < range.start || id - range.start >= range.count)
         return SUBID_STATUS_SUCCESS;
     *uids = malloc(sizeof **uids);
     if (*uids == NULL)
         return SUBID_STATUS_ERROR;
-    **uids = 23001;
+    **uids = GRANTEE_UID;
     *count = 1;
     return SUBID_STATUS_SUCCESS;
 }
@@ -106,6 +125,11 @@ MODULES = {  # module name -> extra compiler flags
     "nsgtest": [],
     "nsgnohas": ["-DOMIT_HAS_RANGE"],
     "nsgnolist": ["-DOMIT_LIST_OWNER_RANGES"],
+    # for several sources (test_nss_sources.py): a directory that knows only nsgt-carol, and
+    # one that is down
+    "nsgtdir": ['-DGRANTEE="nsgt-carol"', "-DGRANTEE_UID=23003", "-DUID_START=700000",
+                "-DGID_START=800000"],
+    "nsgtfail": ["-DFAIL_ALL"],
 }
 UID_RANGE = (500000, 65536)
 GID_RANGE = (600000, 65536)
@@ -136,11 +160,26 @@ def _mount(source: str, target: str, fstype: str, flags: int, data: str) -> None
 
 def _umount(target: str) -> None:
     # umount2() from this process: an umount(8) child would itself load its libraries through
-    # the overlay and keep it busy.
-    if _libc.umount2(target.encode(), 0) != 0:
-        err = ctypes.get_errno()
-        _libc.umount2(target.encode(), MNT_DETACH)  # do not leave it behind in any case
-        raise OSError(err, f"umount {target}: {os.strerror(err)} (detached lazily instead)")
+    # the overlay and keep it busy. EBUSY is waited out: an exiting worker of nsgated has
+    # dropped its mappings (nothing left in /proc/PID/maps) a moment before the kernel drops
+    # its references to the mapped files.
+    outcome: list[int] = []  # 0, or the errno that is not EBUSY
+
+    def settled() -> bool:
+        if _libc.umount2(target.encode(), 0) == 0:
+            outcome.append(0)
+        elif ctypes.get_errno() != errno.EBUSY:
+            outcome.append(ctypes.get_errno())
+        return bool(outcome)
+
+    try:
+        wait_for(settled, f"the overlay on {target} to be no longer busy")
+    finally:
+        if outcome != [0]:
+            _libc.umount2(target.encode(), MNT_DETACH)  # do not leave it behind in any case
+    if outcome != [0]:
+        raise OSError(outcome[0], f"umount {target}: {os.strerror(outcome[0])} (detached "
+                      "lazily instead)")
 
 
 def _mapping_from(path: Path) -> list[int]:

@@ -856,20 +856,23 @@ _NSS_NAME = re.compile(rb"[A-Za-z0-9_-]{1,50}")
 @given(data=st.one_of(st.binary(max_size=200),
                       st.lists(st.sampled_from([b"subid:", b"SUBID:", b" ", b"\t", b"\n",
                                                 b"files", b"sss", b"#", b"\r", b"/", b"a" * 51,
-                                                b"\x00", b"\xff"]), max_size=20)
+                                                b"\x00", b"\xff", b"[NOTFOUND=return]"]),
+                               max_size=20)
                       .map(b"".join)))
-def test_subid_source_never_crashes(data):
+def test_subid_sources_never_crash(data):
     try:
-        name = config.subid_source(data)
+        names = config.subid_sources(data)
     except config.InvalidSubidSource as err:
         assert str(err)
         return
-    assert name is None or (_NSS_NAME.fullmatch(name) and name != b"files"), name
+    assert names, data
+    assert all(name == b"files" or _NSS_NAME.fullmatch(name) for name in names), names
 
 
-def oracle_subid_source(data: bytes) -> bytes | type | None:
-    """shadow's lib/nss.c, for files whose lines all end in a newline; nsgate's fail-closed
-    rule for names that cannot be library names. Returns InvalidSubidSource for "raises"."""
+def oracle_subid_sources(data: bytes) -> list[bytes] | type:
+    """shadow's lib/nss.c choice of the line, for files whose lines all end in a newline; then
+    every token of it (shadow reads only the first), each a library name or `files` (nsgate's
+    fail-closed rule). Returns InvalidSubidSource for "raises"."""
     value = None
     for line in (piece + b"\n" for piece in data.split(b"\n")[:-1]):
         if line.startswith(b"#") or len(line) < 8 or line[:6].lower() != b"subid:":
@@ -879,19 +882,17 @@ def oracle_subid_source(data: bytes) -> bytes | type | None:
             value = rest
             break
     if value is None:
-        return None
-    token = re.split(rb"[ \t\n]", value, maxsplit=1)[0]
-    if token == b"files":
-        return None
-    if not _NSS_NAME.fullmatch(token):
+        return [b"files"]
+    tokens = [token for token in re.split(rb"[ \t\n]", value) if token]
+    if not all(token == b"files" or _NSS_NAME.fullmatch(token) for token in tokens):
         return config.InvalidSubidSource
-    return token
+    return tokens
 
 
 _NSS_KEYS = [b"subid:", b"SUBID:", b"SubId:", b"#subid:", b" subid:", b"subids:", b"sub id:",
              b"passwd:", b"subid"]
 _NSS_TOKENS = [b"files", b"sss", b"sssd", b"FILES", b"a" * 50, b"a" * 51, b"x/y", b"../evil",
-               b"lib.so", b"my_mod-2", b"\xff", b"files_", b"s"]
+               b"lib.so", b"my_mod-2", b"\xff", b"files_", b"s", b"[NOTFOUND=return]"]
 _SEPARATORS = [b"", b" ", b"\t", b"  \t"]
 
 
@@ -907,40 +908,45 @@ def nsswitch_lines(draw) -> bytes:
 
 @fast(400)
 @given(lines=st.lists(nsswitch_lines(), max_size=6))
-def test_subid_source_matches_shadow(lines):
+def test_subid_sources_match_shadows_line_choice(lines):
     data = b"".join(line + b"\n" for line in lines)
-    expected = oracle_subid_source(data)
+    expected = oracle_subid_sources(data)
     if expected is config.InvalidSubidSource:
         with pytest.raises(config.InvalidSubidSource):
-            config.subid_source(data)
+            config.subid_sources(data)
     else:
-        assert config.subid_source(data) == expected, data
+        assert config.subid_sources(data) == expected, data
 
 
 @pytest.mark.parametrize(("data", "expected"), [
-    (b"", None),
-    (b"subid: files\n", None),
-    (b"subid:   sss  files\n", b"sss"),
-    (b"subid:\tsss\n", b"sss"),
-    (b"SUBID: sss\n", b"sss"),
-    (b"SubId: sss\n", b"sss"),
-    (b"#subid: sss\n", None),
-    (b" subid: sss\n", None),
-    (b"subid:\nsubid: sss\n", b"sss"),
-    (b"subid:   \t\nsubid: files\nsubid: sss\n", None),
-    (b"passwd: files\nsubid: my_mod-2\n", b"my_mod-2"),
-    (b"subids: sss\n", None),
-    (b"subid: " + b"a" * 50 + b"\n", b"a" * 50),
+    (b"", [b"files"]),
+    (b"subid: files\n", [b"files"]),
+    (b"subid:   sss  files\n", [b"sss", b"files"]),
+    (b"subid: files sss\n", [b"files", b"sss"]),
+    (b"subid: files\tsss other\n", [b"files", b"sss", b"other"]),
+    (b"subid: sss sss\n", [b"sss", b"sss"]),  # as written; the helpers ask each source once
+    (b"subid:\tsss\n", [b"sss"]),
+    (b"SUBID: sss\n", [b"sss"]),
+    (b"SubId: sss\n", [b"sss"]),
+    (b"#subid: sss\n", [b"files"]),
+    (b" subid: sss\n", [b"files"]),
+    (b"subid:\nsubid: sss\n", [b"sss"]),
+    (b"subid:   \t\nsubid: files\nsubid: sss\n", [b"files"]),
+    (b"passwd: files\nsubid: my_mod-2\n", [b"my_mod-2"]),
+    (b"subids: sss\n", [b"files"]),
+    (b"subid: " + b"a" * 50 + b"\n", [b"a" * 50]),
 ])
-def test_subid_source_examples(data, expected):
-    assert config.subid_source(data) == expected
+def test_subid_sources_examples(data, expected):
+    assert config.subid_sources(data) == expected
 
 
 @pytest.mark.parametrize("name", [b"x/y", b"../../tmp/evil", b"a" * 51, b"lib.so", b"\xff",
-                                  b"a\x00b"])
-def test_subid_source_refuses_names_that_are_not_library_names(name):
+                                  b"a\x00b", b"[NOTFOUND=return]", b"[!UNAVAIL=return]"])
+@pytest.mark.parametrize("where", ["alone", "first", "after files"])
+def test_subid_sources_refuse_names_that_are_not_library_names(name, where):
+    line = {"alone": name, "first": name + b" files", "after files": b"files sss " + name}[where]
     with pytest.raises(config.InvalidSubidSource):
-        config.subid_source(b"subid: " + name + b"\n")
+        config.subid_sources(b"subid: " + line + b"\n")
 
 
 @fast(400)

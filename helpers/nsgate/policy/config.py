@@ -40,22 +40,40 @@ class InvalidSubidSource(ValueError):
     """A `subid:` source name nsgate will not turn into a library name."""
 
 
-def subid_source(nsswitch: bytes) -> bytes | None:
-    """The NSS module named by the first `subid:` line with a value, or None for the files.
+FILES = b"files"
 
-    As shadow's lib/nss.c: case-insensitive `subid:` at column 0, first token only, `files`
-    means the files. Unlike shadow, a name that cannot be a library name is an error, not files.
+
+def subid_line(nsswitch: bytes) -> tuple[int, list[bytes]] | None:
+    """(line number, tokens) of the `subid:` line that counts, or None if there is none.
+
+    As shadow's lib/nss.c picks it: the first line with a case-insensitive `subid:` at column 0
+    and a value; tokens are separated by spaces and tabs.
     """
-    for line in nsswitch.split(b"\n"):
+    for lineno, line in enumerate(nsswitch.split(b"\n"), 1):
         if line.startswith(b"#") or line[:6].lower() != b"subid:":
             continue
         tokens = [t for t in line[6:].replace(b"\t", b" ").split(b" ") if t]  # as shadow
-        if not tokens:
-            continue
-        name = tokens[0]
-        if name == b"files":
-            return None
-        if len(name) > NSS_MODULE_NAME_MAX or not _NSS_NAME_CHARS.issuperset(name):
-            raise InvalidSubidSource(repr(name[:64])[1:])
-        return name
+        if tokens:
+            return lineno, tokens
     return None
+
+
+def is_library_name(token: bytes) -> bool:
+    """Whether `libsubid_<token>.so` is a plain library name (no path, no NSS `[...]` action)."""
+    return 0 < len(token) <= NSS_MODULE_NAME_MAX and _NSS_NAME_CHARS.issuperset(token)
+
+
+def subid_sources(nsswitch: bytes) -> list[bytes]:
+    """Every source of the `subid:` line, in order: `files` for /etc/subuid and /etc/subgid,
+    any other token the NSS module libsubid_<token>.so. No `subid:` line means the files.
+
+    shadow reads the first token only (shadow#1562); nsgate asks each in turn. A token that
+    cannot be a library name is an error for the whole line, never the files.
+    """
+    found = subid_line(nsswitch)
+    if found is None:
+        return [FILES]
+    for token in found[1]:
+        if token != FILES and not is_library_name(token):
+            raise InvalidSubidSource(repr(token[:64])[1:])
+    return found[1]

@@ -124,23 +124,35 @@ def setns(fd: int, nstype: int) -> None:
     _check(lib.setns(fd, nstype), "setns")
 
 
-def plugin_open(libname: bytes) -> str | None:
-    """dlopen a libsubid NSS plugin; None on success, else the loader's error."""
+class SubidPlugin:
+    """A libsubid NSS plugin, loaded once and kept for the life of the process (a process may
+    hold several: one per module of the `subid:` line)."""
+
+    __slots__ = ("_plugin",)
+
+    def __init__(self, plugin: object) -> None:
+        self._plugin = plugin
+
+    def has_range(self, owner: bytes, start: int, count: int, idtype: int) -> tuple[int, bool]:
+        """shadow_subid_has_range: (status, whether `owner` holds [start, start + count))."""
+        result = ffi.new("bool *")
+        status = lib.nsg_plugin_has_range(self._plugin, owner, start, count, idtype, result)
+        return int(status), bool(result[0])
+
+    def list_ranges(self, owner: bytes, idtype: int,
+                    maximum: int) -> tuple[int, list[tuple[int, int]]]:
+        """shadow_subid_list_owner_ranges: (status, at most `maximum` (start, count))."""
+        ranges = ffi.new("struct nsg_subid_range[]", maximum)
+        count = ffi.new("int *")
+        status = lib.nsg_plugin_list_ranges(self._plugin, owner, idtype, ranges, maximum, count)
+        return int(status), [(int(ranges[i].start), int(ranges[i].count))
+                             for i in range(count[0])]
+
+
+def plugin_open(libname: bytes) -> SubidPlugin | str:
+    """dlopen a libsubid NSS plugin: the plugin, or the loader's error."""
     err = ffi.new("char[512]")
-    if lib.nsg_plugin_open(libname, err, 512) == 0:
-        return None
-    return bytes(ffi.string(err)).decode("utf-8", "backslashreplace")
-
-
-def plugin_has_range(owner: bytes, start: int, count: int, idtype: int) -> tuple[int, bool]:
-    result = ffi.new("bool *")
-    status = lib.nsg_plugin_has_range(owner, start, count, idtype, result)
-    return int(status), bool(result[0])
-
-
-def plugin_list_ranges(owner: bytes, idtype: int,
-                       maximum: int) -> tuple[int, list[tuple[int, int]]]:
-    ranges = ffi.new("struct nsg_subid_range[]", maximum)
-    count = ffi.new("int *")
-    status = lib.nsg_plugin_list_ranges(owner, idtype, ranges, maximum, count)
-    return int(status), [(int(ranges[i].start), int(ranges[i].count)) for i in range(count[0])]
+    plugin = lib.nsg_plugin_open(libname, err, 512)
+    if plugin == ffi.NULL:
+        return bytes(ffi.string(err)).decode("utf-8", "backslashreplace")
+    return SubidPlugin(plugin)

@@ -3,6 +3,7 @@
 from nsgate.cli.admin.common import (
     LOGIN_DEFS,
     NICS,
+    NSSWITCH,
     PATHS,
     SESSION_CONF,
     SYSTEM_READERS,
@@ -20,8 +21,8 @@ from nsgate.policy.findings import ERROR, WARNING, Finding, count
 
 
 def run(out: Out, args: Args, libdir: str, libexecdir: str) -> int:
-    from nsgate.policy import install_lint, subid_lint, usernet_lint
-    from nsgate.system import file_facts
+    from nsgate.policy import install_lint, nsswitch_lint, subid_lint, usernet_lint
+    from nsgate.system import file_facts, subid_survey
 
     notes: list[str] = []
     accounts = load_accounts()
@@ -33,6 +34,9 @@ def run(out: Out, args: Args, libdir: str, libexecdir: str) -> int:
         data = read(path, notes)
         if data is not None:
             findings += subid_lint.lint(path, data, kind, accounts, _lenient_readers(kind))
+    nsswitch = read(NSSWITCH, notes)
+    if nsswitch is not None:
+        findings += nsswitch_lint.lint_subid_line(NSSWITCH, nsswitch, subid_survey.module_error)
     links = link_kinds(notes)
     usernet_data = read(USERNET, notes) or b""
     findings += usernet_lint.lint_usernet(USERNET, usernet_data, accounts, links)

@@ -5,6 +5,7 @@ import posix
 
 from nsgate.cli.admin.common import (
     FULL_CONTAINER,
+    LOGIN_DEFS,
     NICS,
     NSSWITCH,
     PATHS,
@@ -45,17 +46,8 @@ def run(out: Out, args: Args, who: str | None) -> int:
     report: dict[str, object] = {"user": text(name), "uid": uid}
     for kind, path in PATHS.items():
         report["sub" + kind] = _explain_ranges(path, kind, name, uid, accounts, notes)
-    nsswitch = read(NSSWITCH, notes) or b""
-    from nsgate.policy.config import InvalidSubidSource, subid_source
-
-    try:
-        module = subid_source(nsswitch)
-    except InvalidSubidSource:
-        module = b"(invalid)"
-    if module is not None:
-        notes.append(f"{NSSWITCH} names the subid NSS module "
-                     f"{module.decode('utf-8', 'backslashreplace')}: the helpers ask it, not "
-                     "the files shown here")
+    report["sources"] = _explain_sources(name, uid, read(LOGIN_DEFS, notes) or b"",
+                                         read(NSSWITCH, notes) or b"", notes)
     report["nics"] = _explain_nics(name, gid, notes)
     from nsgate.cli.admin import explain_session
 
@@ -101,6 +93,41 @@ def _explain_ranges(path: str, kind: str, name: bytes, uid: int, accounts: Accou
             f"only {parsed.count} ids: rootless runtimes need {FULL_CONTAINER} for a full "
             "container"})
     return {"file": path, "ranges": ranges, "ignored": ignored}
+
+
+def _explain_sources(name: bytes, uid: int, login_defs: bytes, nsswitch: bytes,
+                     notes: list[str]) -> dict[str, object]:
+    """The sources of the `subid:` line in order, asked about the user as the helpers ask them:
+    which answers (what subid_db.holding_source says), which pass, fail or are not reached."""
+    from nsgate.policy.config import subid_line
+    from nsgate.system import subid_survey
+
+    found = subid_line(nsswitch)
+    result: dict[str, object] = {
+        "file": NSSWITCH, "line": found[0] if found else None,
+        "order": [text(token) for token in found[1]] if found else ["files"]}
+    for kind, path in PATHS.items():
+        try:
+            reports = subid_survey.survey(kind, name, uid, login_defs, nsswitch)
+        except Refusal as refusal:
+            result[kind] = {"answering": None, "refused": refusal.first, "sources": []}
+            notes.append(f"the helpers refuse every {kind} request: {refusal.first}")
+            continue
+        answering = next((r.description for r in reports if r.role == "answers"), None)
+        failing = next((r for r in reports if r.role == "fails"), None)
+        result[kind] = {
+            "answering": answering, "refused": failing.error if failing else None,
+            "sources": [{"source": text(r.source), "where": r.description, "role": r.role,
+                         "ranges": [{"start": start, "count": count, "last": start + count - 1}
+                                    for start, count in r.ranges],
+                         "error": r.error} for r in reports]}
+        if failing is not None:
+            notes.append(f"the helpers refuse the {kind} requests of this user: "
+                         f"{failing.error}")
+        elif answering is not None and answering != path:
+            notes.append(f"the helpers take this user's {kind} ranges from {answering}, not "
+                         f"from {path} shown above")
+    return result
 
 
 def _explain_nics(name: bytes, gid: int, notes: list[str]) -> list[dict[str, object]]:
@@ -163,6 +190,7 @@ def _render_explain(out: Out, report: dict[str, object]) -> None:
             out.say(f"  none: user namespaces of this user can map only its own {kind}")
         for item in section["ignored"]:
             out.say(f"  line {item['line']} is ignored: {item['reason']}")
+    _render_sources(out, report["sources"])
     nics = report["nics"]
     assert isinstance(nics, list)
     out.say("")
@@ -187,3 +215,21 @@ def _render_explain(out: Out, report: dict[str, object]) -> None:
     assert isinstance(notes, list)
     for note in notes:
         out.say(f"note: {note}")
+
+
+def _render_sources(out: Out, sources: object) -> None:
+    """The table of the `subid:` sources, when the line names more than the files."""
+    assert isinstance(sources, dict)
+    if sources["order"] == ["files"]:
+        return
+    out.say("")
+    out.say(f"subid sources ({sources['file']} line {sources['line']}: "
+            f"{' '.join(sources['order'])}):")
+    rows = []
+    for kind in ("uid", "gid"):
+        for item in sources[kind]["sources"]:
+            held = ", ".join(f"{r['start']}-{r['last']}" for r in item["ranges"]) or "-"
+            rows.append([kind, item["where"], item["role"],
+                         f"error: {item['error']}" if item["error"] else held])
+    if rows:
+        out.table(["KIND", "SOURCE", "ROLE", "RANGES"], rows)
