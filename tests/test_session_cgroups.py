@@ -828,3 +828,20 @@ def test_systemd_failure_is_a_refusal(cg, systemd, sessions) -> None:
         cg.open_session(UID, ALICE.gid, {"pids.max": "5"}, session.pid)
     assert refused.value.first == ("systemctl set-property --runtime user-23001.slice failed: "
                                    "Failed to set unit properties: Access denied")
+
+
+def test_a_limit_removed_from_the_policy_goes_at_the_next_open(cg, sessions) -> None:
+    """The tree outlives a session while another holds it: a later open with fewer limits
+    resets the ones no longer set (no limit, the default weight), not only once it is gone."""
+    running(cg, sessions, {"pids.max": "50", "memory.max": "64M", "cpu.max": "50000",
+                           "cpu.weight": "200"})
+    pids, memory, cpu = (user_dir(CGROUP / name) for name in ("pids", "memory", "cpu"))
+    assert (pids / "pids.max").read_text().strip() == "50"
+    assert (cpu / "cpu.shares").read_text().strip() == "2048"
+    _, notes = running(cg, sessions, {"pids.max": "70"})
+    assert notes == []  # a key left unset is never a note, even where its controller is absent
+    assert (pids / "pids.max").read_text().strip() == "70"
+    assert int((memory / "memory.limit_in_bytes").read_text()) > 1 << 60
+    assert int((memory / "memory.memsw.limit_in_bytes").read_text()) > 1 << 60
+    assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "-1"
+    assert (cpu / "cpu.shares").read_text().strip() == "1024"

@@ -39,6 +39,16 @@ WEIGHT_MIN, WEIGHT_MAX = 1, 10000
 _SUFFIX = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _DIGITS = frozenset("0123456789")
 UNLIMITED_V1 = "-1"
+# What a key left unset means on a cgroup nsgate made: no limit, the default weight. Written at
+# every open, so a limit the administrator has since removed from session.conf goes with the
+# next login, not only once the user's tree has gone.
+NEUTRAL = {"pids.max": "max", "memory.max": "max", "memory.swap.max": "max", "cpu.max": "max",
+           "cpu.weight": "100", "io.weight": "100"}
+
+
+def completed(limits: dict[str, str]) -> dict[str, str]:
+    """`limits`, with every key it leaves unset at its neutral value."""
+    return {**NEUTRAL, **limits}
 
 
 def _number(text: str, maximum: int) -> int | None:

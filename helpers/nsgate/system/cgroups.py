@@ -323,22 +323,28 @@ class _Undo:
 
 def _placement(hierarchies: list[Hierarchy], roots: dict[str, int],
                limits: dict[str, str]) -> tuple[dict[str, list[cgroup_limits.Write]], list[str]]:
-    """Per hierarchy key, the limit writes it gets; and notes for limits no hierarchy takes."""
-    v1_writes, notes = cgroup_limits.v1_writes(limits)
-    v2_writes = cgroup_limits.v2_writes(limits)
+    """Per hierarchy key, the limit writes it gets; and notes for limits no hierarchy takes.
+    Keys `limits` leaves unset are reset to no limit where their files exist (never a note,
+    never a controller enabled for them)."""
+    full = cgroup_limits.completed(limits)
+    v1_writes, _ = cgroup_limits.v1_writes(full)
+    notes = cgroup_limits.v1_writes(limits)[1]  # what the limits set cannot do, unmasked
+    v2_writes = cgroup_limits.v2_writes(full)
+    v1_writes = [w if w[0] in limits else (w[0], w[1], w[2], w[3], False) for w in v1_writes]
+    v2_writes = [w if w[0] in limits else (w[0], w[1], w[2], w[3], False) for w in v2_writes]
     by_v1 = {c: h for h in hierarchies if not h.v2 for c in h.controllers}
     unified = next((h for h in hierarchies if h.v2), None)
     offered = set(cgroupfs.read(roots[unified.key], "cgroup.controllers").split()) \
         if unified is not None else set()
     placed: dict[str, list[cgroup_limits.Write]] = {h.key: [] for h in hierarchies}
-    for key in limits:
+    for key in full:
         controller = cgroup_limits.CONTROLLER[key]
         v1 = by_v1.get(cgroup_limits.V1_CONTROLLER[controller])
         if v1 is not None:
             placed[v1.key] += [w for w in v1_writes if w[0] == key]
         elif unified is not None and controller in offered:
             placed[unified.key] += [w for w in v2_writes if w[0] == key]
-        else:
+        elif key in limits:
             notes.append(f"{key} not applied: this host has no {controller} controller "
                          "(no v1 hierarchy of it, and the unified hierarchy does not offer it)")
     return placed, notes
@@ -373,7 +379,7 @@ def _build(hierarchy: Hierarchy, root: int, uid: int, gid: int,
            writes: list[cgroup_limits.Write], undo: _Undo, notes: list[str]) -> int:
     """Make (or check) the user's tree in one hierarchy and apply its limits; the delegate fd."""
     cpuset = "cpuset" in hierarchy.controllers
-    needed = {w[1] for w in writes}
+    needed = {w[1] for w in writes if w[4]}  # v2: only for limits session.conf sets
     if hierarchy.v2:
         _enable(root, needed)
     top, made = cgroupfs.make_dir(root, TOP)
