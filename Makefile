@@ -256,7 +256,7 @@ $(TEST_VENV)/.stamp: requirements/test.txt
 # The short fuzz run goes first, so that pytest's summary closes the output.
 test: install $(TEST_VENV)/.stamp
 	$(TEST_VENV)/bin/python fuzz/run.py --seconds $(FUZZ_TEST_SECONDS) --scratch $(BUILD)/fuzz-corpus
-	NSGATE_PREFIX=$(PREFIX) $(TEST_VENV)/bin/python -m pytest -q tests
+	NSGATE_PREFIX=$(PREFIX) $(TEST_VENV)/bin/python -m pytest -q --durations=25 tests
 
 # Coverage-guided fuzzing (atheris) of every parser of untrusted input; the inputs that bring new
 # coverage join fuzz/corpus/, crashes land in fuzz/crashes/ (replayed by tests/test_fuzz_regressions.py).

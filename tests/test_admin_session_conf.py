@@ -183,7 +183,7 @@ def test_explain_without_a_policy_gives_the_defaults():
     assert list(limits(session)) == ["pids.max", "memory.max", "memory.swap.max", "cpu.max",
                                      "cpu.weight", "io.weight"]
     assert all(value == (None, "default", False) for value in limits(session).values())
-    assert session["cgroup_now"] is None
+    assert session["cgroup_now"] == []  # no delegated cgroup until a login makes one
     assert sorted(session["groups"]) == ["nsgt-alice", "nsgt-aux"]  # initgroups
     lines = nsgate("explain", "nsgt-alice").stdout.splitlines()
     start = lines.index(f"session ({SHOWN}):")

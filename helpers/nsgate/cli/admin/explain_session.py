@@ -54,9 +54,14 @@ def explain(name: bytes, uid: int, gid: int, notes: list[str]) -> dict[str, obje
 
 
 def live_cgroup(uid: int) -> list[dict[str, object]] | None:
-    """The user's cgroup as it is now, per hierarchy: the place for the cgroups branch's
-    `system.cgroups.describe(uid)` (None: not looked at by this build)."""
-    return None
+    """The user's cgroup as it is now, per hierarchy (`system.cgroups.describe`: [] if the
+    user has none); None if it cannot be looked at here."""
+    from nsgate.system import cgroups
+
+    try:
+        return cgroups.describe(uid)
+    except (Refusal, OSError):
+        return None
 
 
 def render(out: Out, report: dict[str, object]) -> None:
@@ -94,6 +99,19 @@ def render(out: Out, report: dict[str, object]) -> None:
     out.table(["SETTING", "VALUE", "FROM"], rows)
     now = report["cgroup_now"]
     if isinstance(now, list):
+        if not now:
+            out.say("  cgroup now: none (made at a login, removed once the last session has "
+                    "closed and it is empty)")
+            return
         out.say("  cgroup now:")
+        rows = []
         for place in now:
-            out.say("    " + ", ".join(f"{k} {v}" for k, v in place.items()))
+            limits = place["limits"]
+            assert isinstance(limits, dict)
+            shown = " ".join(f"{k}={v}" for k, v in limits.items())
+            owner, processes = place["owner"], place["processes"]
+            rows.append([str(place["hierarchy"]), str(place["path"]),
+                         "-" if owner is None else f"uid {owner}",
+                         "?" if processes is None else str(processes), shown or "-"])
+        out.table(["HIERARCHY", "CGROUP", "DELEGATE", "PROCESSES", "LIMITS"], rows,
+                  indent="    ")
