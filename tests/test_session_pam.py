@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests import test_lxc_real as lxc_real
 from tests.pam_support import (
     DAVE,
     ERIN,
@@ -32,6 +34,8 @@ from tests.pam_support import (
     Login,
     Syslog,
     add_pam_users,
+    cgroup_of,
+    hierarchies,
     hook_processes,
     install_service,
     priority,
@@ -39,6 +43,7 @@ from tests.pam_support import (
     user_cgroups,
 )
 from tests.support import (
+    NSGATE,
     PREFIX,
     Target,
     helper,
@@ -165,7 +170,6 @@ def maps_with_newuidmap(user, start: int, count: int) -> None:
 
 
 def test_open_allocates_linear_ranges_the_user_maps(logins, syslog):
-    policy("* cgroup no\n")
     start = linear_start(SUBUID, 100000, 600100000, 65536)
     login = logins(DAVE.name)
     answer = login.open()
@@ -178,10 +182,10 @@ def test_open_allocates_linear_ranges_the_user_maps(logins, syslog):
     maps_with_newuidmap(DAVE, start, 65536)
     login.close()
     no_lock_left()
+    assert user_cgroups(DAVE.uid) == []
 
 
 def test_open_allocates_deterministic_ranges_stored_by_uid_as_shadow_head(logins, syslog):
-    policy("* cgroup no\n")
     login_defs(drop=("SUB_UID_MIN", "SUB_UID_MAX", "SUB_GID_MIN", "SUB_GID_MAX"),
                add="SUB_UID_DETERMINISTIC yes\nSUB_GID_DETERMINISTIC yes\n"
                    "SUB_UID_STORE_BY_UID yes\nSUB_GID_STORE_BY_UID yes\n")
@@ -203,7 +207,6 @@ def test_open_allocates_deterministic_ranges_stored_by_uid_as_shadow_head(logins
 
 
 def test_a_user_holding_ranges_by_another_name_of_the_uid_gets_none(logins, syslog):
-    policy("* cgroup no\n")
     write_etc("subuid", SUBUID.read_text() + f"{DAVE.uid}:500000:65536\n")
     write_etc("subgid", SUBGID.read_text() + f"{DAVE.uid}:500000:65536\n")
     before = (SUBUID.read_bytes(), SUBGID.read_bytes())
@@ -227,7 +230,6 @@ def test_policy_without_subids_allocates_nothing(logins, syslog):
 
 
 def test_sixteen_racing_logins_give_each_user_exactly_one_range(logins, syslog):
-    policy("* cgroup no\n")
     sessions = [logins(user.name) for user in PAM_USERS for _ in range(4)]
     for each in sessions:  # all opening at once: 16 hooks racing for shadow's locks
         assert each.proc.stdin is not None
@@ -252,6 +254,7 @@ def test_sixteen_racing_logins_give_each_user_exactly_one_range(logins, syslog):
     for each in sessions:
         each.close()
     no_lock_left()
+    assert not [c for u in PAM_USERS for c in user_cgroups(u.uid)]  # each last close removed
 
 
 # --- bad input: the login goes on, the reason is logged, nothing half written ------------------
@@ -288,7 +291,6 @@ def test_a_session_conf_others_may_write_is_not_trusted(logins, syslog):
 
 
 def test_a_full_subid_space_is_logged_and_nothing_written(logins, syslog):
-    policy("* cgroup no\n")
     # alice 200000+65536 and bob 300000+65536 leave no room for 65536 ids in 200000..365535
     login_defs(drop=("SUB_UID_MIN", "SUB_UID_MAX", "SUB_GID_MIN", "SUB_GID_MAX"),
                add="SUB_UID_MIN 200000\nSUB_UID_MAX 365535\n"
@@ -299,8 +301,8 @@ def test_a_full_subid_space_is_logged_and_nothing_written(logins, syslog):
     line = syslog.wait_line(b"open_session for nsgt-pam3", b"subuids:")
     assert priority(line) == LOG_AUTHPRIV | LOG_WARNING
     syslog.wait_line(b"open_session for nsgt-pam3", b"subgids:")
-    assert_untouched(before)
     login.close()
+    assert_untouched(before)
 
 
 def test_a_user_with_no_passwd_entry_logs_in_and_nothing_is_done(logins, syslog):
@@ -316,7 +318,6 @@ def test_a_user_with_no_passwd_entry_logs_in_and_nothing_is_done(logins, syslog)
 
 
 def test_a_lock_left_by_a_dead_writer_is_taken_over(logins, syslog):
-    policy("* cgroup no\n")
     dead = subprocess.Popen(["true"])
     dead.wait()
     write_etc("subuid.lock", f"{dead.pid}\0", mode=0o600)
@@ -329,7 +330,6 @@ def test_a_lock_left_by_a_dead_writer_is_taken_over(logins, syslog):
 
 
 def test_a_lock_held_by_a_live_writer_delays_no_login(logins, syslog):
-    policy("* cgroup no\n")
     holder = subprocess.Popen(["sleep", "600"])
     try:
         write_etc("subuid.lock", f"{holder.pid}\0", mode=0o600)
@@ -355,7 +355,6 @@ def test_a_lock_held_by_a_live_writer_delays_no_login(logins, syslog):
 
 
 def test_a_read_only_etc_is_logged_and_the_login_goes_on(logins, syslog):
-    policy("* cgroup no\n")
     before = (SUBUID.read_bytes(), SUBGID.read_bytes())
     read_only_etc = ("unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
                      'mount --bind /etc /etc && mount -o remount,bind,ro /etc && exec "$@"',
@@ -365,8 +364,8 @@ def test_a_read_only_etc_is_logged_and_the_login_goes_on(logins, syslog):
     line = syslog.wait_line(b"open_session for nsgt-pam1", b"subuids:", b"Read-only file system")
     assert priority(line) == LOG_AUTHPRIV | LOG_WARNING
     syslog.wait_line(b"open_session for nsgt-pam1", b"subgids:", b"Read-only file system")
-    assert_untouched(before)
     login.close()
+    assert_untouched(before)
 
 
 # --- the hook's own rules ----------------------------------------------------------------------
@@ -375,7 +374,6 @@ def test_a_read_only_etc_is_logged_and_the_login_goes_on(logins, syslog):
 def test_the_pam_environment_cannot_name_another_user(logins, syslog):
     """pam_exec passes the PAM environment first: a PAM_USER there (pam_env's user_readenv) is
     not the user; the hook reads pam_exec's own items, at the end of its environment."""
-    policy("* cgroup no\n")
     login = logins(DAVE.name)
     login.open(putenv=(f"PAM_USER={ERIN.name}", "PAM_TYPE=close_session",
                        "PAM_SERVICE=forged"))
@@ -389,7 +387,6 @@ def test_a_non_session_line_does_nothing(logins, syslog):
     line = SNIPPET.read_text().splitlines()[-1].replace("session", "account", 1)
     install_service(extra=line + "\n")
     before = (SUBUID.read_bytes(), SUBGID.read_bytes())
-    policy("* cgroup no\n")
     login = logins(DAVE.name)
     login.open()
     warned = syslog.wait_line(b"called for account", b"acts on a `session` line only")
@@ -405,7 +402,6 @@ def test_without_seteuid_under_a_setuid_caller_the_hook_refuses(logins, syslog):
     line = SNIPPET.read_text().splitlines()[-1].replace(" seteuid", "")
     write_etc("pam.d/nsgate-test", "auth required pam_permit.so\naccount required "
                                    f"pam_permit.so\n{line}\n")
-    policy("* cgroup no\n")
     before = (SUBUID.read_bytes(), SUBGID.read_bytes())
     login = logins(DAVE.name, wrap=("setpriv", f"--ruid={DAVE.uid}", "--"))
     login.open()
@@ -446,3 +442,152 @@ def test_the_snippet_is_the_installed_pam_exec_line():
     assert lines == [f"session optional pam_exec.so quiet seteuid {NSGATE_BIN} session"]
     assert os.stat(SNIPPET).st_mode & 0o777 == 0o644
 
+
+# --- the delegated cgroup ----------------------------------------------------------------------
+# This machine's kind: v1 controllers, the named name=systemd and the unified v2 hierarchy, no
+# systemd: nsgate/user-<uid> (root's, the limits) and its child `delegate` (the user's, the
+# session's process) in every hierarchy.
+
+HOOK_CGROUP = "/nsgate/user-{uid}/delegate"
+
+
+def assert_session_cgroup(login: Login, user) -> None:
+    tops = user_cgroups(user.uid)
+    assert sorted(t.parent.parent for t in tops) == sorted(hierarchies()), tops
+    for top in tops:
+        st = top.stat()
+        assert (st.st_uid, st.st_mode & 0o022) == (0, 0), top  # the limits: root's alone
+        delegate = top / "delegate"
+        owned = [delegate, delegate / "cgroup.procs"]
+        owned += [delegate / name for name in ("tasks", "cgroup.subtree_control",
+                                               "cgroup.threads") if (delegate / name).exists()]
+        for path in owned:
+            assert path.stat().st_uid == user.uid, path
+    wanted = HOOK_CGROUP.format(uid=user.uid)
+    assert set(cgroup_of(login.pid).values()) == {wanted}, cgroup_of(login.pid)
+
+
+def test_open_puts_the_session_in_a_delegated_cgroup_and_the_last_close_removes_it(logins,
+                                                                                  syslog):
+    policy("nsgt-pam1 pids.max 40\nnsgt-pam1 memory.max 256M\n@nsgt-pamgroup cpu.weight 50\n")
+    first, second = logins(DAVE.name), logins(DAVE.name)
+    before = cgroup_of(first.pid)
+    first.open()
+    line = syslog.wait_line(b"open_session for nsgt-pam1", b"cgroup:")
+    assert b"pids.max=40" in line and b"memory.max=256M" in line and b"cpu.weight=50" in line
+    assert_session_cgroup(first, DAVE)
+    top = {t.parent.parent.name: t for t in user_cgroups(DAVE.uid)}
+    assert (top["pids"] / "pids.max").read_text().strip() == "40"
+    assert (top["memory"] / "memory.limit_in_bytes").read_text().strip() == str(256 << 20)
+    assert (top["cpu"] / "cpu.shares").read_text().strip() == str(50 * 1024 // 100)
+    # a process the user starts in the session lands in the delegated cgroup, and may make
+    # cgroups of its own below it (the delegation)
+    inner = first.run("sh", "-c", "cat /proc/self/cgroup; mkdir /sys/fs/cgroup/pids" +
+                      HOOK_CGROUP.format(uid=DAVE.uid) + "/mine && echo made")
+    assert inner["status"] == 0, inner
+    assert f"pids:{HOOK_CGROUP.format(uid=DAVE.uid)}\n" in inner["stdout"]
+    assert inner["stdout"].endswith("made\n")
+    (top["pids"] / "delegate" / "mine").rmdir()
+    second.open()
+    assert_session_cgroup(second, DAVE)
+    first.close()  # another session of the user still runs: the cgroup stays
+    assert cgroup_of(first.pid) == before
+    assert user_cgroups(DAVE.uid)
+    second.close()  # the last one: gone everywhere
+    assert cgroup_of(second.pid) == before
+    assert user_cgroups(DAVE.uid) == []
+    syslog.wait_line(b"close_session for nsgt-pam1", b"cgroup: closed")
+
+
+def test_a_fork_bomb_in_the_session_stops_at_pids_max(logins):
+    policy("nsgt-pam3 pids.max 30\n")
+    login = logins(FRANK.name)
+    login.open()
+    bomb = ("import os, time\n"
+            "kids, refused = [], 0\n"
+            "for _ in range(300):\n"
+            "    try:\n"
+            "        pid = os.fork()\n"
+            "    except OSError:\n"
+            "        refused += 1\n"
+            "        continue\n"
+            "    if pid == 0:\n"
+            "        time.sleep(600)\n"
+            "        os._exit(0)\n"
+            "    kids.append(pid)\n"
+            "print(len(kids), refused)\n"
+            "for pid in kids:\n"
+            "    os.kill(pid, 9)\n"
+            "    os.waitpid(pid, 0)\n")
+    result = login.run("python3", "-I", "-c", bomb)
+    assert result["status"] == 0, result
+    forked, refused = map(int, result["stdout"].split())
+    assert forked < 30 and refused == 300 - forked  # the driver and the bomb itself count too
+    top = {t.parent.parent.name: t for t in user_cgroups(FRANK.uid)}
+    # v1 counts a refused fork in the cgroup of the process that tried: the session's
+    events = (top["pids"] / "delegate" / "pids.events").read_text()
+    assert int(events.split()[1]) >= refused, events
+    login.close()
+    assert user_cgroups(FRANK.uid) == []
+
+
+def test_a_memory_hog_in_the_session_is_killed_at_memory_max(logins):
+    policy("nsgt-pam4 memory.max 64M\n")
+    login = logins(GRACE.name)
+    login.open()
+    result = login.run("python3", "-I", "-c", "b = b'x' * (512 << 20); print('survived')")
+    assert result["status"] == -9 and "survived" not in result["stdout"], result
+    top = {t.parent.parent.name: t for t in user_cgroups(GRACE.uid)}
+    # the user's limit was reached, and the OOM killer killed the hog where it ran (v1 counts
+    # the kill there; this kernel keeps memory.failcnt at 0)
+    assert (top["memory"] / "memory.max_usage_in_bytes").read_text() == f"{64 << 20}\n"
+    oom = dict(line.split() for line in (top["memory"] / "delegate" / "memory.oom_control")
+               .read_text().splitlines())
+    assert int(oom["oom_kill"]) >= 1, oom
+    assert login.run("true")["status"] == 0  # the session itself lives on
+    login.close()
+    assert user_cgroups(GRACE.uid) == []
+
+
+def test_an_unprivileged_lxc_start_in_the_session_runs_under_the_user_s_cgroup(logins):
+    """Debian's lxc-start, run by the user inside the PAM session (no systemd, no cgroup made
+    by hand as tests/test_lxc_real.py must): liblxc makes the container's cgroups below the
+    session's delegated one, in every hierarchy. The rootfs and config are test_lxc_real's,
+    without a nic; the user holds test_lxc_real's range (SUBID_START)."""
+    policy("nsgt-pam1 pids.max 200\n")
+    for name in ("subuid", "subgid"):
+        write_etc(name, f"{DAVE.name}:{lxc_real.SUBID_START}:65536\n")
+    home = lxc_real.WORLD / "session"
+    shutil.rmtree(home, ignore_errors=True)
+    lxcpath = home / "lxc"
+    (lxcpath / "c1").mkdir(parents=True)
+    (home / "run").mkdir()
+    lxc_real._rootfs(lxcpath / "c1" / "rootfs")
+    config = [line for line in lxc_real._config(lxcpath / "c1" / "rootfs", None).splitlines()
+              if not line.startswith("lxc.net.")]
+    (lxcpath / "c1" / "config").write_text("\n".join([*config, "lxc.net.0.type = empty"]) + "\n")
+    for path in (lxc_real.WORLD, home):
+        path.chmod(0o755)
+    for path in (home, home / "run", lxcpath, lxcpath / "c1", lxcpath / "c1" / "config"):
+        os.chown(path, DAVE.uid, DAVE.gid)
+    env = {"PATH": f"{NSGATE}:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(home),
+           "XDG_RUNTIME_DIR": str(home / "run")}
+    lxc = ("-P", str(lxcpath), "-n", "c1")
+    login = logins(DAVE.name)
+    login.open()
+    try:
+        started = login.run("lxc-start", *lxc, "-d", "-l", "info", "-o", str(home / "lxc.log"),
+                            env=env)
+        log = (home / "lxc.log").read_text() if (home / "lxc.log").exists() else ""
+        assert started["status"] == 0, (started, log[-3000:])
+        init = login.run("lxc-info", *lxc, "-p", "-H", env=env)
+        assert init["status"] == 0, init
+        where = cgroup_of(int(init["stdout"]))
+        session = HOOK_CGROUP.format(uid=DAVE.uid) + "/"
+        assert all(path.startswith(session) for path in where.values()), where
+        assert login.run("lxc-stop", *lxc, "-k", env=env)["status"] == 0
+    finally:
+        login.run("lxc-stop", *lxc, "-k", env=env)
+    login.close()
+    assert user_cgroups(DAVE.uid) == []  # liblxc's cgroups below it went with it
+    shutil.rmtree(home, ignore_errors=True)
