@@ -11,6 +11,7 @@ only, root alone (the snippet's seteuid), never by hand."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -21,6 +22,7 @@ import pytest
 
 from tests import test_lxc_real as lxc_real
 from tests.pam_support import (
+    CGROUP_ROOT,
     DAVE,
     ERIN,
     FRANK,
@@ -63,8 +65,15 @@ STARTUP_SLACK = 6.0
 
 @pytest.fixture(scope="module", autouse=True)
 def pam_world():
+    """The test users; and the hook's top cgroup (`nsgate`, which its close keeps) removed at the
+    end in every hierarchy where the module made it."""
     add_pam_users()
+    tops = [m / "nsgate" for m in hierarchies()]
+    absent = [top for top in tops if not top.exists()]
     yield
+    for top in absent:
+        with contextlib.suppress(FileNotFoundError):
+            top.rmdir()  # fails (and says so) if anything is left below it
 
 
 @pytest.fixture(autouse=True)
@@ -497,6 +506,37 @@ def test_open_puts_the_session_in_a_delegated_cgroup_and_the_last_close_removes_
     assert cgroup_of(second.pid) == before
     assert user_cgroups(DAVE.uid) == []
     syslog.wait_line(b"close_session for nsgt-pam1", b"cgroup: closed")
+
+
+def test_a_cgroup_the_user_prepared_is_refused_and_nothing_is_left(logins, syslog):
+    """The user's cgroup already exists in one hierarchy, owned by the user (made to capture
+    the limits): the cgroup step is refused with the reason, what it made elsewhere is undone,
+    and the login goes on; the subids are a step of their own and are still allocated."""
+    pids_top = CGROUP_ROOT / "pids" / "nsgate"
+    made_top = not pids_top.exists()
+    planted = pids_top / f"user-{GRACE.uid}"
+    planted.mkdir(parents=True)
+    try:
+        os.chown(planted, GRACE.uid, GRACE.gid)
+        policy("nsgt-pam4 pids.max 30\n")
+        login = logins(GRACE.name)
+        before = cgroup_of(login.pid)
+        assert login.open()["seconds"] < SESSION_BOUND + STARTUP_SLACK
+        line = syslog.wait_line(b"open_session for nsgt-pam4", b"cgroup:", b"refusing",
+                                str(planted).encode(), b"not root's alone")
+        assert priority(line) == LOG_AUTHPRIV | LOG_WARNING
+        syslog.wait_line(b"open_session for nsgt-pam4", b"added nsgt-pam4:")
+        assert cgroup_of(login.pid) == before
+        assert user_cgroups(GRACE.uid) == [planted]  # the others undone; this one not ours
+        assert planted.stat().st_uid == GRACE.uid and not list(planted.glob("*/"))
+        login.close()
+        assert user_cgroups(GRACE.uid) == []  # close removes the user's empty tree, this too
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            planted.rmdir()
+        if made_top:
+            with contextlib.suppress(OSError):
+                pids_top.rmdir()
 
 
 def test_a_fork_bomb_in_the_session_stops_at_pids_max(logins):
