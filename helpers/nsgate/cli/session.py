@@ -185,9 +185,12 @@ def _open_cgroup(uid: int, gid: int, limits: dict[str, str], session_pid: int) -
     from nsgate.system import cgroups
 
     notes = cgroups.open_session(uid, gid, limits, session_pid)
-    shown = " ".join(f"{key}={value}" for key, value in sorted(limits.items()))
-    return (f"cgroup: the session process is in the user's delegated cgroup, limits "
-            f"{shown or 'none'}" + "".join(f" (note: {note})" for note in notes))
+    shown = " ".join(f"{key}={value}" for key, value in sorted(limits.items())) or "none"
+    if cgroups.host_kind() == "systemd":  # systemd delegates user@.service; pam_systemd moves
+        done = f"cgroup: limits {shown} set on user-{uid}.slice"
+    else:
+        done = f"cgroup: the session process is in the user's delegated cgroup, limits {shown}"
+    return done + "".join(f" (note: {note})" for note in notes)
 
 
 def _close_cgroup(uid: int, session_pid: int) -> str:
