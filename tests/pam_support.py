@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -241,24 +242,37 @@ LOG_WARNING, LOG_NOTICE = 4, 5
 
 
 class Syslog:
-    """The datagrams sent to the test's own /dev/log (tests.support.private_dev_log)."""
+    """The datagrams sent to the test's own /dev/log (tests.support.private_dev_log), received
+    as they come by a thread, as a syslog daemon does: a queue left full (10 datagrams) would
+    hold the hooks' workers in their send, which is the daemon's fault, not the hook's."""
 
     def __init__(self, sock) -> None:
         self.sock = sock
         self.seen: list[bytes] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._receive, daemon=True)
+        self._thread.start()
+
+    def _receive(self) -> None:
+        self.sock.settimeout(0.05)
+        while not self._stop.is_set():
+            try:
+                self.seen.append(self.sock.recv(65536))
+            except (TimeoutError, BlockingIOError):
+                continue
+            except OSError:
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
     def _drain(self, wait: float) -> None:
-        self.sock.settimeout(wait)
-        try:
-            while True:
-                self.seen.append(self.sock.recv(65536))
-                self.sock.settimeout(0.05)
-        except (TimeoutError, BlockingIOError):
-            return
+        time.sleep(wait)
 
     def hook_lines(self) -> list[bytes]:
         self._drain(0.05)
-        return [m for m in self.seen if b"nsgate-session[" in m]
+        return [m for m in list(self.seen) if b"nsgate-session[" in m]
 
     def wait_line(self, *words: bytes, timeout: float = 60) -> bytes:
         """The first line of the hook's holding every word (waiting for it)."""

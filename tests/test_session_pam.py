@@ -88,7 +88,11 @@ def service_and_policy():
 @pytest.fixture
 def syslog():
     with private_dev_log() as sock:
-        yield Syslog(sock)
+        log = Syslog(sock)
+        try:
+            yield log
+        finally:
+            log.stop()
 
 
 @pytest.fixture
