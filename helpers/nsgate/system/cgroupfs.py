@@ -12,7 +12,7 @@ name cannot be a symbolic link that is followed, nor a mount of something else.
 import posix
 
 from nsgate.policy.cgroup_tree import Hierarchy
-from nsgate.system import kernel
+from nsgate.system import files, kernel
 
 CGROUP_SUPER_MAGIC = 0x27E0EB
 CGROUP2_SUPER_MAGIC = 0x63677270
@@ -97,10 +97,7 @@ def remove_dir(parent: int, name: str) -> bool:
 def read(directory: int, name: str) -> str:
     fd = posix.open(name, posix.O_RDONLY | posix.O_NOFOLLOW | posix.O_CLOEXEC, dir_fd=directory)
     try:
-        chunks: list[bytes] = []
-        while chunk := posix.read(fd, 65536):
-            chunks.append(chunk)
-        return b"".join(chunks).decode("utf-8", "surrogateescape")
+        return files.read_all(fd).decode("utf-8", "surrogateescape")
     finally:
         posix.close(fd)
 

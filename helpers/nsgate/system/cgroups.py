@@ -78,10 +78,7 @@ _SYSTEMD_SHOWN = ("TasksMax", "MemoryMax", "MemorySwapMax", "CPUQuotaPerSecUSec"
 def _read_text(path: str) -> str:
     fd = posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC)
     try:
-        chunks: list[bytes] = []
-        while chunk := posix.read(fd, 65536):
-            chunks.append(chunk)
-        return b"".join(chunks).decode("utf-8", "surrogateescape")
+        return files.read_all(fd).decode("utf-8", "surrogateescape")
     finally:
         posix.close(fd)
 
