@@ -25,6 +25,7 @@ from tests.support import (
     run_as,
     transport,
     transport_privs,
+    wait_for,
     write_etc,
 )
 
@@ -174,6 +175,10 @@ def test_target_in_the_callers_own_namespace(targets):
     proc = subprocess.Popen(["setpriv", f"--reuid={ALICE.uid}", f"--regid={ALICE.gid}",
                              "--init-groups", "sleep", "60"])
     try:
+        # until it has exec'd sleep it is setpriv after its setresuid: not dumpable, its /proc
+        # files root's, and refused for that first
+        wait_for(lambda: os.stat(f"/proc/{proc.pid}").st_uid == ALICE.uid,
+                 "the target to exec sleep as alice")
         result = newuidmap(ALICE, proc.pid, 0, 200000, 10)
         assert_refused(result, b"newuidmap: target is not in a new user namespace\n")
     finally:
