@@ -31,7 +31,7 @@ from tests.support import transport
 
 pytestmark = pytest.mark.usefixtures("transport")
 
-RUNS = 32
+RUNS = 24  # 6 a mode: 16 helper-signal pairs x 24 runs is 3.5 min of the suite
 RUNS_SERVICE = 16
 STOPPING = {"SIGSTOP": signal.SIGSTOP, "SIGTSTP": signal.SIGTSTP}
 SIGNALS = ["SIGSTOP", "SIGTSTP", "SIGKILL", "SIGINT"]
