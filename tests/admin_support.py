@@ -8,6 +8,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.support import PREFIX, User, as_user
 
 NSGATE_BIN = PREFIX / "bin" / "nsgate"
@@ -54,3 +56,16 @@ def clean_nic_state() -> None:
     for path in NICS.parent.iterdir():
         if path.is_file() or path.is_symlink():
             path.unlink()
+
+
+@pytest.fixture
+def no_lock_left():
+    """No backup from an earlier test; afterwards no lock, no half-written file, no link file
+    of the lock protocol left in /etc (modules that edit the subid files use it autouse)."""
+    for name in ("subuid-", "subgid-"):
+        Path("/etc", name).unlink(missing_ok=True)
+    yield
+    for name in ("subuid", "subgid"):
+        assert not Path(f"/etc/{name}.lock").exists()
+        assert not Path(f"/etc/{name}+").exists()
+        assert not list(Path("/etc").glob(f"{name}.[0-9]*"))

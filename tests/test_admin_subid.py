@@ -15,8 +15,14 @@ from pathlib import Path
 import pytest
 from nsgate.policy import subid
 
-from tests.admin_support import NSGATE_BIN, nsgate
+from tests.admin_support import (
+    NSGATE_BIN,
+    no_lock_left,  # noqa: F401 - the fixture, by name
+    nsgate,
+)
 from tests.support import ALICE, BOB, lock_holders, lock_waiters, wait_for, wchan, write_etc
+
+pytestmark = pytest.mark.usefixtures("no_lock_left")
 
 SUBUID = Path("/etc/subuid")
 SUBGID = Path("/etc/subgid")
@@ -40,15 +46,6 @@ def assert_refused(result: subprocess.CompletedProcess[str], status: int, *words
         assert word in result.stderr, result.stderr
 
 
-@pytest.fixture(autouse=True)
-def no_lock_left():
-    for name in ("subuid-", "subgid-"):
-        Path("/etc", name).unlink(missing_ok=True)
-    yield
-    for name in ("subuid", "subgid"):
-        assert not Path(f"/etc/{name}.lock").exists()
-        assert not Path(f"/etc/{name}+").exists()
-    assert not list(Path("/etc").glob("subuid.[0-9]*"))
 
 
 # --- add -------------------------------------------------------------------------------------

@@ -18,9 +18,15 @@ from pathlib import Path
 import pytest
 from nsgate.policy import subid
 
-from tests.admin_support import NSGATE_BIN, nsgate
+from tests.admin_support import (
+    NSGATE_BIN,
+    no_lock_left,  # noqa: F401 - the fixture, by name
+    nsgate,
+)
 from tests.support import ALICE, BOB, CAROL, PREFIX, write_etc
 from tests.test_admin_subid import assert_ok, assert_refused
+
+pytestmark = pytest.mark.usefixtures("no_lock_left")
 
 SUBUID = Path("/etc/subuid")
 SUBGID = Path("/etc/subgid")
@@ -69,15 +75,6 @@ def lines_of(path: Path) -> list[subid.SubidLine]:
     return [p for p in parsed if isinstance(p, subid.SubidLine)]
 
 
-@pytest.fixture(autouse=True)
-def no_lock_left():
-    for name in ("subuid-", "subgid-"):
-        Path("/etc", name).unlink(missing_ok=True)
-    yield
-    for name in ("subuid", "subgid"):
-        assert not Path(f"/etc/{name}.lock").exists()
-        assert not Path(f"/etc/{name}+").exists()
-        assert not list(Path("/etc").glob(f"{name}.[0-9]*"))
 
 
 @pytest.fixture
