@@ -638,25 +638,12 @@ def stat(pid):
     return text.rsplit(")", 1)[1].split()[0], text.split("(", 1)[1].rsplit(")", 1)[0]
 def state(pid):
     return stat(pid)[0]
-def sigint_caught(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("SigCgt:"):
-                    return bool(int(line.split()[1], 16) & 2)
-    except OSError:
-        pass
-    return True  # gone: stop waiting
 for line in sys.stdin:
     req = json.loads(line)
     started = time.monotonic()
     proc = subprocess.Popen(req["argv"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
-    if req.get("anchor") == "sigint-caught":  # the interpreter has installed its handler
-        while time.monotonic() - started < 2 and not sigint_caught(proc.pid):
-            pass
-        started = time.monotonic()
-    elif req.get("anchor"):  # the launcher has exec'd the interpreter: its comm changes
+    if req.get("anchor"):  # the launcher has exec'd the interpreter: its comm changes
         while time.monotonic() - started < 2 and stat(proc.pid)[1] not in (req["anchor"],
                                                                            "gone"):
             pass
@@ -700,8 +687,7 @@ class Signaller:
     def run(self, argv: list[str], plan: Sequence[tuple[int, float]],
             anchor: str | None = None) -> tuple[Result, dict]:
         """`anchor`: count the plan's times from when the helper's comm becomes this name
-        (`python3`: the launcher has exec'd the interpreter), or ("sigint-caught") from when
-        its /proc/<pid>/status shows SIGINT caught: both are there for alice to watch."""
+        (`python3`: the launcher has exec'd the interpreter), which alice can watch."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
         request = {"argv": argv, "plan": [(int(s), t) for s, t in plan], "anchor": anchor}
         self.proc.stdin.write(json.dumps(request).encode() + b"\n")

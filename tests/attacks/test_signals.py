@@ -31,7 +31,7 @@ from tests.support import transport
 
 pytestmark = pytest.mark.usefixtures("transport")
 
-RUNS = 24  # 6 a mode: 16 helper-signal pairs x 24 runs is 3.5 min of the suite
+RUNS = 30  # 10 a mode
 RUNS_SERVICE = 16
 STOPPING = {"SIGSTOP": signal.SIGSTOP, "SIGTSTP": signal.SIGTSTP}
 SIGNALS = ["SIGSTOP", "SIGTSTP", "SIGKILL", "SIGINT"]
@@ -71,10 +71,12 @@ def _one_run(scenario, signaller, helper: str, name: str, plan, anchor) -> tuple
 @pytest.mark.attack("C8 signals from the caller")
 @pytest.mark.parametrize("name", SIGNALS)
 def test_signals_at_random_points(helper, scenario, signaller, probes, name):
-    """RUNS runs, a quarter each signalled: anywhere in a run; in its first third (launcher,
+    """RUNS runs, a third each signalled: anywhere in a run; in its first third (launcher,
     interpreter start-up, imports); within 8 ms of the interpreter's exec (alice sees the comm
-    change); within 1.5 ms of the interpreter installing its SIGINT handler (alice sees SigCgt
-    in /proc/<pid>/status). Each run is checked on its own; the failures are listed together."""
+    change). (No run waits for the interpreter to catch SIGINT: the launcher leaves SIGINT
+    ignored, so Python never installs its handler, and such a run only waited 2 s for a sign
+    that never came, then signalled a finished helper.) Each run is checked on its own; the
+    failures are listed together."""
     rng = random.Random(f"{helper}-{name}")
     service = transport() == "service"
     # a client of the service lives a few ms, which one slow run would hide: the median of three
@@ -87,18 +89,17 @@ def test_signals_at_random_points(helper, scenario, signaller, probes, name):
     stopped = 0
     runs = RUNS_SERVICE if service else RUNS
     for run in range(runs):
-        mode = run % (2 if service else 4)
-        at = rng.uniform(0, (span, span / 3, 0.008, 0.0015)[mode])
+        mode = run % (2 if service else 3)
+        at = rng.uniform(0, (span, span / 3, 0.008)[mode])
         plan = [(sig, at)]
         if name in STOPPING:
             plan.append((signal.SIGCONT, at + rng.uniform(0.005, 0.03)))
-        anchor = (None, None, "python3", "sigint-caught")[mode]
+        anchor = (None, None, "python3")[mode]
         try:
             state, answer = _one_run(scenario, signaller, helper, name, plan, anchor)
         except AssertionError as err:
             probes.failed += 1
-            where = {None: "after the start", "python3": "after the interpreter's exec",
-                     "sigint-caught": "after the interpreter caught SIGINT"}[anchor]
+            where = {None: "after the start", "python3": "after the interpreter's exec"}[anchor]
             failures.append(f"run {run}: {name} {at * 1000:.1f} ms {where}: "
                             + " | ".join(str(err).splitlines())[:900])
             continue
