@@ -372,6 +372,15 @@ def _require_roots(hierarchy: Hierarchy, directory: int, shown: str) -> None:
                       "it holds users' limits: remove it (empty) and nsgate makes it again")
 
 
+def _make_dir(undo: _Undo, parent: int, name: str) -> tuple[int, bool]:
+    """cgroupfs.make_dir, its fd kept and, if made here, its removal on rollback."""
+    directory, made = cgroupfs.make_dir(parent, name)
+    undo.keep(directory)
+    if made:
+        undo.made.append((parent, name))
+    return directory, made
+
+
 def _build(hierarchy: Hierarchy, root: int, uid: int, gid: int,
            writes: list[cgroup_limits.Write], undo: _Undo, notes: list[str]) -> int:
     """Make (or check) the user's tree in one hierarchy and apply its limits; the delegate fd."""
@@ -379,20 +388,14 @@ def _build(hierarchy: Hierarchy, root: int, uid: int, gid: int,
     needed = {w[1] for w in writes if w[4]}  # v2: only for limits session.conf sets
     if hierarchy.v2:
         _enable(root, needed)
-    top, made = cgroupfs.make_dir(root, TOP)
-    undo.keep(top)
-    if made:
-        undo.made.append((root, TOP))
+    top, _ = _make_dir(undo, root, TOP)
     _require_roots(hierarchy, top, TOP)
     if hierarchy.v2:
         _enable(top, needed)
     if cpuset:
         _copy_cpuset(root, top)
     user_name = f"user-{uid}"
-    user, made = cgroupfs.make_dir(top, user_name)
-    undo.keep(user)
-    if made:
-        undo.made.append((top, user_name))
+    user, _ = _make_dir(undo, top, user_name)
     _require_roots(hierarchy, user, f"{TOP}/{user_name}")
     if cpuset:
         _copy_cpuset(top, user)
@@ -409,10 +412,7 @@ def _build(hierarchy: Hierarchy, root: int, uid: int, gid: int,
                           f"{user_name}: {err.strerror}") from None
     if hierarchy.v2:
         _enable(user, needed)
-    delegate, made = cgroupfs.make_dir(user, DELEGATE)
-    undo.keep(delegate)
-    if made:
-        undo.made.append((user, DELEGATE))
+    delegate, made = _make_dir(undo, user, DELEGATE)
     owner = posix.fstat(delegate).st_uid
     if not made and owner not in (0, uid):
         raise Refusal(f"refusing {hierarchy.point}/{TOP}/{user_name}/{DELEGATE}: owned by uid "
