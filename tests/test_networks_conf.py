@@ -6,6 +6,7 @@ bytes in, decisions out, no root and no files."""
 from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -65,7 +66,7 @@ def test_login_defs_give_the_uid_range():
     (BASIC.decode() + "uplink nat\n#\nuplink none\n", 4, "uplink given twice"),
     (BASIC.decode() + "\nmtu 1400\n", 3, "unknown setting 'mtu'"),
     ("ipv4-pool 10.0.0.300/16 24\n", 1, "not an IPv4 network"),
-    ("ipv4-pool fd00::/16 24\n", 1, "not an IPv4 network"),
+    ("ipv4-pool fd00::/16 24\n", 1, "not a network ADDRESS/LENGTH"),
     ("ipv4-pool 10.0.0.0 24\n", 1, "not a network ADDRESS/LENGTH"),
     ("ipv4-pool 10.0.0.0/255.255.0.0 24\n", 1, "not a network ADDRESS/LENGTH"),
     ("ipv4-pool 10.0.0.0/16\n", 1, "takes a network and a prefix length"),
@@ -83,6 +84,8 @@ def test_login_defs_give_the_uid_range():
     (BASIC.decode() + "ipv6-pool fd42::/48 80\n", 2, "must be 64 (SLAAC), not 80"),
     (BASIC.decode() + "ipv6-pool fd42::/64 64\n", 2, "/64 is not longer than the pool's /64"),
     (BASIC.decode() + "ipv6-pool fd42::1/48 64\n", 2, "has host bits set"),
+    (BASIC.decode() + "ipv6-pool fd42::%eth0/48 64\n", 2, "not a network ADDRESS/LENGTH"),
+    ("ipv4-pool 10.0.0.0%1/16 24\n", 1, "not a network ADDRESS/LENGTH"),
     (BASIC.decode() + "ipv6-pool fe80::/16 64\n", 2, "overlaps fe80::/10"),
     (BASIC.decode() + "ipv6-pool 10.0.0.0/8 64\n", 2, "not an IPv6 network"),
     (BASIC.decode() + "uplink bridged\n", 2, "uplink is 'bridged'"),
@@ -140,6 +143,18 @@ def test_any_bytes_parse_or_are_refused(data):
         assert caught.first.startswith(PATH + ":")
     else:
         assert parsed.capacity >= 1
+
+
+def test_the_shipped_example_and_the_man_page_example_parse():
+    repo = Path(__file__).resolve().parents[1]
+    example = (repo / "etc" / "networks.conf.example").read_bytes()
+    assert plan(example) == plan(BASIC)
+    uncommented = b"\n".join(line.removeprefix(b"#") for line in example.splitlines()
+                             if not line.startswith(b"# ") and line != b"#")
+    assert plan(uncommented).ipv6_pool == IPv6Network("fd42:6e73::/48")
+    page = (repo / "man" / "nsgate-networks.conf.5.scd").read_text()
+    block = page.split("# EXAMPLE", 1)[1].split("```")[1]
+    assert plan(block).capacity == 256
 
 
 # --- subnets --------------------------------------------------------------------------------------
