@@ -2,6 +2,7 @@
 
 from nsgate.cli.admin.common import (
     LOGIN_DEFS,
+    NETWORKS_CONF,
     NICS,
     NSSWITCH,
     PATHS,
@@ -45,6 +46,7 @@ def run(out: Out, args: Args, libdir: str, libexecdir: str) -> int:
         findings += usernet_lint.lint_nics(NICS, nics, usernet_lint.grants(usernet_data),
                                            set(links))
     findings += _session_conf(accounts, notes)
+    findings += _networks_conf(notes)
     findings += _lock_leftovers()
     service_only = _service_only(libexecdir)
     findings += _install_findings(libdir, libexecdir, service_only)
@@ -76,6 +78,22 @@ def _session_conf(accounts: Accounts, notes: list[str]) -> list[Finding]:
     data = read(SESSION_CONF, notes)
     if data is not None:
         findings += session_conf.lint(SESSION_CONF, data, accounts, read(LOGIN_DEFS, []) or b"")
+    return findings
+
+
+def _networks_conf(notes: list[str]) -> list[Finding]:
+    """The private bridges' address plan: the trusted-file rule and whether it parses."""
+    from nsgate.system import file_facts
+
+    st = file_facts.lstat(NETWORKS_CONF)
+    if not st.exists:
+        return []
+    from nsgate.policy import networks_conf_lint
+
+    findings = networks_conf_lint.lint_file(st, file_facts.ancestors(NETWORKS_CONF))
+    data = read(NETWORKS_CONF, notes)  # None for a link or a device: lint_file tells
+    if data is not None:
+        findings += networks_conf_lint.lint(NETWORKS_CONF, data, read(LOGIN_DEFS, []) or b"")
     return findings
 
 
