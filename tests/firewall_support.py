@@ -6,9 +6,11 @@ Traffic is real: TCP and UDP from a small client, to listeners that log every pe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.admin_support import nsgate
@@ -184,14 +186,34 @@ def table() -> str | None:
 
 
 def addresses(link: str) -> list[str]:
+    """The link's addresses but the IPv6 link-local one."""
     out = json.loads(run("ip", "-j", "addr", "show", "dev", link).stdout)
-    return sorted(f"{a['local']}/{a['prefixlen']}" for a in out[0]["addr_info"])
+    return sorted(f"{a['local']}/{a['prefixlen']}" for a in out[0]["addr_info"]
+                  if not a["local"].startswith("fe80:"))
 
 
 def links_state() -> str:
-    """Every link with its addresses and routes: what a refused apply must leave as it was."""
-    return run("ip", "-d", "addr").stdout + run("ip", "route", "show", "table", "all").stdout \
+    """Every link with its addresses and routes: what a refused apply must leave as it was
+    (with no_dad() in force, so that no address changes by itself)."""
+    return run("ip", "-o", "link").stdout + run("ip", "-o", "addr").stdout \
+        + run("ip", "route", "show", "table", "all").stdout \
         + run("ip", "-6", "route", "show", "table", "all").stdout
+
+
+DAD = ("/proc/sys/net/ipv6/conf/all/accept_dad", "/proc/sys/net/ipv6/conf/default/accept_dad")
+
+
+@contextlib.contextmanager
+def no_dad() -> Iterator[None]:
+    """Links made meanwhile get their IPv6 addresses at once, not tentative for a second."""
+    saved = [Path(path).read_text() for path in DAD]
+    try:
+        for path in DAD:
+            Path(path).write_text("0\n")
+        yield
+    finally:
+        for path, value in zip(DAD, saved, strict=True):
+            Path(path).write_text(value)
 
 
 def apply() -> subprocess.CompletedProcess[str]:
