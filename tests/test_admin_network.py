@@ -83,8 +83,9 @@ def test_apply_loads_everything_once_and_undoes_it_without_the_file() -> None:
                               f"{CONF} (no table, no bridge address)\n")
     assert table_findings() == []
     write_conf(GOOD)
-    assert table_findings() == ["not loaded, so the private bridges have no NAT, isolation or "
-                                "spoofing filter: 'nsgate network apply' (as root) loads it"]
+    assert table_findings() == ["not loaded, so the private bridges (nsgu23001, nsgu23002) have "
+                                "no NAT, isolation or spoofing filter: 'nsgate network apply' "
+                                "(as root) loads it"]
     first = apply()
     assert first.returncode == 0, first.stderr
     lines = first.stdout.splitlines()
@@ -141,6 +142,9 @@ def test_show_without_the_file_and_as_a_user() -> None:
     assert as_alice.returncode == 0, as_alice.stderr
     assert "table inet nsgate: unknown (run as root to read it)" in as_alice.stdout
     assert "ipv4-pool    10.210.0.0/16" in as_alice.stdout
+    checked = nsgate("check", user=ALICE)
+    assert ("nsgate: note: cannot read the nftables table inet nsgate (nf_tables answers root "
+            "only): it was not checked") in checked.stderr
 
 
 def test_apply_as_a_user_is_refused() -> None:
