@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -205,3 +206,60 @@ def test_none_nothing_leaves_the_bridges(lab: Lab) -> None:
     assert lab.uplink.connect("tcp", A_IP, 7006) == DROPPED
     assert lab.a.connect("udp", A_GW, 53) == "hi"
     assert peers(seen) == [] and peers(dns) == [f"udp {A_IP}"]
+
+
+# --- the ruleset's text (pure), and the kernel accepting every variant -------------------------
+
+def _plan(text: str):
+    from nsgate.policy import networks_conf
+
+    return networks_conf.parse(text.encode(), b"")
+
+
+VARIANTS = [f"ipv4-pool 10.210.0.0/16 24\n{six}uplink {uplink}\n"
+            for uplink in ("nat", "routed", "none")
+            for six in ("", "ipv6-pool fd42:6e73::/48 64\n")]
+
+
+def test_no_plan_only_removes_the_table() -> None:
+    from nsgate.policy import network_ruleset
+
+    assert network_ruleset.ruleset(None) == "add table inet nsgate\ndelete table inet nsgate\n"
+
+
+def test_the_version_names_the_rules() -> None:
+    from nsgate.policy import network_ruleset
+
+    nat, nat6, routed, routed6, none, none6 = (network_ruleset.version(_plan(text))
+                                               for text in VARIANTS)
+    assert len({nat, nat6, routed, none}) == 4
+    assert (routed, none) == (routed6, none6)  # an IPv6 pool adds a rule only to masquerade
+    for text in VARIANTS:
+        version = network_ruleset.version(_plan(text))
+        assert version == network_ruleset.version(_plan("# same\n" + text))
+        assert version.startswith("nsgate networks 1 ") and len(version) == 18 + 12
+        assert f'\tcomment "{version}"\n' in network_ruleset.ruleset(_plan(text))
+    # allocation changes no rule
+    assert network_ruleset.version(_plan(VARIANTS[0] + "allocation derived\n")) == \
+        network_ruleset.version(_plan(VARIANTS[0].replace("24", "24\nallocation recorded")))
+
+
+def test_what_each_uplink_adds() -> None:
+    from nsgate.policy import network_ruleset
+
+    nat, nat6, routed, _, none, _ = (network_ruleset.ruleset(_plan(text)) for text in VARIANTS)
+    assert 'oifname != "nsgu*" ip saddr 10.210.0.0/16 masquerade' in nat
+    assert "fd42" not in nat and 'ip6 saddr fd42:6e73::/48 masquerade' in nat6
+    assert "masquerade" not in routed + none
+    assert 'oifname "nsgu*" ct state new accept' in routed
+    assert "ct state new" not in nat + none
+    assert '\t\tiifname "nsgu*" drop\n' in none and '\t\tiifname "nsgu*" accept\n' in nat
+
+
+@pytest.mark.parametrize("text", VARIANTS)
+def test_the_kernel_accepts_every_variant(text: str) -> None:
+    from nsgate.policy import network_ruleset
+
+    checked = subprocess.run(["nft", "-c", "-f", "-"], input=network_ruleset.ruleset(_plan(text)),
+                             capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stderr
