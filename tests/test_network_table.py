@@ -213,7 +213,7 @@ def test_none_nothing_leaves_the_bridges(lab: Lab) -> None:
 def _plan(text: str):
     from nsgate.policy import networks_conf
 
-    return networks_conf.parse(text.encode(), b"")
+    return networks_conf.parse(text.encode(), b"UID_MIN 1000\nUID_MAX 1100\n")
 
 
 VARIANTS = [f"ipv4-pool 10.210.0.0/16 24\n{six}uplink {uplink}\n"
