@@ -1,6 +1,7 @@
 """The networks this host's links already use: every IPv4 and IPv6 address (RTM_GETADDR dump)
 and every unicast route but the default ones (RTM_GETROUTE dump, all tables; a /1 counts as a
-default route: VPN clients split theirs in two), with the link each is on. network_apply refuses a pool that overlaps one of them outside the users' bridges."""
+default route: VPN clients split theirs in two), with the link each is on. network_apply
+refuses a pool that overlaps one of them outside the users' bridges."""
 
 import _socket
 import _struct
