@@ -200,12 +200,16 @@ def test_a_pool_overlapping_a_route_of_the_host_is_refused(loaded) -> None:
                      "route fd43::/16 on nsgtx0")
 
 
-def test_a_malformed_file_is_refused(loaded) -> None:
+def test_a_malformed_file_or_a_pool_too_small_to_derive_is_refused(loaded) -> None:
     before = (table(), links_state())
     write_conf(GOOD + "uplink bridged\n")
     refused = apply()
     assert refused.stderr.startswith(f"nsgate: {CONF}:4: ")
     _unchanged_after(refused, before, refused.stderr.splitlines()[0].removeprefix("nsgate: "))
+    write_conf(GOOD + "allocation derived\n")  # 256 subnets for login.defs' 59001 uids
+    too_small = apply()
+    assert "59001" in too_small.stderr and "256" in too_small.stderr
+    _unchanged_after(too_small, before, too_small.stderr.splitlines()[0].removeprefix("nsgate: "))
 
 
 def _apply_with(nft_replacement: Path) -> subprocess.CompletedProcess[str]:
