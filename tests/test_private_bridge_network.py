@@ -25,6 +25,7 @@ from tests.usernic_support import (
     Proc,
     addr_assign_type,
     create,
+    create_popen,
     ip_links,
     master_of,
     wait_until,
@@ -272,3 +273,25 @@ def test_a_table_that_cannot_be_loaded_refuses_and_attaches_nothing():
     assert set(ip_links()) == before
     assert set(ctr.links()) == {"lo"}
     assert table() is None
+
+
+def test_two_twins_at_once_never_share_a_mac():
+    """Two creates of the same user, lxcpath, name and nic name started together (through the
+    service they may be one batch of its committer, which holds the lock for both): both work,
+    and the two containers never end up with one MAC."""
+    write_etc("nsgate/networks.conf", "ipv4-pool 10.210.0.0/16 24\n")
+    nic(ALICE)  # the bridge and the tables exist: the twins race only for their MACs
+    twins = [Proc.container(ALICE) for _ in range(2)]
+    running = [create_popen(ALICE, ctr.pid, bridge="nsgate-private", name="eth1")
+               for ctr in twins]
+    for proc in running:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    macs = {ctr.links()["eth1"]["address"] for ctr in twins}
+    assert len(macs) == 2
+    for number, ctr in enumerate(twins, 2):
+        in_netns(ctr, "ip", "address", "add", f"10.210.0.{number}/24", "dev", "eth1")
+        in_netns(ctr, "ip", "link", "set", "eth1", "up")
+    assert reaches(twins[0], "10.210.0.1", tries=20)
+    assert reaches(twins[1], "10.210.0.1", tries=20)
+    assert reaches(twins[0], "10.210.0.3")
