@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nsgate.policy import nic_macs
+from nsgate.policy import network_ruleset, networks_conf, nic_macs
 
 from tests.admin_support import clean_nic_state, links
 from tests.support import ALICE, BOB, CAROL, User, write_etc
@@ -242,3 +242,33 @@ def test_stable_macs():
     assert reaches(twin, "10.210.0.1", tries=20)
     assert reaches(twin, "10.210.0.2")
 
+
+
+def test_a_table_of_another_version_is_replaced():
+    write_etc("nsgate/networks.conf", PLAN)
+    nic(ALICE)
+    first = table()
+    write_etc("nsgate/networks.conf", PLAN.replace("uplink nat", "uplink none"))
+    nic(ALICE)
+    plan = networks_conf.parse(NETWORKS.read_bytes(), Path("/etc/login.defs").read_bytes())
+    assert table() == network_ruleset.version(plan) != first
+
+
+def test_a_table_that_cannot_be_loaded_refuses_and_attaches_nothing():
+    """nft failing (here /usr/bin/false in its place; the port security table is there
+    already, so only the network table needs it): a refusal naming the table, no bridge, no
+    nic, no table."""
+    nic(BOB)  # the port security table, loaded while nft works
+    write_etc("nsgate/networks.conf", PLAN)
+    before = set(ip_links())
+    subprocess.run(["mount", "--bind", "/usr/bin/false", "/usr/sbin/nft"], check=True)
+    try:
+        ctr = Proc.container(ALICE)
+        result = create(ALICE, ctr.pid, bridge="nsgate-private")
+    finally:
+        subprocess.run(["umount", "/usr/sbin/nft"], check=True)
+    assert result.returncode == 1
+    assert b"could not set up nftables table inet nsgate" in result.stderr, result.stderr
+    assert set(ip_links()) == before
+    assert set(ctr.links()) == {"lo"}
+    assert table() is None

@@ -18,7 +18,7 @@ create, in order, each step before any change:
 import posix
 
 from nsgate.errors import Refusal
-from nsgate.policy import nic_batch, nicdb, nicnames, usernet
+from nsgate.policy import nic_batch, nic_macs, nicdb, nicnames, usernet
 from nsgate.policy.nic_request import NO_BRIDGE, USAGE, NicRequest, parse
 from nsgate.system import (
     audit,
@@ -212,6 +212,8 @@ def _create(caller: Caller, request: NicRequest, handed: "Handed | None") -> str
             try:
                 if intent.private and remote is None:
                     network = network_plan.load()  # malformed: refused before any change
+                    if network is not None:
+                        private_bridge.load_network_modules()
                 if intent.guarded and remote is None:
                     guard = port_security.Guard(network)  # nsgate's nftables tables
                 confine.confine([kernel.CAP_NET_ADMIN, kernel.CAP_SETUID, kernel.CAP_SETGID],
@@ -316,8 +318,6 @@ def _stable_macs(net: rtnl.Rtnl, where: ports.Attachment, uid: int,
     ones, as nowhere else (Open vSwitch, `none`)."""
     if where.is_ovs or not where.index:
         return None, None
-    from nsgate.policy import nic_macs
-
     container = nic_macs.container_mac(uid, *identity)
     host = nic_macs.host_mac(container)
     if any(port.address == host for port in net.links(master=where.index)):

@@ -76,7 +76,7 @@ class _Installer:
     """A child forked before the helper confines itself, which on request loads nsgate's
     tables and nothing else: b"1" RULESET (`bridge nsgate`), b"2" the network table of `plan`
     (`inet nsgate`, networks.conf) and the forwarding it needs. Each answer is one line, "0" or
-    the first line of what failed; it ends when the helper closes the pipe."""
+    the first line of what failed; it ends on b"q" or when the helper closes the pipe."""
 
     def __init__(self, nft: str, plan: "Plan | None") -> None:
         def serve(requests: int, answers: int) -> None:
@@ -110,6 +110,10 @@ class _Installer:
 
     def close(self) -> None:
         if self._pid:
+            try:  # it also ends at the end of the pipe, unless closing that fails
+                posix.write(self._request, b"q")
+            except OSError:
+                pass
             files.close_quietly(self._request)
             files.close_quietly(self._answer)
             try:

@@ -45,6 +45,13 @@ def _record(line: bytes) -> None:
         posix.close(fd)
 
 
+def load_network_modules() -> None:
+    """Import, before the helper confines itself (confine checks every module loaded by then),
+    what ensure() uses when networks.conf exists."""
+    from nsgate.policy import nic_macs  # noqa: F401
+    from nsgate.system import bridge_address, subnet_record  # noqa: F401
+
+
 def ensure(net: "rtnl.Rtnl", uid: int, plan: "Plan | None" = None,
            guard: "port_security.Guard | None" = None) -> ports.Attachment:
     """The caller's private bridge, created and recorded on first use. With networks.conf's
