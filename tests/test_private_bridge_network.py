@@ -162,6 +162,21 @@ def test_derived_subnets_are_not_recorded():
     assert not SUBNETS.exists()
 
 
+def test_derived_gives_no_subnet_outside_the_uid_range():
+    login_defs = Path("/etc/login.defs").read_text()
+    write_etc("login.defs", login_defs + f"\nUID_MIN 23000\nUID_MAX {CAROL.uid - 1}\n")
+    write_etc("nsgate/networks.conf", "ipv4-pool 10.214.0.0/16 24\nallocation derived\n")
+    before = set(ip_links())
+    ctr = Proc.container(CAROL)
+    result = create(CAROL, ctr.pid, bridge="nsgate-private")
+    assert result.returncode == 1
+    assert f"uid {CAROL.uid} is outside UID_MIN..UID_MAX".encode() in result.stderr, \
+        result.stderr
+    assert set(ip_links()) == before
+    assert set(ctr.links()) == {"lo"}
+    assert table() is None
+
+
 def test_recorded_index_is_sticky_and_reassigned_only_when_the_pool_is_full():
     write_etc("nsgate/networks.conf", "ipv4-pool 10.213.0.0/24 25\n")  # two subnets
     alice_ctr, _ = nic(ALICE)

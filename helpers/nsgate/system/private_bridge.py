@@ -95,14 +95,16 @@ def _bridge_mac(uid: int) -> bytes:
 
 def _subnet(net: "rtnl.Rtnl", uid: int, plan: "Plan",
             guard: "port_security.Guard | None") -> "Subnet":
-    """`uid`'s subnet (allocated if need be), once the network table is in place."""
+    """`uid`'s subnet (allocated if need be; a refusal first, before the table is touched),
+    once the network table is in place."""
     from nsgate.policy import networks_conf
     from nsgate.system import subnet_record
 
     if guard is None:
         raise Refusal("internal error: no nftables guard for a private bridge with networks.conf")
+    index = subnet_record.index_for(plan, uid, net)
     guard.ready_network()
-    return networks_conf.subnet(plan, subnet_record.index_for(plan, uid, net))
+    return networks_conf.subnet(plan, index)
 
 
 def _network(net: "rtnl.Rtnl", link: "rtnl.Link", uid: int, plan: "Plan",
