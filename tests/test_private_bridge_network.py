@@ -370,3 +370,21 @@ def test_a_create_that_fails_anywhere_leaves_no_wrong_address_and_no_half_table(
     assert table() == version and addresses(bridge(ALICE)) == gateways
     assert FORWARDING.read_text() == "1\n"
 
+
+
+@only_transport("setuid")  # the helper's own process is the one traced
+def test_without_networks_conf_the_helper_loads_nothing_of_it():
+    """No networks.conf: a private-bridge create opens neither the plan's parser nor ipaddress
+    (their import cost is only paid where the file exists)."""
+    log = WORK / "no-plan-trace"
+    WORK.mkdir(parents=True, exist_ok=True)
+    ctr = Proc.container(ALICE)
+    argv = [helper("lxc-user-nic"), "create", "x", "x", str(ctr.pid), "veth", "nsgate-private"]
+    traced = subprocess.run(["strace", "-qq", "-f", "-e", "trace=openat", "-o", str(log), "-u",
+                             ALICE.name, *argv], capture_output=True, text=True, timeout=60)
+    assert traced.returncode == 0, traced.stderr
+    opened = log.read_text()
+    assert "/etc/nsgate/networks.conf" in opened  # looked for, and not there
+    for module in ("ipaddress", "networks_conf", "bridge_address", "subnet_record",
+                   "network_ruleset"):
+        assert f"/{module}." not in opened, module
