@@ -34,6 +34,7 @@ CODES = {
     "networks-syntax": ERROR,
     "networks-derived-too-small": ERROR,
     "networks-unsafe-file": ERROR,
+    "network-table": ERROR,
 }
 
 

@@ -25,13 +25,14 @@ import errno
 import posix
 
 from nsgate.errors import Refusal
-from nsgate.policy import netlink_codec as codec
-from nsgate.system import files, netlink, programs, rtnl
+from nsgate.system import files, nf_tables, programs, rtnl
 from nsgate.system.netlink import NetlinkError
 
 TYPE_CHECKING = False  # typing costs import time on every helper run
 if TYPE_CHECKING:
     from collections.abc import Iterable
+
+    from nsgate.policy.networks_conf import Plan
 
 GROUP = 0x6E73  # "ns": IFLA_GROUP of every host end nsgate makes
 TABLE = "nsgate"
@@ -68,140 +69,51 @@ add @port_mac {{ meta iif . ether saddr }} add @mac_in_use {{ ether saddr }} acc
 }}
 """
 
-# <linux/netfilter/nfnetlink.h>, <linux/netfilter/nf_tables.h>
-_NETLINK_NETFILTER = 12
-_NFNL_SUBSYS_NFTABLES = 10
-_NFNL_MSG_BATCH_BEGIN = 16
-_NFNL_MSG_BATCH_END = 17
-_NFPROTO_BRIDGE = 7
-_NFT_MSG_GETTABLE = 1
-_NFT_MSG_GETSETELEM = 13
-_NFT_MSG_DELSETELEM = 14
-_NFTA_TABLE_NAME = 1
-_NFTA_TABLE_USERDATA = 6
-_NFTA_SET_ELEM_LIST_TABLE = 1
-_NFTA_SET_ELEM_LIST_SET = 2
-_NFTA_SET_ELEM_LIST_ELEMENTS = 3
-_NFTA_LIST_ELEM = 1
-_NFTA_SET_ELEM_KEY = 1
-_NFTA_DATA_VALUE = 1
-_NFTNL_UDATA_TABLE_COMMENT = 0  # libnftnl: the table's comment, a NUL-terminated TLV
 _U32 = _struct.Struct("=I")
 
 
-def _nfgenmsg(family: int, res_id: int = 0) -> bytes:
-    return bytes((family, 0)) + res_id.to_bytes(2, "big")
-
-
-def _comment(userdata: bytes) -> bytes | None:
-    offset = 0
-    while offset + 2 <= len(userdata):
-        kind, length = userdata[offset], userdata[offset + 1]
-        value = userdata[offset + 2:offset + 2 + length]
-        if kind == _NFTNL_UDATA_TABLE_COMMENT:
-            return value.split(b"\0", 1)[0]
-        offset += 2 + length
-    return None
-
-
-class _Nfnl:
-    """Queries and one transaction on nsgate's table, over a NETLINK_NETFILTER socket
-    connected to the kernel (system/netlink.py)."""
-
-    def __init__(self) -> None:
-        self._socket = netlink.NetlinkSocket(_NETLINK_NETFILTER)
-
-    def close(self) -> None:
-        self._socket.close()
-
-    def table_version(self) -> bytes | None:
-        """The comment of table `bridge nsgate`; None if there is no such table."""
-        body = _nfgenmsg(_NFPROTO_BRIDGE) + codec.string(_NFTA_TABLE_NAME, TABLE)
-        try:
-            answers = self._socket.request(_NFNL_SUBSYS_NFTABLES << 8 | _NFT_MSG_GETTABLE,
-                                           codec.NLM_F_ACK, body, f"GETTABLE bridge {TABLE}")
-        except NetlinkError as err:
-            if err.errno == errno.ENOENT:
-                return None
-            raise
-        for payload in answers:
-            attrs = _attrs(payload, 4)
-            return _comment(attrs.get(_NFTA_TABLE_USERDATA, b"")) or b""
-        return None
-
-    def keys(self, set_name: str) -> list[bytes]:
-        """The keys of the live elements of set `set_name` of the table."""
-        body = (_nfgenmsg(_NFPROTO_BRIDGE) + codec.string(_NFTA_SET_ELEM_LIST_TABLE, TABLE)
-                + codec.string(_NFTA_SET_ELEM_LIST_SET, set_name))
-        answers = self._socket.request(_NFNL_SUBSYS_NFTABLES << 8 | _NFT_MSG_GETSETELEM,
-                                       codec.NLM_F_DUMP, body, f"GETSETELEM {set_name}")
-        keys = []
-        for payload in answers:
-            elements = _attrs(payload, 4).get(_NFTA_SET_ELEM_LIST_ELEMENTS, b"")
-            for _, element in _iter_attrs(elements):
-                key = _attrs(_attrs(element).get(_NFTA_SET_ELEM_KEY, b""))
-                if _NFTA_DATA_VALUE in key:
-                    keys.append(key[_NFTA_DATA_VALUE])
-        return keys
-
-    def delete_keys(self, doomed: "dict[str, list[bytes]]") -> None:
-        """Delete these elements (set name -> keys) in one transaction."""
-        batch_header = _nfgenmsg(0, _NFNL_SUBSYS_NFTABLES)
-        parts = []
-        for set_name, keys in doomed.items():
-            if not keys:
-                continue
-            elements = b"".join(codec.nested(_NFTA_LIST_ELEM, codec.nested(
-                _NFTA_SET_ELEM_KEY, codec.attr(_NFTA_DATA_VALUE, key))) for key in keys)
-            body = (_nfgenmsg(_NFPROTO_BRIDGE) + codec.string(_NFTA_SET_ELEM_LIST_TABLE, TABLE)
-                    + codec.string(_NFTA_SET_ELEM_LIST_SET, set_name)
-                    + codec.nested(_NFTA_SET_ELEM_LIST_ELEMENTS, elements))
-            parts.append((_NFNL_SUBSYS_NFTABLES << 8 | _NFT_MSG_DELSETELEM, codec.NLM_F_ACK, body))
-        if parts:
-            self._socket.batch([(_NFNL_MSG_BATCH_BEGIN, 0, batch_header), *parts,
-                                (_NFNL_MSG_BATCH_END, 0, batch_header)], "DELSETELEM")
-
-
-def _attrs(data: bytes, offset: int = 0) -> dict[int, bytes]:
-    try:
-        return codec.parse_attrs(data, offset)
-    except codec.CodecError as err:
-        raise NetlinkError(errno.EBADMSG, f"nf_tables: malformed answer: {err}") from None
-
-
-def _iter_attrs(data: bytes) -> list[tuple[int, bytes]]:
-    try:
-        return codec.iter_attrs(data)
-    except codec.CodecError as err:
-        raise NetlinkError(errno.EBADMSG, f"nf_tables: malformed answer: {err}") from None
-
-
 class _Installer:
-    """A child forked before the helper confines itself, which on request runs `nft -f -` with
-    RULESET and nothing else; it ends when the helper closes the pipe."""
+    """A child forked before the helper confines itself, which on request loads nsgate's
+    tables and nothing else: b"1" RULESET (`bridge nsgate`), b"2" the network table of `plan`
+    (`inet nsgate`, networks.conf) and the forwarding it needs. Each answer is one line, "0" or
+    the first line of what failed; it ends on b"q" or when the helper closes the pipe."""
 
-    def __init__(self, nft: str) -> None:
+    def __init__(self, nft: str, plan: "Plan | None") -> None:
         def serve(requests: int, answers: int) -> None:
-            if posix.read(requests, 1) == b"1":
-                posix.write(answers, _run_nft(nft))
+            while job := posix.read(requests, 1):
+                if job == b"1":
+                    answer = nf_tables.run_nft(nft, RULESET)
+                elif job == b"2" and plan is not None:
+                    answer = _load_network(plan)
+                else:
+                    return
+                posix.write(answers, answer.replace(b"\n", b" ") + b"\n")
 
         self._pid, self._request, self._answer = programs.fork_server(serve)
 
-    def install(self) -> str:
-        """The first line nft wrote on failure; "" on success."""
+    def run(self, job: bytes) -> str:
+        """The first line of what failed; "" on success."""
         answer = b""
         try:
-            posix.write(self._request, b"1")
-            while chunk := posix.read(self._answer, 4096):
+            posix.write(self._request, job)
+            while not answer.endswith(b"\n"):
+                chunk = posix.read(self._answer, 4096)
+                if not chunk:
+                    break
                 answer += chunk
         except OSError as err:
             return f"the process that runs nft is gone ({err.strerror})"
-        if answer == b"0":
+        if answer == b"0\n":
             return ""
-        return answer.decode("utf-8", "backslashreplace") or "the process that runs nft died"
+        return answer.strip().decode("utf-8", "backslashreplace") or \
+            "the process that runs nft died"
 
     def close(self) -> None:
         if self._pid:
+            try:  # it also ends at the end of the pipe, unless closing that fails
+                posix.write(self._request, b"q")
+            except OSError:
+                pass
             files.close_quietly(self._request)
             files.close_quietly(self._answer)
             try:
@@ -211,36 +123,45 @@ class _Installer:
             self._pid = 0
 
 
-def _run_nft(nft: str) -> bytes:
-    """b"0" if `nft -f -` installed RULESET, else the first line of its error output."""
-    ruleset_out, ruleset_in = posix.pipe2(posix.O_CLOEXEC)
-    errors_out, errors_in = posix.pipe2(posix.O_CLOEXEC)
-    null = posix.open("/dev/null", posix.O_RDWR | posix.O_CLOEXEC)
-    pid = posix.posix_spawn(nft, [nft, "-f", "-"], programs.ENVIRONMENT,
-                            file_actions=[(posix.POSIX_SPAWN_DUP2, ruleset_out, 0),
-                                          (posix.POSIX_SPAWN_DUP2, null, 1),
-                                          (posix.POSIX_SPAWN_DUP2, errors_in, 2)])
-    for fd in (ruleset_out, errors_in, null):
-        posix.close(fd)
-    posix.write(ruleset_in, RULESET.encode())  # far below a pipe's capacity
-    posix.close(ruleset_in)
-    errors = b""
-    while chunk := posix.read(errors_out, 4096):
-        errors += chunk
-    posix.close(errors_out)
-    _, status = posix.waitpid(pid, 0)
-    if posix.WIFEXITED(status) and posix.WEXITSTATUS(status) == 0:
-        return b"0"
-    return (errors.strip().split(b"\n", 1)[0] or b"nft failed")[:300]
+def _load_network(plan: "Plan") -> bytes:
+    """In the installer: the network table of `plan` loaded unless it is already, then the
+    forwarding on; b"0", or the refusal's lines in one."""
+    from nsgate.policy import network_ruleset
+    from nsgate.system import network_apply, network_table
+
+    try:
+        if network_table.loaded_version() != network_ruleset.version(plan):
+            network_table.load(network_ruleset.ruleset(plan))
+        network_apply.set_forwarding(plan)
+    except Refusal as refusal:
+        return "; ".join((refusal.first, *refusal.details)).encode()[:600]
+    except OSError as err:
+        return f"cannot turn forwarding on: {err}".encode()[:600]
+    return b"0"
+
+
+def _forwarding_on(plan: "Plan") -> bool:
+    from nsgate.system import network_apply
+
+    for path in network_apply.forwarding_wanted(plan):
+        fd = posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC)
+        try:
+            if posix.read(fd, 16).strip() != b"1":
+                return False
+        finally:
+            posix.close(fd)
+    return True
 
 
 class Guard:
-    """The table for one create: checked now, before the helper confines itself; installed if
-    needed and cleaned of vanished ports' claims later, under the database lock (`ready`)."""
+    """nsgate's tables for one create (or one batch): checked now, before the helper confines
+    itself; installed if needed later, under the database lock: `ready` the port security,
+    cleaned of vanished ports' claims; `ready_network` (a private bridge, with networks.conf's
+    `plan`) the network table and forwarding."""
 
-    def __init__(self) -> None:
+    def __init__(self, plan: "Plan | None" = None) -> None:
         try:
-            self._nfnl = _Nfnl()
+            self._nfnl = nf_tables.Nfnl(nf_tables.NFPROTO_BRIDGE, TABLE)
         except OSError as err:
             raise _no_nf_tables(err) from None
         try:
@@ -249,15 +170,26 @@ class Guard:
             self._nfnl.close()
             raise _no_nf_tables(err) from None
         self._installer: _Installer | None = None
+        self._plan = plan
+        self._network_version = ""
+        self._network_ready = plan is None
         try:
-            if version != VERSION.encode():
+            network_needed = False
+            if plan is not None:
+                from nsgate.policy import network_ruleset
+                from nsgate.system import network_table
+
+                self._network_version = network_ruleset.version(plan)
+                network_needed = (network_table.loaded_version() != self._network_version
+                                  or not _forwarding_on(plan))
+            if version != VERSION.encode() or network_needed:
                 nft = programs.find("nft")
                 if nft is None:
                     raise Refusal("nftables is needed to attach a nic to a Linux bridge",
-                                  "nsgate's port security is a table of nftables, and nft was "
-                                  "not found in " + ", ".join(programs.SEARCH_PATH)
-                                  + ": install nftables")
-                self._installer = _Installer(nft)
+                                  "nsgate's port security (and the firewall of the per-user "
+                                  "networks) are tables of nftables, and nft was not found in "
+                                  + ", ".join(programs.SEARCH_PATH) + ": install nftables")
+                self._installer = _Installer(nft, plan)
         except BaseException:
             self.close()
             raise
@@ -266,7 +198,7 @@ class Guard:
         """The current table is in place and holds no claim of a port that is gone."""
         try:
             if self._nfnl.table_version() != VERSION.encode():
-                failure = self._installer.install() if self._installer else "it vanished"
+                failure = self._installer.run(b"1") if self._installer else "it vanished"
                 if failure or self._nfnl.table_version() != VERSION.encode():
                     raise Refusal(f"could not set up nftables table bridge {TABLE} (port "
                                   "security)", failure or "nft exited 0 but no table is there",
@@ -280,6 +212,23 @@ class Guard:
                         raise
         except NetlinkError as err:
             raise _no_nf_tables(err) from None
+
+    def ready_network(self) -> None:
+        """The network table of the plan is loaded, and forwarding on (once per Guard); a
+        Refusal if it cannot be."""
+        if self._network_ready or self._plan is None:
+            return
+        from nsgate.system import network_table
+
+        if (network_table.loaded_version() != self._network_version
+                or not _forwarding_on(self._plan)):
+            failure = self._installer.run(b"2") if self._installer else "it changed meanwhile"
+            if failure or network_table.loaded_version() != self._network_version:
+                raise Refusal(f"could not set up nftables table {network_table.NAME} (the "
+                              "firewall of the per-user networks of /etc/nsgate/networks.conf)",
+                              failure or "nft exited 0 but the table is not there",
+                              "nothing was attached; nsgate network apply says more")
+        self._network_ready = True
 
     def _forget_vanished_ports(self, net: "rtnl.Rtnl") -> None:
         claims = self._nfnl.keys("port_mac")
