@@ -388,3 +388,24 @@ def test_without_networks_conf_the_helper_loads_nothing_of_it():
     for module in ("ipaddress", "networks_conf", "bridge_address", "subnet_record",
                    "network_ruleset"):
         assert f"/{module}." not in opened, module
+
+
+def test_addresses_the_kernel_refuses_roll_back_and_attach_nothing():
+    """An existing bridge on which the kernel refuses the IPv6 gateway (IPv6 disabled on it):
+    a refusal with the kernel's reason; the IPv4 gateway added meanwhile and the new MAC are
+    undone, and no nic is attached."""
+    nic(ALICE)
+    mac = ip_links()[bridge(ALICE)]["address"]
+    Path(f"/proc/sys/net/ipv6/conf/{bridge(ALICE)}/disable_ipv6").write_text("1\n")
+    write_etc("nsgate/networks.conf", PLAN)
+    before = set(ip_links())
+    ctr = Proc.container(ALICE)
+    result = create(ALICE, ctr.pid, bridge="nsgate-private")
+    assert result.returncode == 1
+    assert f"could not give {bridge(ALICE)} the gateway addresses of 10.210.0.0/24".encode() \
+        in result.stderr, result.stderr
+    assert b"RTM_NEWADDR fd42:6e73" in result.stderr
+    assert addresses(bridge(ALICE)) == []
+    assert ip_links()[bridge(ALICE)]["address"] == mac
+    assert set(ip_links()) == before
+    assert set(ctr.links()) == {"lo"}
