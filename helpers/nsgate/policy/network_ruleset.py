@@ -8,8 +8,9 @@ addresses belong to which bridge, so one fixed table serves every bridge, presen
   address is not routed back through that same bridge is dropped (strict reverse path: no
   spoofing, not even of another user's subnet); only the unspecified source of a DHCP discover,
   of IPv6 duplicate address detection and router solicitation passes;
-- input: from a user's bridge the host answers replies, DHCP, DNS, ping and IPv6 neighbour
-  discovery, and only on addresses of the bridge it came in on; every other packet is dropped;
+- input: from a user's bridge the host answers replies, DHCP, DNS and IPv6 neighbour
+  discovery (not even ping), and only on addresses of the bridge it came in on; every other
+  packet is dropped;
 - forward: nothing is routed from one user's bridge to another's (routed back out through the
   bridge it came from is that user's own traffic: with br_netfilter bridged frames pass here
   too); out of a bridge to anywhere else passes in `nat` and `routed`, not in `none`; into a
@@ -84,8 +85,7 @@ def _input() -> str:
         "meta nfproto ipv6 udp dport 547 accept",
         "udp dport 53 accept",
         "tcp dport 53 accept",
-        "icmp type echo-request accept",
-        "icmpv6 type { echo-request, nd-neighbor-solicit, nd-neighbor-advert, "
+        "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, "
         "nd-router-solicit, mld2-listener-report } accept",
         "drop",
     ])
