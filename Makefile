@@ -272,3 +272,19 @@ bench: install
 
 clean:
 	rm -rf $(BUILD)
+
+# --- The sample of /etc/nsgate/networks.conf (issue 12), for the administrator to copy.
+EXAMPLEDIR ?= $(PREFIX)/share/nsgate
+
+.PHONY: install-examples uninstall-examples
+install: install-examples
+uninstall: uninstall-examples
+
+install-examples:
+	install -d -m 0755 $(DESTDIR)$(EXAMPLEDIR)
+	install -m 0644 $(OWNER) etc/networks.conf.example $(DESTDIR)$(EXAMPLEDIR)/networks.conf.example
+
+uninstall-examples:
+	rm -f $(DESTDIR)$(EXAMPLEDIR)/networks.conf.example
+	rmdir $(DESTDIR)$(EXAMPLEDIR) 2>/dev/null || true
+# --- end of the sample

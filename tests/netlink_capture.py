@@ -1,13 +1,13 @@
 """Real rtnetlink answers, captured as the kernel sends them, for the codec's tests and fuzz seeds.
 
 Run as root in a fresh network namespace (`unshare --net python3 -m tests.netlink_capture`): it
-builds bridges, veth pairs (one with its peer in another namespace), bridge
-ports with flags set, then asks the kernel as the helpers do (a socket with NETLINK_CAP_ACK and
-NETLINK_EXT_ACK) and prints, as JSON, every request's sequence number, the socket's port id and
-the datagrams of the answer (hex). Last, "link-notifications": what a socket subscribed to
-RTNLGRP_LINK from the start received, through a port leaving its bridge and the deletion of a
-bridge port, a bridge, and a veth whose peer's namespace went. Written with the standard library
-only, not with the codec.
+builds bridges, veth pairs (one with its peer in another namespace), bridge ports with flags set,
+IPv4 and IPv6 addresses on a bridge, then asks the kernel as the helpers do (a socket with
+NETLINK_CAP_ACK and NETLINK_EXT_ACK) and prints, as JSON, every request's sequence number, the
+socket's port id and the datagrams of the answer (hex). Last, "link-notifications": what a
+socket subscribed to RTNLGRP_LINK from the start received, through a port leaving its bridge and
+the deletion of a bridge port, a bridge, and a veth whose peer's namespace went. Written with the
+standard library only, not with the codec.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import sys
 
 SOL_NETLINK, NETLINK_CAP_ACK, NETLINK_EXT_ACK = 270, 10, 11
 RTM_NEWLINK, RTM_GETLINK, RTM_SETLINK = 16, 18, 19
+RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
+AF_INET, AF_INET6 = 2, 10
 F_REQUEST, F_ACK, F_DUMP, F_CREATE, F_EXCL = 0x1, 0x4, 0x300, 0x400, 0x200
 AF_BRIDGE = 7
 RTMGRP_LINK = 1  # the bind() mask of the group RTNLGRP_LINK
@@ -51,6 +53,9 @@ def setup() -> subprocess.Popen[bytes]:
     ip("link", "set", "br1", "up")
     ip("link", "set", "va", "up")
     ip("link", "set", "lo", "up")
+    ip("address", "add", "10.210.0.1/24", "brd", "+", "dev", "br1")
+    ip("address", "add", "10.210.9.1/16", "dev", "br1")
+    ip("address", "add", "fd42:6e73::1/64", "dev", "br1", "nodad")
     other = subprocess.Popen(["unshare", "--net", "sh", "-c", "echo ready; exec sleep 600"],
                              stdout=subprocess.PIPE)
     assert other.stdout is not None and other.stdout.readline() == b"ready\n"
@@ -90,6 +95,10 @@ class Socket:
         return last
 
 
+def ifaddr(family: int, prefixlen: int, index: int) -> bytes:
+    return struct.pack("=BBBBI", family, prefixlen, 0, 0, index)
+
+
 def capture() -> list[dict]:
     nl = Socket()
     skip_stats = attr(29, struct.pack("=I", 1 << 3))
@@ -107,6 +116,13 @@ def capture() -> list[dict]:
                + attr(4, struct.pack("=I", 10))),
         nl.ask("set-ok", RTM_SETLINK, F_ACK, ifinfo() + attr(3, b"br1\0")
                + attr(4, struct.pack("=I", 1400))),
+        nl.ask("addr-dump", RTM_GETADDR, F_DUMP, ifaddr(0, 0, 0)),
+        nl.ask("addr-new-existing", RTM_NEWADDR, F_ACK | F_CREATE | F_EXCL,
+               ifaddr(AF_INET, 24, socket.if_nametoindex("br1"))
+               + attr(2, socket.inet_pton(AF_INET, "10.210.0.1"))),
+        nl.ask("addr-del-missing", RTM_DELADDR, F_ACK,
+               ifaddr(AF_INET6, 64, socket.if_nametoindex("br1"))
+               + attr(1, socket.inet_pton(AF_INET6, "fd42:6e73::2"))),
     ]
 
 

@@ -19,6 +19,7 @@ decoder is handed the attributes where it looks for them (`_pyroute2_extack`).
 from __future__ import annotations
 
 import json
+import socket
 import struct
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nsgate.policy import netlink_codec as codec
 from pyroute2.netlink import NLM_F_ACK_TLVS, NLMSG_DONE, NLMSG_ERROR, nlmsgerr
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg, protinfo_bridge
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
@@ -141,6 +143,25 @@ def _pyroute2_link(msg: ifinfmsg) -> dict:
             "vlan_filtering": vlan_filtering, "port": port, "types": types}
 
 
+def _pyroute2_address(msg: ifaddrmsg) -> dict:
+    family = msg["family"]
+    if family not in codec.ADDRESS_SIZES:
+        raise ValueError(f"pyroute2 reads family {family}; the helpers refuse it")
+    local = msg.get_attr("IFA_LOCAL")
+    address = local if local is not None else msg.get_attr("IFA_ADDRESS")
+    flags = msg.get_attr("IFA_FLAGS")
+    return {"family": family, "prefixlen": msg["prefixlen"], "index": msg["index"],
+            "scope": msg["scope"], "flags": msg["flags"] if flags is None else flags,
+            "address": address}
+
+
+def _codec_address(payload: bytes) -> dict:
+    found = codec.parse_address(payload)
+    return {"family": found.family, "prefixlen": found.prefixlen, "index": found.index,
+            "scope": found.scope, "flags": found.flags,
+            "address": socket.inet_ntop(found.family, found.address)}
+
+
 def _codec_link(payload: bytes) -> dict:
     link = codec.parse_link(payload)
     return {"index": link.index, "family": link.family, "flags": link.flags,
@@ -163,6 +184,8 @@ def pyroute2_view(data: bytes) -> list[dict]:
                                   header["pid"])}
         if header["type"] in (codec.RTM_NEWLINK, codec.RTM_DELLINK):
             entry["link"] = _pyroute2_link(msg)
+        elif header["type"] == codec.RTM_NEWADDR:
+            entry["address"] = _pyroute2_address(msg)
         elif isinstance(msg, nlmsgerr):
             entry["outcome"] = (-msg["error"], _pyroute2_extack(data, offset, header["flags"]))
         view.append(entry)
@@ -177,6 +200,8 @@ def codec_view(data: bytes) -> list[dict]:
         entry: dict = {"header": (msg.kind, msg.flags, msg.seq, msg.port)}
         if msg.kind in (codec.RTM_NEWLINK, codec.RTM_DELLINK):
             entry["link"] = _codec_link(msg.payload)
+        elif msg.kind == codec.RTM_NEWADDR:
+            entry["address"] = _codec_address(msg.payload)
         elif msg.kind == NLMSG_ERROR or (msg.kind == NLMSG_DONE and msg.flags & NLM_F_ACK_TLVS):
             outcome = codec.parse_outcome(msg)
             entry["outcome"] = (outcome.code, _raw(outcome.extack))
@@ -230,6 +255,15 @@ def test_real_answers_decode_alike(captured: list[dict]) -> None:
     assert outcomes["get-missing"] == [(19, None)] and outcomes["new-existing"] == [(17, None)]
     assert outcomes["set-mtu-too-small"][0][0] == 22
     assert outcomes["set-mtu-too-small"][0][1]  # the kernel's text, read alike by both
+    addresses = [(e["address"]["address"], e["address"]["prefixlen"], e["address"]["family"])
+                 for e in seen["addr-dump"] if "address" in e
+                 and e["address"]["index"] == links["br1"]["index"]]
+    assert sorted(addresses) == [("10.210.0.1", 24, codec.AF_INET),
+                                 ("10.210.9.1", 16, codec.AF_INET),
+                                 ("fd42:6e73::1", 64, codec.AF_INET6)]
+    errors = {what: [e["outcome"][0] for e in seen[what] if "outcome" in e]
+              for what in ("addr-new-existing", "addr-del-missing")}
+    assert errors == {"addr-new-existing": [17], "addr-del-missing": [99]}
 
 
 def test_real_link_notifications(captured: list[dict]) -> None:
@@ -324,6 +358,72 @@ def test_encoded_links_decode_alike(drawn: tuple[bytes, dict]) -> None:
 
 
 @st.composite
+def addresses(draw) -> tuple[bytes, dict]:
+    """A datagram with one RTM_NEWADDR that pyroute2's encoder built, and what it says."""
+    family = draw(st.sampled_from([codec.AF_INET, codec.AF_INET6]))
+    size = codec.ADDRESS_SIZES[family]
+    local = socket.inet_ntop(family, draw(st.binary(min_size=size, max_size=size)))
+    peer = socket.inet_ntop(family, draw(st.binary(min_size=size, max_size=size)))
+    truth = {"family": family, "prefixlen": draw(st.integers(0, size * 8)),
+             "index": draw(st.integers(1, 2**32 - 1)), "scope": draw(st.integers(0, 255)),
+             "flags": draw(st.integers(0, 255))}
+    attrs: list = [("IFA_ADDRESS", peer)]
+    if draw(st.booleans()):
+        attrs.append(("IFA_LOCAL", local))
+        truth["address"] = local
+    else:
+        truth["address"] = peer
+    if draw(st.booleans()):
+        truth["flags"] = draw(U32)
+        attrs.append(("IFA_FLAGS", truth["flags"]))
+    if draw(st.booleans()):
+        attrs.append(("IFA_LABEL", draw(NAMES)))
+    draw(st.randoms()).shuffle(attrs)
+    msg = ifaddrmsg()
+    for key in ("family", "prefixlen", "index", "scope"):
+        msg[key] = truth[key]
+    msg["flags"] = truth["flags"] & 0xFF
+    msg["attrs"] = attrs
+    msg["header"]["type"] = codec.RTM_NEWADDR
+    msg["header"]["flags"] = draw(st.sampled_from([0, codec.NLM_F_MULTI]))
+    msg["header"]["sequence_number"] = draw(U32)
+    msg["header"]["pid"] = draw(U32)
+    msg.encode()
+    return bytes(msg.data), truth
+
+
+@settings(max_examples=300, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(drawn=addresses())
+def test_encoded_addresses_decode_alike(drawn: tuple[bytes, dict]) -> None:
+    data, truth = drawn
+    ours = codec_view(data)
+    assert ours == pyroute2_view(data)
+    assert ours[0]["address"] == truth
+
+
+def test_address_requests_are_what_pyroute2_reads() -> None:
+    """The bodies rtnl sends to add and remove an address, decoded by pyroute2."""
+    for family, text, prefixlen, flags in ((codec.AF_INET, "10.210.3.1", 24, 0),
+                                           (codec.AF_INET, "10.210.3.1", 31, 0),
+                                           (codec.AF_INET6, "fd42::1", 64, codec.IFA_F_NODAD)):
+        body = codec.address_change(family, socket.inet_pton(family, text), prefixlen, 7,
+                                    flags=flags)
+        msg = ifaddrmsg(codec.request(codec.RTM_NEWADDR, 0, 1, body))
+        msg.decode()
+        assert (msg["family"], msg["prefixlen"], msg["index"]) == (family, prefixlen, 7)
+        assert msg.get_attr("IFA_LOCAL") == msg.get_attr("IFA_ADDRESS") == text
+        broadcast = msg.get_attr("IFA_BROADCAST")
+        assert broadcast == ("10.210.3.255" if family == codec.AF_INET and prefixlen == 24
+                             else None)
+        assert msg.get_attr("IFA_FLAGS") == (flags or None)
+    for family, raw, prefixlen in ((codec.AF_INET, bytes(16), 24), (codec.AF_INET6, bytes(4), 64),
+                                   (codec.AF_INET, bytes(4), 33), (99, bytes(4), 8)):
+        with pytest.raises(codec.CodecError):
+            codec.address_change(family, raw, prefixlen, 7)
+
+
+@st.composite
 def acknowledgements(draw) -> bytes:
     """An NLMSG_ERROR (errno 0: an ACK) as the kernel writes it, capped or with the request
     echoed, with or without the kernel's text; or an NLMSG_DONE with its text."""
@@ -352,7 +452,8 @@ def test_acknowledgements_decode_alike(data: bytes) -> None:
 
 @st.composite
 def damaged(draw) -> bytes:
-    data = bytearray(draw(links() | acknowledgements().map(lambda d: (d, None)))[0])
+    data = bytearray(draw(links() | addresses()
+                          | acknowledgements().map(lambda d: (d, None)))[0])
     for _ in range(draw(st.integers(1, 3))):
         action = draw(st.integers(0, 3))
         position = draw(st.integers(0, len(data)))
@@ -371,6 +472,7 @@ def damaged(draw) -> bytes:
 # IFLA_PROTINFO only in AF_BRIDGE messages (pyroute2 cannot decode it in others at all).
 READ = {codec.IFLA_IFNAME, codec.IFLA_MTU, codec.IFLA_MASTER, codec.IFLA_ADDRESS, codec.IFLA_LINK,
         codec.IFLA_LINKINFO}
+READ_ADDRESS = {codec.IFA_ADDRESS, codec.IFA_LOCAL, codec.IFA_FLAGS}
 
 
 def _only_what_the_codec_reads(data: bytes) -> bytes:
@@ -384,6 +486,11 @@ def _only_what_the_codec_reads(data: bytes) -> bytes:
                 codec.attr(kind, value)
                 for kind, value in codec.iter_attrs(body, codec.IFINFOMSG.size)
                 if kind & codec.NLA_TYPE_MASK in read)
+        elif msg.kind == codec.RTM_NEWADDR:
+            body = body[:codec.IFADDRMSG.size] + b"".join(
+                codec.attr(kind, value)
+                for kind, value in codec.iter_attrs(body, codec.IFADDRMSG.size)
+                if kind & codec.NLA_TYPE_MASK in READ_ADDRESS)
         out += codec.message(msg.kind, msg.flags, msg.seq, body, msg.port)
         out += bytes(-len(out) % 4)
     return out

@@ -6,6 +6,7 @@ bytes in, decisions out, no root and no files."""
 from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -140,6 +141,18 @@ def test_any_bytes_parse_or_are_refused(data):
         assert caught.first.startswith(PATH + ":")
     else:
         assert parsed.capacity >= 1
+
+
+def test_the_shipped_example_and_the_man_page_example_parse():
+    repo = Path(__file__).resolve().parents[1]
+    example = (repo / "etc" / "networks.conf.example").read_bytes()
+    assert plan(example) == plan(BASIC)
+    uncommented = b"\n".join(line.removeprefix(b"#") for line in example.splitlines()
+                             if not line.startswith(b"# ") and line != b"#")
+    assert plan(uncommented).ipv6_pool == IPv6Network("fd42:6e73::/48")
+    page = (repo / "man" / "nsgate-networks.conf.5.scd").read_text()
+    block = page.split("# EXAMPLE", 1)[1].split("```")[1]
+    assert plan(block).capacity == 256
 
 
 # --- subnets --------------------------------------------------------------------------------------

@@ -32,8 +32,8 @@ HELPERS = ("newuidmap", "newgidmap", "getsubids", "lxc-user-nic")
 SETUID = ("newuidmap", "newgidmap", "lxc-user-nic")
 MAN_PAGES = ("man1/nsgate-newuidmap.1", "man1/nsgate-newgidmap.1", "man1/nsgate-getsubids.1",
              "man1/nsgate-lxc-user-nic.1", "man5/nsgate-subuid.5", "man5/nsgate-subgid.5",
-             "man5/nsgate-lxc-usernet.5", "man5/nsgate-session.conf.5", "man8/nsgate.8",
-             "man8/nsgated.8")
+             "man5/nsgate-lxc-usernet.5", "man5/nsgate-session.conf.5",
+             "man5/nsgate-networks.conf.5", "man8/nsgate.8", "man8/nsgated.8")
 # The service's files in the .deb: the units where bookworm's debhelper handles them, the OpenRC
 # script as an example.
 DEB_UNITS = ("/lib/systemd/system/nsgate.socket", "/lib/systemd/system/nsgate.service")

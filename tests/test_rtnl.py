@@ -201,6 +201,90 @@ def test_create_veth_peer_born_in_other_netns() -> None:
     assert out["names_after_failures"] == ["lo", "vh0"]
 
 
+def test_create_with_mac_addresses() -> None:
+    """A bridge and both ends of a veth made with the MACs asked for; the bridge keeps its own
+    when a port with a lower MAC joins (a bridge made without one takes its lowest port's)."""
+    out = run_in_netns("""
+        other, path = other_netns()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        with Rtnl() as rtnl:
+            fixed = rtnl.create_bridge("br0", b"\\x02\\x11\\x22\\x33\\x44\\x55")
+            loose = rtnl.create_bridge("br1")
+            rtnl.create_veth("vh0", "eth%d", fd, 1500, host_address=b"\\x02\\0\\0\\0\\0\\1",
+                             peer_address=b"\\x0a\\xbb\\xcc\\xdd\\xee\\xff")
+            rtnl.create_veth("vh1", "eth%d", fd, 1500, host_address=b"\\x02\\0\\0\\0\\0\\2")
+            rtnl.set_link(rtnl.link("vh0").index, master=fixed, up=True)
+            rtnl.set_link(rtnl.link("vh1").index, master=loose, up=True)
+            out["fixed"] = view(rtnl.link("br0"))
+            out["loose"] = view(rtnl.link("br1"))
+            out["host"] = view(rtnl.link("vh0"))
+            out["bad"] = failure(rtnl.create_bridge, "br2", b"\\x01\\0\\0\\0\\0\\1")
+        out["ip_there"] = ip("link", "show", netns=path)
+        other.kill()
+    """)
+    assert out["fixed"]["address"] == "02:11:22:33:44:55"
+    assert out["loose"]["address"] == "02:00:00:00:00:02"
+    assert out["host"]["address"] == "02:00:00:00:00:01"
+    peers = {link["ifname"]: link["address"] for link in out["ip_there"]}
+    assert peers["eth0"] == "0a:bb:cc:dd:ee:ff"
+    assert peers["eth1"] not in ("0a:bb:cc:dd:ee:ff", "00:00:00:00:00:00")
+    assert out["bad"]["errno"] == errno.EADDRNOTAVAIL  # a multicast MAC
+
+
+def test_addresses() -> None:
+    """A link's IPv4 and IPv6 addresses listed, added (the IPv6 one without duplicate address
+    detection) and deleted, as `ip address` sees them; the dump is filtered to the link."""
+    out = run_in_netns("""
+        import socket
+        v4 = socket.inet_pton(socket.AF_INET, "10.9.8.1")
+        v6 = socket.inet_pton(socket.AF_INET6, "fd00:1::1")
+
+        def shown(found):
+            return sorted([family, socket.inet_ntop(family, raw), length]
+                          for family, raw, length in found)
+
+        with Rtnl() as rtnl:
+            bridge = rtnl.create_bridge("br0")
+            other = rtnl.create_bridge("br1")
+            out["empty"] = shown(rtnl.addresses(bridge))
+            rtnl.set_link(bridge, up=True)
+            sh("ip", "address", "add", "192.0.2.7/32", "dev", "br1")
+            rtnl.add_address(bridge, socket.AF_INET, v4, 24)
+            rtnl.add_address(bridge, socket.AF_INET6, v6, 64)
+            out["added"] = shown(rtnl.addresses(bridge))
+            out["other"] = shown(rtnl.addresses(other))
+            out["lo"] = shown(rtnl.addresses(1))
+            out["ip"] = ip("address", "show", "dev", "br0")[0]["addr_info"]
+            out["again"] = failure(rtnl.add_address, bridge, socket.AF_INET, v4, 24)
+            out["bad_length"] = failure(rtnl.add_address, bridge, socket.AF_INET, v6, 24)
+            out["bad_prefix"] = failure(rtnl.add_address, bridge, socket.AF_INET, v4, 33)
+            rtnl.delete_address(bridge, socket.AF_INET, v4, 24)
+            rtnl.delete_address(bridge, socket.AF_INET6, v6, 64)
+            out["deleted"] = shown(rtnl.addresses(bridge))
+            out["not_there"] = failure(rtnl.delete_address, bridge, socket.AF_INET, v4, 24)
+            out["missing_link"] = failure(rtnl.add_address, 4242, socket.AF_INET, v4, 24)
+        out["ip_after"] = ip("address", "show", "dev", "br0")[0]["addr_info"]
+    """)
+    assert out["empty"] == []
+    global_ones = [[2, "10.9.8.1", 24], [10, "fd00:1::1", 64]]
+    assert [entry for entry in out["added"] if not entry[1].startswith("fe80:")] == global_ones
+    assert out["other"] == [[2, "192.0.2.7", 32]]
+    assert out["lo"] == []  # lo is down in a fresh netns: no address
+    by_ip = {entry["local"]: entry for entry in out["ip"]}
+    assert by_ip["10.9.8.1"]["prefixlen"] == 24 and by_ip["10.9.8.1"]["broadcast"] == "10.9.8.255"
+    assert by_ip["fd00:1::1"]["prefixlen"] == 64
+    assert by_ip["fd00:1::1"].get("nodad") is True
+    assert not by_ip["fd00:1::1"].get("tentative")
+    assert out["again"]["errno"] == errno.EEXIST
+    assert "RTM_NEWADDR 10.9.8.1/24" in out["again"]["message"]
+    assert out["bad_length"]["errno"] == out["bad_prefix"]["errno"] == errno.EINVAL
+    assert [entry for entry in out["deleted"] if not entry[1].startswith("fe80:")] == []
+    assert out["not_there"]["errno"] == errno.EADDRNOTAVAIL
+    assert out["missing_link"]["errno"] == errno.ENODEV
+    assert {entry["local"] for entry in out["ip_after"]} <= {
+        entry[1] for entry in out["added"] if entry[1].startswith("fe80:")}
+
+
 def test_set_link() -> None:
     out = run_in_netns("""
         other, path = other_netns()

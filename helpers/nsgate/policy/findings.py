@@ -31,6 +31,10 @@ CODES = {
     "duplicate-setting": WARNING,
     "shadowed-setting": ERROR,
     "limit-without-cgroup": ERROR,
+    "networks-syntax": ERROR,
+    "networks-derived-too-small": ERROR,
+    "networks-unsafe-file": ERROR,
+    "network-table": ERROR,
 }
 
 

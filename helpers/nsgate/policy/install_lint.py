@@ -58,9 +58,10 @@ def effective_capabilities(xattr: bytes | None) -> int:
     return permitted
 
 
-def unsafe(st: Stat, what: str) -> str | None:
+def unsafe(st: Stat, what: str, power: str = "decides who gets which ids") -> str | None:
     """Why a file or directory nsgate trusts cannot be trusted, else None (files.open_trusted's
-    rule: no symlink, root-owned, not writable by group or others)."""
+    rule: no symlink, root-owned, not writable by group or others). `power`: what whoever can
+    change it decides."""
     if st.mode is None or st.uid is None:
         return None
     kind = st.mode & S_IFMT
@@ -75,8 +76,8 @@ def unsafe(st: Stat, what: str) -> str | None:
                         f"(mode {_bits(st.mode)})")
     if not problems:
         return None
-    return (f"{what} {st.path} is {' and '.join(problems)}: whoever can change it decides who "
-            f"gets which ids; chown root {st.path}; chmod go-w {st.path}")
+    return (f"{what} {st.path} is {' and '.join(problems)}: whoever can change it {power}; "
+            f"chown root {st.path}; chmod go-w {st.path}")
 
 
 def lint_trusted_file(file: Stat, ancestors: list[Stat]) -> list[Finding]:

@@ -34,6 +34,9 @@ RTM_NEWLINK = 16
 RTM_DELLINK = 17
 RTM_GETLINK = 18
 RTM_SETLINK = 19
+RTM_NEWADDR = 20
+RTM_DELADDR = 21
+RTM_GETADDR = 22
 IFLA_ADDRESS = 1
 IFLA_IFNAME = 3
 IFLA_MTU = 4
@@ -55,12 +58,22 @@ IFLA_BRPORT_LEARNING = 8
 IFLA_BRPORT_NEIGH_SUPPRESS = 32
 IFLA_BRPORT_ISOLATED = 33
 AF_UNSPEC = 0
+AF_INET = 2
 AF_BRIDGE = 7
+AF_INET6 = 10
+# <linux/if_addr.h>
+IFA_ADDRESS = 1
+IFA_LOCAL = 2
+IFA_BROADCAST = 4
+IFA_FLAGS = 8
+IFA_F_NODAD = 0x02
+ADDRESS_SIZES = {AF_INET: 4, AF_INET6: 16}
 IFF_UP = 0x1
 RTNLGRP_LINK = 1  # the multicast group of link notifications (RTM_NEWLINK, RTM_DELLINK)
 
 NLMSGHDR = _struct.Struct("=IHHII")  # length, type, flags, sequence, port id
 IFINFOMSG = _struct.Struct("=BxHiII")  # family, (pad), device type, index, flags, change mask
+IFADDRMSG = _struct.Struct("=BBBBI")  # family, prefix length, flags, scope, index
 RTATTR = _struct.Struct("=HH")  # length, type
 _U32 = _struct.Struct("=I")
 _I32 = _struct.Struct("=i")
@@ -126,6 +139,25 @@ class Link:
                 f"up={self.up})")
 
 
+class Address:
+    """One address of a link as RTM_NEWADDR (the answer to RTM_GETADDR) describes it."""
+
+    __slots__ = ("address", "family", "flags", "index", "prefixlen", "scope")
+
+    def __init__(self, family: int, address: bytes, prefixlen: int, index: int, *,
+                 flags: int = 0, scope: int = 0) -> None:
+        self.family = family  # AF_INET or AF_INET6
+        self.address = address  # the link's own address (IFA_LOCAL, else IFA_ADDRESS)
+        self.prefixlen = prefixlen
+        self.index = index  # the ifindex of its link
+        self.flags = flags  # IFA_FLAGS if given (32 bits), else ifa_flags
+        self.scope = scope
+
+    def __repr__(self) -> str:
+        return (f"Address(family={self.family}, address={self.address.hex()!r}, "
+                f"prefixlen={self.prefixlen}, index={self.index})")
+
+
 # Encoding: an attribute is (length, type) + payload, padded to 4 bytes.
 
 def align(length: int) -> int:
@@ -158,6 +190,32 @@ def u8(kind: int, value: int) -> bytes:
 def ifinfomsg(index: int = 0, *, family: int = AF_UNSPEC, flags: int = 0,
               change: int = 0) -> bytes:
     return IFINFOMSG.pack(family, 0, index, flags, change)
+
+
+def ifaddrmsg(family: int, prefixlen: int, index: int, *, flags: int = 0,
+              scope: int = 0) -> bytes:
+    return IFADDRMSG.pack(family, prefixlen, flags, scope, index)
+
+
+def address_change(family: int, address: bytes, prefixlen: int, index: int, *,
+                   flags: int = 0) -> bytes:
+    """The body of an RTM_NEWADDR or RTM_DELADDR for `address`/`prefixlen` on link `index`: the
+    address as IFA_LOCAL and IFA_ADDRESS (no peer), IPv4 with its subnet's broadcast address (as
+    `ip address add ... brd +`), and IFA_FLAGS when `flags` are given."""
+    if ADDRESS_SIZES.get(family) != len(address):
+        raise CodecError(f"address of {len(address)} bytes for family {family}")
+    bits = len(address) * 8
+    if not 0 <= prefixlen <= bits:
+        raise CodecError(f"prefix length {prefixlen} for a {bits}-bit address")
+    body = (ifaddrmsg(family, prefixlen, index, flags=flags & 0xFF)
+            + attr(IFA_LOCAL, address) + attr(IFA_ADDRESS, address))
+    if family == AF_INET and prefixlen < 31:
+        host_bits = (1 << (bits - prefixlen)) - 1
+        broadcast = int.from_bytes(address, "big") | host_bits
+        body += attr(IFA_BROADCAST, broadcast.to_bytes(4, "big"))
+    if flags:
+        body += u32(IFA_FLAGS, flags)
+    return body
 
 
 def message(kind: int, flags: int, seq: int, body: bytes, port: int = 0) -> bytes:
@@ -271,6 +329,25 @@ def parse_link(payload: bytes) -> Link:
                 attrs.get(IFLA_ADDRESS, b""), flags, vlan_filtering=vlan_filtering,
                 link=number(IFLA_LINK, "link") if IFLA_LINK in attrs else index, family=family,
                 slave_kind=slave_kind, port=port)
+
+
+def parse_address(payload: bytes) -> Address:
+    """The payload of an RTM_NEWADDR message."""
+    if len(payload) < IFADDRMSG.size:
+        raise CodecError(f"address message of {len(payload)} bytes, shorter than its ifaddrmsg")
+    family, prefixlen, flags, scope, index = IFADDRMSG.unpack_from(payload)
+    size = ADDRESS_SIZES.get(family)
+    if size is None:
+        raise CodecError(f"address message of family {family}")
+    if index <= 0 or prefixlen > size * 8:
+        raise CodecError(f"address message with ifindex {index}, prefix length {prefixlen}")
+    attrs = parse_attrs(payload, IFADDRMSG.size)
+    address = attrs.get(IFA_LOCAL, attrs.get(IFA_ADDRESS))
+    if address is None or len(address) != size:
+        raise CodecError(f"address message of link {index} without an address of {size} bytes")
+    if IFA_FLAGS in attrs:
+        flags = _uint(attrs[IFA_FLAGS], 4, "address flags")
+    return Address(family, address, prefixlen, index, flags=flags, scope=scope)
 
 
 class Outcome:

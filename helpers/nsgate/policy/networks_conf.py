@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 PATH = "/etc/nsgate/networks.conf"
 SUBNET_RECORD = "/run/lxc/nsgate-subnets"
+LOGIN_DEFS = "/etc/login.defs"
 SIZE_LIMIT = 1 << 16  # bytes of the whole file
 UID_MIN_DEFAULT, UID_MAX_DEFAULT = 1000, 60000  # shadow's, when login.defs does not say
 IPV4_PREFIXES = range(16, 31)
@@ -37,6 +38,18 @@ _FORBIDDEN = (IPv4Network("0.0.0.0/8"), IPv4Network("127.0.0.0/8"),
               IPv4Network("169.254.0.0/16"), IPv4Network("224.0.0.0/4"),
               IPv4Network("240.0.0.0/4"), IPv6Network("::/8"), IPv6Network("fe80::/10"),
               IPv6Network("ff00::/8"))
+
+
+class Malformed(Refusal):
+    """A networks.conf (or login.defs) nsgate will not use: where (`file`, `line`: None for the
+    whole file) and what (`code`, the finding of nsgate check)."""
+
+    def __init__(self, first: str, *details: str, file: str, line: int | None,
+                 code: str = "networks-syntax") -> None:
+        super().__init__(first, *details)
+        self.file = file
+        self.line = line
+        self.code = code
 
 
 class Plan:
@@ -110,7 +123,8 @@ def parse(data: bytes, login_defs: bytes, path: str = PATH) -> Plan:
     """The plan networks.conf `data` describes; a Refusal naming `path:line` for the first line
     that does not parse, or the file (or login.defs) when the whole does not hold together."""
     if len(data) > SIZE_LIMIT:
-        raise Refusal(f"{path}: larger than {SIZE_LIMIT} bytes", f"shorten {path}")
+        raise Malformed(f"{path}: larger than {SIZE_LIMIT} bytes", f"shorten {path}",
+                        file=path, line=None)
     values: dict[str, tuple[int, list[str]]] = {}
     for lineno, raw in enumerate(data.split(b"\n"), 1):
         fields = _fields(raw, path, lineno)
@@ -125,8 +139,9 @@ def parse(data: bytes, login_defs: bytes, path: str = PATH) -> Plan:
                     "keep one of the two lines")
         values[key] = (lineno, args)
     if "ipv4-pool" not in values:
-        raise Refusal(f"{path}: no ipv4-pool line",
-                      f"add one, e.g. 'ipv4-pool 10.210.0.0/16 24', or remove {path}")
+        raise Malformed(f"{path}: no ipv4-pool line",
+                        f"add one, e.g. 'ipv4-pool 10.210.0.0/16 24', or remove {path}",
+                        file=path, line=None)
     ipv4_pool, ipv4_prefix = _pool(path, *values["ipv4-pool"], version=4)
     ipv6_pool = None
     if "ipv6-pool" in values:
@@ -150,12 +165,12 @@ def login_uid_range(login_defs: bytes) -> tuple[int, int]:
         value = default if raw is None else parse_decimal(raw, UINT32_MAX)
         if value is None:
             shown = raw.decode("ascii", "backslashreplace") if raw is not None else ""
-            raise Refusal(f"{key.decode()} in /etc/login.defs is '{shown}', not a decimal "
-                          "number", "fix /etc/login.defs")
+            raise Malformed(f"{key.decode()} in {LOGIN_DEFS} is '{shown}', not a decimal "
+                            "number", f"fix {LOGIN_DEFS}", file=LOGIN_DEFS, line=None)
         found.append(value)
     if found[0] > found[1]:
-        raise Refusal(f"UID_MIN {found[0]} is above UID_MAX {found[1]} in /etc/login.defs",
-                      "fix /etc/login.defs")
+        raise Malformed(f"UID_MIN {found[0]} is above UID_MAX {found[1]} in {LOGIN_DEFS}",
+                        f"fix {LOGIN_DEFS}", file=LOGIN_DEFS, line=None)
     return found[0], found[1]
 
 
@@ -175,7 +190,8 @@ def _fields(raw: bytes, path: str, lineno: int) -> list[str]:
 
 
 def _refuse(path: str, lineno: int, what: str, fix: str) -> "NoReturn":
-    raise Refusal(f"{path}:{lineno}: {what}", f"{fix}; see nsgate-networks.conf(5)")
+    raise Malformed(f"{path}:{lineno}: {what}", f"{fix}; see nsgate-networks.conf(5)",
+                    file=path, line=lineno)
 
 
 def _pool(path: str, lineno: int, args: list[str], version: int
@@ -235,10 +251,11 @@ def _choice(path: str, values: dict[str, tuple[int, list[str]]], key: str,
 def _check_derived(plan: Plan, path: str, lineno: int) -> None:
     users = plan.uid_max - plan.uid_min + 1
     if plan.capacity < users:
-        raise Refusal(f"{path}:{lineno}: allocation derived needs {users} subnets (UID_MIN "
-                      f"{plan.uid_min} to UID_MAX {plan.uid_max}), the pools hold "
-                      f"{plan.capacity}", "give a larger pool or a longer user prefix, or use "
-                      "allocation recorded; see nsgate-networks.conf(5)")
+        raise Malformed(f"{path}:{lineno}: allocation derived needs {users} subnets (UID_MIN "
+                        f"{plan.uid_min} to UID_MAX {plan.uid_max}), the pools hold "
+                        f"{plan.capacity}", "give a larger pool or a longer user prefix, or "
+                        "use allocation recorded; see nsgate-networks.conf(5)",
+                        file=path, line=lineno, code="networks-derived-too-small")
 
 
 # --- subnets --------------------------------------------------------------------------------------

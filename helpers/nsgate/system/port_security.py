@@ -25,8 +25,7 @@ import errno
 import posix
 
 from nsgate.errors import Refusal
-from nsgate.policy import netlink_codec as codec
-from nsgate.system import files, netlink, programs, rtnl
+from nsgate.system import files, nf_tables, programs, rtnl
 from nsgate.system.netlink import NetlinkError
 
 TYPE_CHECKING = False  # typing costs import time on every helper run
@@ -68,112 +67,7 @@ add @port_mac {{ meta iif . ether saddr }} add @mac_in_use {{ ether saddr }} acc
 }}
 """
 
-# <linux/netfilter/nfnetlink.h>, <linux/netfilter/nf_tables.h>
-_NETLINK_NETFILTER = 12
-_NFNL_SUBSYS_NFTABLES = 10
-_NFNL_MSG_BATCH_BEGIN = 16
-_NFNL_MSG_BATCH_END = 17
-_NFPROTO_BRIDGE = 7
-_NFT_MSG_GETTABLE = 1
-_NFT_MSG_GETSETELEM = 13
-_NFT_MSG_DELSETELEM = 14
-_NFTA_TABLE_NAME = 1
-_NFTA_TABLE_USERDATA = 6
-_NFTA_SET_ELEM_LIST_TABLE = 1
-_NFTA_SET_ELEM_LIST_SET = 2
-_NFTA_SET_ELEM_LIST_ELEMENTS = 3
-_NFTA_LIST_ELEM = 1
-_NFTA_SET_ELEM_KEY = 1
-_NFTA_DATA_VALUE = 1
-_NFTNL_UDATA_TABLE_COMMENT = 0  # libnftnl: the table's comment, a NUL-terminated TLV
 _U32 = _struct.Struct("=I")
-
-
-def _nfgenmsg(family: int, res_id: int = 0) -> bytes:
-    return bytes((family, 0)) + res_id.to_bytes(2, "big")
-
-
-def _comment(userdata: bytes) -> bytes | None:
-    offset = 0
-    while offset + 2 <= len(userdata):
-        kind, length = userdata[offset], userdata[offset + 1]
-        value = userdata[offset + 2:offset + 2 + length]
-        if kind == _NFTNL_UDATA_TABLE_COMMENT:
-            return value.split(b"\0", 1)[0]
-        offset += 2 + length
-    return None
-
-
-class _Nfnl:
-    """Queries and one transaction on nsgate's table, over a NETLINK_NETFILTER socket
-    connected to the kernel (system/netlink.py)."""
-
-    def __init__(self) -> None:
-        self._socket = netlink.NetlinkSocket(_NETLINK_NETFILTER)
-
-    def close(self) -> None:
-        self._socket.close()
-
-    def table_version(self) -> bytes | None:
-        """The comment of table `bridge nsgate`; None if there is no such table."""
-        body = _nfgenmsg(_NFPROTO_BRIDGE) + codec.string(_NFTA_TABLE_NAME, TABLE)
-        try:
-            answers = self._socket.request(_NFNL_SUBSYS_NFTABLES << 8 | _NFT_MSG_GETTABLE,
-                                           codec.NLM_F_ACK, body, f"GETTABLE bridge {TABLE}")
-        except NetlinkError as err:
-            if err.errno == errno.ENOENT:
-                return None
-            raise
-        for payload in answers:
-            attrs = _attrs(payload, 4)
-            return _comment(attrs.get(_NFTA_TABLE_USERDATA, b"")) or b""
-        return None
-
-    def keys(self, set_name: str) -> list[bytes]:
-        """The keys of the live elements of set `set_name` of the table."""
-        body = (_nfgenmsg(_NFPROTO_BRIDGE) + codec.string(_NFTA_SET_ELEM_LIST_TABLE, TABLE)
-                + codec.string(_NFTA_SET_ELEM_LIST_SET, set_name))
-        answers = self._socket.request(_NFNL_SUBSYS_NFTABLES << 8 | _NFT_MSG_GETSETELEM,
-                                       codec.NLM_F_DUMP, body, f"GETSETELEM {set_name}")
-        keys = []
-        for payload in answers:
-            elements = _attrs(payload, 4).get(_NFTA_SET_ELEM_LIST_ELEMENTS, b"")
-            for _, element in _iter_attrs(elements):
-                key = _attrs(_attrs(element).get(_NFTA_SET_ELEM_KEY, b""))
-                if _NFTA_DATA_VALUE in key:
-                    keys.append(key[_NFTA_DATA_VALUE])
-        return keys
-
-    def delete_keys(self, doomed: "dict[str, list[bytes]]") -> None:
-        """Delete these elements (set name -> keys) in one transaction."""
-        batch_header = _nfgenmsg(0, _NFNL_SUBSYS_NFTABLES)
-        parts = []
-        for set_name, keys in doomed.items():
-            if not keys:
-                continue
-            elements = b"".join(codec.nested(_NFTA_LIST_ELEM, codec.nested(
-                _NFTA_SET_ELEM_KEY, codec.attr(_NFTA_DATA_VALUE, key))) for key in keys)
-            body = (_nfgenmsg(_NFPROTO_BRIDGE) + codec.string(_NFTA_SET_ELEM_LIST_TABLE, TABLE)
-                    + codec.string(_NFTA_SET_ELEM_LIST_SET, set_name)
-                    + codec.nested(_NFTA_SET_ELEM_LIST_ELEMENTS, elements))
-            parts.append((_NFNL_SUBSYS_NFTABLES << 8 | _NFT_MSG_DELSETELEM, codec.NLM_F_ACK, body))
-        if parts:
-            self._socket.batch([(_NFNL_MSG_BATCH_BEGIN, 0, batch_header), *parts,
-                                (_NFNL_MSG_BATCH_END, 0, batch_header)], "DELSETELEM")
-
-
-def _attrs(data: bytes, offset: int = 0) -> dict[int, bytes]:
-    try:
-        return codec.parse_attrs(data, offset)
-    except codec.CodecError as err:
-        raise NetlinkError(errno.EBADMSG, f"nf_tables: malformed answer: {err}") from None
-
-
-def _iter_attrs(data: bytes) -> list[tuple[int, bytes]]:
-    try:
-        return codec.iter_attrs(data)
-    except codec.CodecError as err:
-        raise NetlinkError(errno.EBADMSG, f"nf_tables: malformed answer: {err}") from None
 
 
 class _Installer:
@@ -183,7 +77,7 @@ class _Installer:
     def __init__(self, nft: str) -> None:
         def serve(requests: int, answers: int) -> None:
             if posix.read(requests, 1) == b"1":
-                posix.write(answers, _run_nft(nft))
+                posix.write(answers, nf_tables.run_nft(nft, RULESET))
 
         self._pid, self._request, self._answer = programs.fork_server(serve)
 
@@ -211,36 +105,13 @@ class _Installer:
             self._pid = 0
 
 
-def _run_nft(nft: str) -> bytes:
-    """b"0" if `nft -f -` installed RULESET, else the first line of its error output."""
-    ruleset_out, ruleset_in = posix.pipe2(posix.O_CLOEXEC)
-    errors_out, errors_in = posix.pipe2(posix.O_CLOEXEC)
-    null = posix.open("/dev/null", posix.O_RDWR | posix.O_CLOEXEC)
-    pid = posix.posix_spawn(nft, [nft, "-f", "-"], programs.ENVIRONMENT,
-                            file_actions=[(posix.POSIX_SPAWN_DUP2, ruleset_out, 0),
-                                          (posix.POSIX_SPAWN_DUP2, null, 1),
-                                          (posix.POSIX_SPAWN_DUP2, errors_in, 2)])
-    for fd in (ruleset_out, errors_in, null):
-        posix.close(fd)
-    posix.write(ruleset_in, RULESET.encode())  # far below a pipe's capacity
-    posix.close(ruleset_in)
-    errors = b""
-    while chunk := posix.read(errors_out, 4096):
-        errors += chunk
-    posix.close(errors_out)
-    _, status = posix.waitpid(pid, 0)
-    if posix.WIFEXITED(status) and posix.WEXITSTATUS(status) == 0:
-        return b"0"
-    return (errors.strip().split(b"\n", 1)[0] or b"nft failed")[:300]
-
-
 class Guard:
     """The table for one create: checked now, before the helper confines itself; installed if
     needed and cleaned of vanished ports' claims later, under the database lock (`ready`)."""
 
     def __init__(self) -> None:
         try:
-            self._nfnl = _Nfnl()
+            self._nfnl = nf_tables.Nfnl(nf_tables.NFPROTO_BRIDGE, TABLE)
         except OSError as err:
             raise _no_nf_tables(err) from None
         try:

@@ -1,7 +1,8 @@
 """rtnetlink (NETLINK_ROUTE) link operations for lxc-user-nic: look links up, create a veth pair
-or a bridge, set link and bridge-port attributes, delete a link, and prove CAP_NET_ADMIN over a
-netns. The bytes are built and parsed by policy/netlink_codec.py (pure, fuzzed, compared with
-pyroute2); they travel over system/netlink.py (a socket connected to the kernel).
+or a bridge, set link and bridge-port attributes, list, add and remove a link's addresses, delete
+a link, and prove CAP_NET_ADMIN over a netns. The bytes are built and parsed by
+policy/netlink_codec.py (pure, fuzzed, compared with pyroute2); they travel over
+system/netlink.py (a socket connected to the kernel).
 
 A self-contained codec over the builtin `_socket` and `_struct` modules, on purpose: pyroute2, the
 project's netlink library, is too slow to import on a helper's start-up path. Measured with
@@ -25,16 +26,26 @@ import errno
 import posix
 
 from nsgate.policy import netlink_codec as codec
-from nsgate.policy.netlink_codec import IFF_UP, Link
+from nsgate.policy.netlink_codec import AF_INET, AF_INET6, IFF_UP, Link
 from nsgate.system.netlink import NetlinkError, NetlinkSocket
 
 TYPE_CHECKING = False  # typing costs import time on every helper run
 if TYPE_CHECKING:
     from types import TracebackType
 
-__all__ = ["IFF_UP", "Link", "NetlinkError", "Rtnl", "netns_of_self"]
+__all__ = ["AF_INET", "AF_INET6", "IFF_UP", "Link", "NetlinkError", "Rtnl", "netns_of_self"]
 
 _BUFFER_SIZE = 65536
+
+
+def _mac(address: bytes | None) -> bytes:
+    return b"" if address is None else codec.attr(codec.IFLA_ADDRESS, address)
+
+
+def _shown(family: int, address: bytes) -> str:
+    if family == codec.AF_INET and len(address) == 4:
+        return ".".join(str(byte) for byte in address)
+    return address.hex(":", 2) if len(address) == 16 else address.hex()
 
 
 def netns_of_self() -> int:
@@ -118,33 +129,85 @@ class Rtnl:
             links = [self._parse(payload, "RTM_GETLINK dump") for payload in answers]
             return [link for link in links if link.master == master] if master else links
 
+    def addresses(self, index: int) -> list[tuple[int, bytes, int]]:
+        """The addresses of link `index` as (family, address, prefix length), IPv4 and IPv6,
+        from one consistent dump (retried if addresses came or went meanwhile). The kernel
+        filters the dump by ifindex only on a strict-checking socket, so it is filtered here."""
+        return [(found.family, found.address, found.prefixlen)
+                for found in self._dump_addresses() if found.index == index]
+
+    def _dump_addresses(self) -> "list[codec.Address]":
+        body = codec.ifaddrmsg(codec.AF_UNSPEC, 0, 0)
+        for attempt in range(3):
+            try:
+                answers = self._socket.request(codec.RTM_GETADDR, codec.NLM_F_DUMP, body,
+                                               "RTM_GETADDR dump")
+            except NetlinkError as err:
+                if err.errno != errno.EINTR or attempt == 2:
+                    raise
+                continue
+            try:
+                return [codec.parse_address(payload) for payload in answers]
+            except codec.CodecError as err:
+                raise NetlinkError(errno.EBADMSG,
+                                   f"RTM_GETADDR dump: malformed address: {err}") from None
+        raise AssertionError("unreachable")
+
+    def add_address(self, index: int, family: int, address: bytes, prefixlen: int) -> None:
+        """Give link `index` the address `address`/`prefixlen` (EEXIST if it has it). An IPv6
+        address is usable at once (no duplicate address detection: nsgate's own gateway must
+        not be given up to a container that claims it)."""
+        flags = codec.IFA_F_NODAD if family == codec.AF_INET6 else 0
+        self._change(codec.RTM_NEWADDR, codec.NLM_F_CREATE | codec.NLM_F_EXCL,
+                     self._address_body(family, address, prefixlen, index, flags),
+                     f"RTM_NEWADDR {_shown(family, address)}/{prefixlen} index {index}")
+
+    def delete_address(self, index: int, family: int, address: bytes, prefixlen: int) -> None:
+        """Take `address`/`prefixlen` from link `index` (EADDRNOTAVAIL if it does not have it)."""
+        self._change(codec.RTM_DELADDR, 0,
+                     self._address_body(family, address, prefixlen, index, 0),
+                     f"RTM_DELADDR {_shown(family, address)}/{prefixlen} index {index}")
+
+    @staticmethod
+    def _address_body(family: int, address: bytes, prefixlen: int, index: int,
+                      flags: int) -> bytes:
+        try:
+            return codec.address_change(family, address, prefixlen, index, flags=flags)
+        except codec.CodecError as err:
+            raise NetlinkError(errno.EINVAL, f"address for index {index}: {err}") from None
+
     def link_names(self) -> set[str]:
         """The names of all links (one dump): liveness of many names at once."""
         return {link.name for link in self.links()}
 
     # Changes.
 
-    def create_veth(self, host: str, peer: str, peer_netns_fd: int, mtu: int) -> None:
+    def create_veth(self, host: str, peer: str, peer_netns_fd: int, mtu: int, *,
+                    host_address: bytes | None = None,
+                    peer_address: bytes | None = None) -> None:
         """Create the pair `host` (here) and `peer` (born inside `peer_netns_fd`, never here).
 
-        Both ends get `mtu`. `peer` may be a kernel template such as "eth%d" (the host end's
-        `link` then tells the peer's ifindex). Fails with EEXIST if `host` exists here or `peer`
-        there.
+        Both ends get `mtu`, and the MAC address given for them (else a random one of the
+        kernel's). `peer` may be a kernel template such as "eth%d" (the host end's `link` then
+        tells the peer's ifindex). Fails with EEXIST if `host` exists here or `peer` there.
         """
         peer_info = (codec.ifinfomsg() + codec.string(codec.IFLA_IFNAME, peer)
                      + codec.u32(codec.IFLA_MTU, mtu)
-                     + codec.u32(codec.IFLA_NET_NS_FD, peer_netns_fd))
+                     + codec.u32(codec.IFLA_NET_NS_FD, peer_netns_fd)
+                     + _mac(peer_address))
         body = (codec.ifinfomsg() + codec.string(codec.IFLA_IFNAME, host)
-                + codec.u32(codec.IFLA_MTU, mtu)
+                + codec.u32(codec.IFLA_MTU, mtu) + _mac(host_address)
                 + codec.nested(codec.IFLA_LINKINFO, codec.string(codec.IFLA_INFO_KIND, "veth"),
                                codec.nested(codec.IFLA_INFO_DATA,
                                             codec.nested(codec.VETH_INFO_PEER, peer_info))))
         self._change(codec.RTM_NEWLINK, codec.NLM_F_CREATE | codec.NLM_F_EXCL, body,
                      f"RTM_NEWLINK veth {host} peer {peer}")
 
-    def create_bridge(self, name: str) -> int:
-        """Create the Linux bridge `name` (EEXIST if the name is taken); its ifindex."""
-        body = (codec.ifinfomsg() + codec.string(codec.IFLA_IFNAME, name)
+    def create_bridge(self, name: str, address: bytes | None = None) -> int:
+        """Create the Linux bridge `name` (EEXIST if the name is taken); its ifindex. With
+        `address`, the bridge keeps that MAC whatever ports it gets (else it takes the lowest
+        of its ports')."""
+        body = (codec.ifinfomsg() + codec.string(codec.IFLA_IFNAME, name) + _mac(address)
                 + codec.nested(codec.IFLA_LINKINFO, codec.string(codec.IFLA_INFO_KIND, "bridge")))
         self._change(codec.RTM_NEWLINK, codec.NLM_F_CREATE | codec.NLM_F_EXCL, body,
                      f"RTM_NEWLINK bridge {name}")

@@ -7,6 +7,7 @@
     nsgate subid allocate USER [--count N | --if-missing] [-g]
                                                   add a range as login.defs asks (as useradd)
     nsgate nics list [--json] | nics gc           the nic database, and pruning it
+    nsgate network apply | show [--json]          the per-user networks: load them (root), show
     nsgate session                                the PAM session hook, run by pam_exec
 
 Exit status: 0 success (check: no errors), 1 errors found or an operation refused or failed,
@@ -28,6 +29,8 @@ USAGE = """usage: nsgate check [--json]
        nsgate subid allocate USER [--count N | --if-missing] [-g|--gid]
        nsgate nics list [--json]
        nsgate nics gc
+       nsgate network apply
+       nsgate network show [--json]
        nsgate session   (run by pam_exec(8) from a PAM session line)
        nsgate help | --help | --version
 """
@@ -40,6 +43,9 @@ HELP = USAGE + """
   subid      add, remove or allocate a range in /etc/subuid (-g: /etc/subgid), as root,
              under the lock useradd and usermod use, with a backup (FILE-)
   nics       list the nic database with liveness; gc removes lines of vanished nics (root)
+  network    apply: make the host what /etc/nsgate/networks.conf asks (the nftables
+             table inet nsgate, forwarding, the private bridges' gateway addresses), as
+             root, idempotently; show: the plan, the table's state, forwarding
   session    the PAM session hook (pam_exec, as root): subordinate ids and a delegated
              cgroup for the user at login, per /etc/nsgate/session.conf; always exits 0
 
@@ -131,4 +137,12 @@ def _dispatch(argv: list[str], out: Out, libdir: str, libexecdir: str) -> int:
         from nsgate.cli.admin import nics
 
         return nics.list_nics(out, args) if rest[0] == "list" else nics.gc(out)
+    if verb == "network":
+        if not rest or rest[0] not in ("apply", "show"):
+            raise Usage("usage: nsgate network apply | nsgate network show [--json]")
+        args = parse(rest[1:], {"--json"} if rest[0] == "show" else set())
+        words(args, 0, 0, f"network {rest[0]} takes no arguments")
+        from nsgate.cli.admin import network
+
+        return network.apply(out) if rest[0] == "apply" else network.show(out, args)
     raise Usage(f"unknown command {verb!r}")

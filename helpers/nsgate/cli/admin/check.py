@@ -2,6 +2,7 @@
 
 from nsgate.cli.admin.common import (
     LOGIN_DEFS,
+    NETWORKS_CONF,
     NICS,
     NSSWITCH,
     PATHS,
@@ -45,6 +46,8 @@ def run(out: Out, args: Args, libdir: str, libexecdir: str) -> int:
         findings += usernet_lint.lint_nics(NICS, nics, usernet_lint.grants(usernet_data),
                                            set(links))
     findings += _session_conf(accounts, notes)
+    findings += _networks_conf(notes)
+    findings += _network_table(notes)
     findings += _lock_leftovers()
     service_only = _service_only(libexecdir)
     findings += _install_findings(libdir, libexecdir, service_only)
@@ -77,6 +80,58 @@ def _session_conf(accounts: Accounts, notes: list[str]) -> list[Finding]:
     if data is not None:
         findings += session_conf.lint(SESSION_CONF, data, accounts, read(LOGIN_DEFS, []) or b"")
     return findings
+
+
+def _networks_conf(notes: list[str]) -> list[Finding]:
+    """The private bridges' address plan: the trusted-file rule and whether it parses."""
+    from nsgate.system import file_facts
+
+    st = file_facts.lstat(NETWORKS_CONF)
+    if not st.exists:
+        return []
+    from nsgate.policy import networks_conf_lint
+
+    findings = networks_conf_lint.lint_file(st, file_facts.ancestors(NETWORKS_CONF))
+    data = read(NETWORKS_CONF, notes)  # None for a link or a device: lint_file tells
+    if data is not None:
+        findings += networks_conf_lint.lint(NETWORKS_CONF, data, read(LOGIN_DEFS, []) or b"")
+    return findings
+
+
+def _network_table(notes: list[str]) -> list[Finding]:
+    """Whether the loaded table `inet nsgate` is the one networks.conf asks for (none without
+    the file). A file that does not parse has its own finding (_networks_conf)."""
+    from nsgate.errors import Refusal
+    from nsgate.policy import network_ruleset
+    from nsgate.system import file_facts, network_table
+
+    data = read(NETWORKS_CONF, []) if file_facts.lstat(NETWORKS_CONF).exists else None
+    wanted = None
+    if data is not None:
+        from nsgate.policy import networks_conf
+
+        try:
+            wanted = network_ruleset.version(networks_conf.parse(
+                data, read(LOGIN_DEFS, []) or b"", NETWORKS_CONF))
+        except Refusal:
+            return []
+    try:
+        loaded = network_table.loaded_version()
+    except Refusal:
+        notes.append(f"cannot read the nftables table {network_table.NAME} (nf_tables answers "
+                     "root only): it was not checked; run as root to include it")
+        return []
+    fix = "'nsgate network apply' (as root) "
+    if wanted is None and loaded is not None:
+        message = f"no {NETWORKS_CONF}, but the table is loaded: {fix}removes it"
+    elif wanted is not None and loaded is None:
+        message = (f"not loaded, so the private bridges have no NAT, isolation or spoofing "
+                   f"filter: {fix}loads it")
+    elif wanted is not None and loaded != wanted:
+        message = f"loaded {loaded!r}, but {NETWORKS_CONF} asks for {wanted!r}: {fix}replaces it"
+    else:
+        return []
+    return [Finding(f"nftables table {network_table.NAME}", None, "network-table", message)]
 
 
 def _lock_leftovers() -> list[Finding]:

@@ -17,6 +17,7 @@ USERNET = "/etc/lxc/lxc-usernet"
 LOGIN_DEFS = "/etc/login.defs"
 NSSWITCH = "/etc/nsswitch.conf"
 SESSION_CONF = "/etc/nsgate/session.conf"  # policy.session_conf.PATH
+NETWORKS_CONF = "/etc/nsgate/networks.conf"  # policy.networks_conf.PATH
 NICS = "/run/lxc/nics"
 # The system's map helpers, and where nsgate-divert keeps the originals: privileged programs that
 # read /etc/subuid and /etc/subgid besides nsgate's own helpers (unless they are nsgate's).

@@ -21,6 +21,8 @@ from nsgate.policy import nicdb, subid, usernet
 from nsgate.policy.accounts import Accounts
 from nsgate.policy.findings import text
 
+PRIVATE_BRIDGE = "nsgate-private"  # system/private_bridge.RESERVED_NAME
+
 
 def run(out: Out, args: Args, who: str | None) -> int:
     from nsgate.system import accounts as nss
@@ -48,7 +50,11 @@ def run(out: Out, args: Args, who: str | None) -> int:
         report["sub" + kind] = _explain_ranges(path, kind, name, uid, accounts, notes)
     report["sources"] = _explain_sources(name, uid, read(LOGIN_DEFS, notes) or b"",
                                          read(NSSWITCH, notes) or b"", notes)
-    report["nics"] = _explain_nics(name, gid, notes)
+    report["nics"] = nics = _explain_nics(name, gid, notes)
+    if any(nic["bridge"] == PRIVATE_BRIDGE for nic in nics):
+        from nsgate.cli.admin import explain_network
+
+        report["network"] = explain_network.explain(uid, notes)
     from nsgate.cli.admin import explain_session
 
     report["session"] = explain_session.explain(name, uid, gid, notes)
@@ -206,6 +212,12 @@ def _render_explain(out: Out, report: dict[str, object]) -> None:
             rows.append([nic["type"], nic["bridge"], str(nic["quota"]), used, grants,
                          ", ".join(nic["interfaces"]) or "-"])
         out.table(["TYPE", "BRIDGE", "QUOTA", "USED", "GRANTS", "NICS"], rows)
+    if "network" in report:
+        from nsgate.cli.admin import explain_network
+
+        network = report["network"]
+        assert isinstance(network, dict)
+        explain_network.render(out, network)
     from nsgate.cli.admin import explain_session
 
     session = report["session"]
