@@ -126,17 +126,29 @@ class DhcpServer:
         self.output = -1
         self._partial = b""
         self.starts: collections.deque[float] = collections.deque(maxlen=RESTARTS)
-        ensure_run_dir(run_dir)
-        self._lock = posix.open(f"{run_dir}/{KEEPER_LOCK}",
-                                posix.O_RDWR | posix.O_CREAT | posix.O_CLOEXEC
-                                | posix.O_NOFOLLOW, 0o600)
+        self._lock = -1
         try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            posix.lstat(run_dir)
+        except FileNotFoundError:
+            return  # made when first needed: a host that never serves DHCP gets no directory
+        self._open()
+
+    def _open(self) -> None:
+        """RUN_DIR made (or checked), its lock taken for as long as this server lives (`nsgate
+        nics gc` leaves the leases alone meanwhile), and a dnsmasq left behind stopped."""
+        if self._lock >= 0:
+            return
+        ensure_run_dir(self.run_dir)
+        lock = posix.open(f"{self.run_dir}/{KEEPER_LOCK}",
+                          posix.O_RDWR | posix.O_CREAT | posix.O_CLOEXEC | posix.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            posix.close(self._lock)
-            raise Refusal(f"another network keeper holds {run_dir}/{KEEPER_LOCK}",
+            posix.close(lock)
+            raise Refusal(f"another network keeper holds {self.run_dir}/{KEEPER_LOCK}",
                           "one nsgated per host: stop the other one") from None
-        stop_left_over(run_dir, self.argv, log)
+        self._lock = lock
+        stop_left_over(self.run_dir, self.argv, self.log)
 
     # --- what to serve ------------------------------------------------------------------------
     def serve(self, plan: Plan | None, bridges: list[tuple[str, Subnet]]) -> None:
@@ -152,7 +164,10 @@ class DhcpServer:
             return
         if self.pid:
             self._stop_child()
-        self._prune()
+        if wanted is not None:
+            self._open()
+        if self._lock >= 0:
+            self._prune()
         if wanted is not None:
             self.starts.clear()  # a new configuration gets a fresh budget of restarts
             self._start()
@@ -271,7 +286,9 @@ class DhcpServer:
         if self.pid:
             self._stop_child()
             self.log("stopped dnsmasq", False)
-        files.close_quietly(self._lock)
+        if self._lock >= 0:
+            files.close_quietly(self._lock)
+            self._lock = -1
 
 
 def _terminate(pidfd: int, pid: int) -> None:

@@ -93,9 +93,17 @@ def served_bridges(net: rtnl.Rtnl, plan: Plan) -> list[tuple[str, Subnet]]:
 
 
 def apply_network(plan: Plan | None) -> list[str]:
-    """The host made what `plan` asks (system/network_apply.py); what changed, as text."""
-    from nsgate.system import network_apply
+    """The host made what `plan` asks (system/network_apply.py); what changed, as text. No
+    plan and no table loaded (or no nf_tables at all): nothing to undo, and nothing is done (no
+    lock taken, no file made: a host without networks.conf stays as it was)."""
+    from nsgate.system import network_apply, network_table
 
+    if plan is None:
+        try:
+            if network_table.loaded_version() is None:
+                return []
+        except Refusal:
+            return []
     return network_apply.apply(plan)
 
 
@@ -115,6 +123,8 @@ class Keeper:
         self.retry_at = 0.0  # an apply to try again (monotonic clock), or 0
         self.delay = RETRY_SECONDS
         self.stale = True  # the bridges must be looked at again
+        self.refresh_at = 0.0  # not before (monotonic clock): after a failure
+        self.refresh_delay = RETRY_SECONDS
 
     def check_plan(self) -> None:
         """Read and apply networks.conf if it changed (or an apply is due again)."""
@@ -156,18 +166,21 @@ class Keeper:
             self.stale = True
 
     def refresh(self) -> None:
-        """dnsmasq serving the private bridges of now (none without a plan)."""
-        if not self.stale:
+        """dnsmasq serving the private bridges of now (none without a plan). A failure is
+        logged and tried again, RETRY_SECONDS doubled up to RETRY_MAX_SECONDS."""
+        if not self.stale or time.monotonic() < self.refresh_at:
             return
-        bridges: list[tuple[str, Subnet]] = []
-        if self.plan is not None:
-            try:
-                bridges = served_bridges(self.net, self.plan)
-            except (Refusal, OSError) as err:
-                log(f"listing the private bridges: {_reason(err)}; trying again", True)
-                return  # still stale: the next tick tries again
+        try:
+            bridges = [] if self.plan is None else served_bridges(self.net, self.plan)
+            self.server.serve(self.plan, bridges)
+        except (Refusal, OSError) as err:
+            log(f"serving DHCP on the private bridges: {_reason(err)}; trying again in "
+                f"{self.refresh_delay:g} s", True)
+            self.refresh_at = time.monotonic() + self.refresh_delay
+            self.refresh_delay = min(self.refresh_delay * 2, RETRY_MAX_SECONDS)
+            return
         self.stale = False
-        self.server.serve(self.plan, bridges)
+        self.refresh_at, self.refresh_delay = 0.0, RETRY_SECONDS
 
 
 def _name_self(name: bytes) -> None:
