@@ -252,6 +252,26 @@ def test_bridges_coming_and_going_restart_dnsmasq_and_a_gone_ones_leases_go() ->
         assert not any(alice_lease["ip"] in line for line in lease_lines())
 
 
+def test_an_ipv6_pool_gives_containers_a_slaac_address_of_their_64() -> None:
+    write_conf(PLAN + "ipv6-pool fd42:6e73::/48 64\n")
+    name, subnet = bridge(ALICE.uid, 4)
+    with service():
+        one_dnsmasq()
+        container = Container(name, "nsgtdh0", "02:00:00:00:00:08")
+        in_subnet(container.ask(), subnet)
+
+        def global_addresses() -> list[str]:
+            out = container.run("ip", "-o", "-6", "addr", "show", "dev", "eth0", "scope",
+                                "global").stdout
+            return [line.split()[3] for line in out.splitlines()]
+
+        # SLAAC from the bridge's router advertisement: the prefix and the MAC's EUI-64
+        wait_for(lambda: global_addresses() == ["fd42:6e73:0:4:0:ff:fe00:8/64"],
+                 "the container's SLAAC address")
+        routes = container.run("ip", "-6", "route", "show", "default").stdout
+        assert routes.startswith("default via fe80::"), routes
+
+
 def test_a_killed_dnsmasq_is_started_again() -> None:
     write_conf(PLAN)
     name, subnet = bridge(ALICE.uid, 2)
