@@ -27,7 +27,16 @@ from pathlib import Path
 import pytest
 
 from tests.service_support import Nsgated, children, nsgated_running
-from tests.support import ALICE, BOB, PATIENCE, private_dev_log, proc_state, wait_for, write_etc
+from tests.support import (
+    ALICE,
+    BOB,
+    PATIENCE,
+    PREFIX,
+    private_dev_log,
+    proc_state,
+    wait_for,
+    write_etc,
+)
 from tests.usernic_support import DB_DIR, WORK, Proc, clean_db, ip, ip_links
 
 CONF = Path("/etc/nsgate/networks.conf")
@@ -366,14 +375,23 @@ def test_the_service_stopping_stops_dnsmasq_and_gc_prunes_leases_without_it() ->
         one_dnsmasq()
         alice_lease = Container(alice, "nsgtdh0", "02:00:00:00:00:01").ask()
         bob_lease = Container(bob, "nsgtdh1", "02:00:00:00:00:02").ask()
+        assert "the service runs, and prunes them itself" in gc()  # gc leaves them alone
     assert not dnsmasqs()
     assert any(bob_lease["ip"] in line for line in lease_lines())  # leases outlive a stop
     ip("link", "del", bob)  # while no service runs
-    result = subprocess.run([str(Path(os.environ.get("NSGATE_PREFIX", "/usr/local")) / "bin"
-                                 / "nsgate"), "nics", "gc"], capture_output=True, text=True,
-                            check=False)
-    assert result.returncode == 0, result
-    assert "removed DHCP lease" in result.stdout and bob_lease["ip"] in result.stdout, result
+    write_conf("ipv4-pool 10.210.0.0/16\n")
+    before = lease_lines()
+    assert "DHCP leases left as they are: /etc/nsgate/networks.conf:1: " in gc()
+    assert lease_lines() == before
+    write_conf(PLAN)
+    out = gc()
+    assert "removed DHCP lease" in out and bob_lease["ip"] in out, out
     lines = lease_lines()
     assert len(lines) == 1 and alice_lease["ip"] in lines[0], lines
-    assert not any(bob_lease["ip"] in line for line in lines), lines
+
+
+def gc() -> str:
+    result = subprocess.run([str(PREFIX / "bin" / "nsgate"), "nics", "gc"], capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0, result
+    return result.stdout

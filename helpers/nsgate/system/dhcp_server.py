@@ -158,6 +158,8 @@ class DhcpServer:
         wanted = None
         if plan is not None and bridges:
             wanted = dnsmasq_conf.config(plan, bridges, self.run_dir, user=dnsmasq_user())
+        if wanted != self.wanted:
+            self.starts.clear()  # a new configuration gets a fresh budget of restarts
         self.wanted = wanted
         self.keep = served_networks(bridges) if wanted is not None else []
         if self.pid and wanted == self.running:
@@ -169,7 +171,6 @@ class DhcpServer:
         if self._lock >= 0:
             self._prune()
         if wanted is not None:
-            self.starts.clear()  # a new configuration gets a fresh budget of restarts
             self._start()
 
     def _prune(self) -> None:
@@ -254,9 +255,12 @@ class DhcpServer:
             if len(self._partial) > LOG_LINE_LIMIT:
                 self._log_output(self._partial)
                 self._partial = b""
-        if final and self._partial:
-            self._log_output(self._partial)
-            self._partial = b""
+        if final:
+            if self._partial:
+                self._log_output(self._partial)
+                self._partial = b""
+            posix.close(self.output)  # (at its end: never readable again)
+            self.output = -1
 
     def _log_output(self, line: bytes) -> None:
         self.log(f"dnsmasq: {_shown(line[:LOG_LINE_LIMIT])}", False)
@@ -264,8 +268,6 @@ class DhcpServer:
     def _reaped(self, status: int | None = None) -> None:
         """`status`: of an exit nobody asked for (None: stopped here)."""
         self._read_output(final=True)
-        if self.output >= 0:
-            posix.close(self.output)
         posix.close(self.pidfd)
         pid = self.pid
         self.pid, self.pidfd, self.output, self.running = 0, -1, -1, None

@@ -60,7 +60,11 @@ def gc(out: Out) -> int:
 
     with rtnl.Rtnl() as net:
         collected = nic_gc.collect(net)
-        leases = nic_gc.prune_leases(net)
+        kept_because = ""
+        try:
+            leases = nic_gc.prune_leases(net)
+        except Refusal as refusal:  # (networks.conf: `nsgate check` tells more)
+            leases, kept_because = [], refusal.first
     removed = collected.lines
     if not removed:
         out.say(f"{NICS}: no stale lines")
@@ -72,6 +76,8 @@ def gc(out: Out) -> int:
         out.say(f"removed private bridge {text(name)}: no port left")
     if leases is None:
         out.say("DHCP leases: the service runs, and prunes them itself")
+    if kept_because:
+        out.say(f"DHCP leases left as they are: {kept_because}")
     for raw in leases or []:
         out.say(f"removed DHCP lease '{text(raw)}': no bridge has its subnet")
     return 0
