@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The rtnetlink codec (nsgate.policy.netlink_codec): split_messages, iter_attrs, parse_attrs,
-parse_link, parse_outcome and Answer, on answers from a namespace the caller controls, and
-link_deletions, on the link notifications the service's janitor reads.
+parse_link, parse_address, parse_outcome and Answer, on answers from a namespace the caller
+controls, and link_deletions, on the link notifications the service's janitor reads.
 
 Input: `seq(4) port(4)` then datagrams, each `length(2, little-endian) bytes` (the last one cut
 where the input ends). Properties: no exception but CodecError; a datagram is split exactly as
@@ -207,8 +207,47 @@ def _encode(link: codec.Link) -> bytes:
     return codec.ifinfomsg(link.index, family=link.family, flags=link.flags) + b"".join(attrs)
 
 
+def oracle_address(payload: bytes) -> dict | None:
+    """An RTM_NEWADDR payload: ifaddrmsg, then IFA_LOCAL (else IFA_ADDRESS) of the family's
+    size, IFA_FLAGS (4 bytes) over ifa_flags."""
+    if len(payload) < 8:
+        return None
+    family, prefixlen, flags, scope, index = struct.unpack("=BBBBI", payload[:8])
+    size = {2: 4, 10: 16}.get(family)
+    if size is None or index < 1 or prefixlen > size * 8:
+        return None
+    try:
+        attrs = _nest(payload[8:])
+        address = attrs.get(2, attrs.get(1))
+        if address is None or len(address) != size:
+            return None
+        if 8 in attrs:
+            flags = _number(attrs[8], 4)
+    except Refused:
+        return None
+    return {"family": family, "prefixlen": prefixlen, "flags": flags, "scope": scope,
+            "index": index, "address": address}
+
+
+def _address_view(found: codec.Address) -> dict:
+    return {"family": found.family, "prefixlen": found.prefixlen, "flags": found.flags,
+            "scope": found.scope, "index": found.index, "address": found.address}
+
+
 def _check_message(msg: codec.Message) -> None:
-    if msg.kind in (codec.RTM_NEWLINK, codec.RTM_DELLINK):
+    if msg.kind == codec.RTM_NEWADDR:
+        expected_address = oracle_address(msg.payload)
+        try:
+            found = codec.parse_address(msg.payload)
+        except codec.CodecError:
+            assert expected_address is None, ("refused a well-formed address", msg.payload)
+            return
+        assert _address_view(found) == expected_address, ("address", _address_view(found))
+        again = codec.parse_address(codec.address_change(
+            found.family, found.address, found.prefixlen, found.index, flags=found.flags))
+        assert (again.family, again.address, again.prefixlen, again.index) == (
+            found.family, found.address, found.prefixlen, found.index), ("round trip", again)
+    elif msg.kind in (codec.RTM_NEWLINK, codec.RTM_DELLINK):
         expected = oracle_link(msg.payload)
         try:
             link = codec.parse_link(msg.payload)

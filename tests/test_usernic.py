@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from nsgate.policy import nic_macs
 
 from tests import support
 from tests.ovs_support import vsctl_execs
@@ -47,7 +48,6 @@ from tests.usernic_support import (
     DB,
     DB_DIR,
     LOCK,
-    NET_ADDR_RANDOM,
     NET_ADDR_SET,
     NSGATE_NIC,
     REFERENCE_NIC,
@@ -212,11 +212,13 @@ def test_create_on_a_bridge():
     assert hosts[host]["address"].startswith("fe:")
     assert hosts[host]["mtu"] == 1400
     assert not is_up(inside["eth0"]) and inside["eth0"]["mtu"] == 1400
-    # the container end keeps the kernel's random MAC: it may start with fe: by chance, so ask
-    # the kernel who assigned each address rather than looking at the bytes
+    # both ends have stable MACs (policy/nic_macs.py: uid, lxcpath, name, nic name), which
+    # the kernel says were set, not random
+    container = nic_macs.container_mac(ALICE.uid, b"/var/lib/lxc", b"c1", b"eth0")
+    assert inside["eth0"]["address"] == container.hex(":")
+    assert hosts[host]["address"] == nic_macs.host_mac(container).hex(":")
     assert addr_assign_type(host) == NET_ADDR_SET
-    assert addr_assign_type("eth0", ctr.pid) == NET_ADDR_RANDOM
-    assert inside["eth0"]["address"] != hosts[host]["address"]
+    assert addr_assign_type("eth0", ctr.pid) == NET_ADDR_SET
     assert set(inside) == {"lo", "eth0"}
     assert nsgate_veths(hosts) == {host}
     assert db_lines() == [f"nsgt-alice veth br0 {host}"]

@@ -996,3 +996,10 @@ def test_reap_keeps_exactly_the_lines_of_bridges_that_stay(uids, states):
     assert set(forget) == {b"nsgu%d" % uid for uid in uids
                            if states.get(uid) == private_bridges.GONE}
     assert len(remove) == len(set(remove)) and len(forget) == len(set(forget))
+
+
+def test_a_create_keeps_lxcpath_and_name_for_its_stable_macs():
+    """They decide nothing (above); a create keeps them as given, hashed into its nic's MACs."""
+    request = nic_request.parse([b"create", b"/home/u/.local/share/lxc", b"c\xff 1", b"42",
+                                 b"veth", b"nsgate-private", b"eth0"])
+    assert (request.lxcpath, request.name) == (b"/home/u/.local/share/lxc", b"c\xff 1")

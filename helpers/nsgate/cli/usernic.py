@@ -18,7 +18,7 @@ create, in order, each step before any change:
 import posix
 
 from nsgate.errors import Refusal
-from nsgate.policy import nic_batch, nicdb, nicnames, usernet
+from nsgate.policy import nic_batch, nic_macs, nicdb, nicnames, usernet
 from nsgate.policy.nic_request import NO_BRIDGE, USAGE, NicRequest, parse
 from nsgate.system import (
     audit,
@@ -28,6 +28,7 @@ from nsgate.system import (
     files,
     kernel,
     netns,
+    network_plan,
     nic_commit,
     nicdb_store,
     ovs,
@@ -207,16 +208,22 @@ def _create(caller: Caller, request: NicRequest, handed: "Handed | None") -> str
                                                                  and not attach.is_ovs))
             remote = _committer_channel()
             guard = None
+            network = None
             try:
+                if intent.private and remote is None:
+                    network = network_plan.load()  # malformed: refused before any change
+                    if network is not None:
+                        private_bridge.load_network_modules()
                 if intent.guarded and remote is None:
-                    guard = port_security.Guard()  # a Linux bridge: nsgate's nftables table
+                    guard = port_security.Guard(network)  # nsgate's nftables tables
                 confine.confine([kernel.CAP_NET_ADMIN, kernel.CAP_SETUID, kernel.CAP_SETGID],
                                 confine.NIC_MAKER)
                 if attach is not None and attach.is_ovs:
                     _confirm_ovs_bridge(net, attach)
-                session = remote or nic_commit.LocalSession(net, guard)
+                session = remote or nic_commit.LocalSession(net, guard, network)
                 host, host_index, peer, peer_index = _make_reserved(
-                    session, intent, net, inside, target_fd, peer, mtu, attach)
+                    session, intent, net, inside, target_fd, peer, mtu, attach,
+                    (request.lxcpath, request.name, request.nicname or peer))
             finally:
                 if remote is not None:
                     remote.close()
@@ -270,19 +277,30 @@ def _committer_channel() -> "nic_channel.RemoteSession | None":
 
 def _make_reserved(session: "nic_commit.LocalSession | nic_channel.RemoteSession",
                    intent: nic_batch.Intent, net: rtnl.Rtnl, inside: rtnl.Rtnl, target_fd: int,
-                   peer: bytes, mtu: int,
-                   attach: ports.Attachment | None) -> tuple[bytes, int, bytes, int]:
+                   peer: bytes, mtu: int, attach: ports.Attachment | None,
+                   identity: tuple[bytes, bytes, bytes]) -> tuple[bytes, int, bytes, int]:
     """(host name, host ifindex, container name, container ifindex) of the new pair, recorded
     (the session decides and records it under the database lock: system/nic_commit.py); the
     container end is found by its ifindex (the host end's IFLA_LINK), so a name template
-    reports the name the kernel chose."""
+    reports the name the kernel chose. `identity` (lxcpath, name, nic name) gives the pair its
+    stable MACs on a Linux bridge."""
     reserved = session.reserve(intent)
     host = reserved.host
     where = attach if attach is not None else reserved.attach
     try:
         if where is None:
             raise Refusal("internal error: no private bridge came with the reservation")
-        net.create_veth(host.decode(), peer.decode(), target_fd, mtu)
+        host_mac, peer_mac = _stable_macs(net, where, intent.uid, identity)
+        net.create_veth(host.decode(), peer.decode(), target_fd, mtu, host_address=host_mac,
+                        peer_address=peer_mac)
+        if host_mac is not None and not isinstance(session, nic_commit.LocalSession) \
+                and _has_twin(net, host_mac):
+            # A member of the same batch of nsgated's committer made the same pair meanwhile
+            # (the lock is the batch's): this one takes the kernel's random MACs instead.
+            twin = net.link(host.decode())
+            if twin is not None:
+                net.delete_link(twin.index)  # its peer goes with it, at once
+            net.create_veth(host.decode(), peer.decode(), target_fd, mtu)
         link = net.link(host.decode())
         peer_link = inside.link_by_index(link.link) if link is not None else None
         if link is None or peer_link is None:
@@ -297,6 +315,27 @@ def _make_reserved(session: "nic_commit.LocalSession | nic_channel.RemoteSession
         raise
     session.finish(True)
     return host, link.index, peer_link.name.encode("utf-8", "surrogateescape"), peer_link.index
+
+
+def _stable_macs(net: rtnl.Rtnl, where: ports.Attachment, uid: int,
+                 identity: tuple[bytes, bytes, bytes]) -> tuple[bytes | None, bytes | None]:
+    """(host end, container end) MACs of a new pair on a Linux bridge: the same for the same
+    uid, lxcpath, name and nic name (policy/nic_macs.py), so a restarted container keeps its
+    DHCP lease. If a port of the bridge has that host MAC already (a second container of the
+    same lxcpath and name, e.g. two rootlesskit instances), (None, None): the kernel's random
+    ones, as nowhere else (Open vSwitch, `none`)."""
+    if where.is_ovs or not where.index:
+        return None, None
+    container = nic_macs.container_mac(uid, *identity)
+    host = nic_macs.host_mac(container)
+    if any(port.address == host for port in net.links(master=where.index)):
+        return None, None
+    return host, container
+
+
+def _has_twin(net: rtnl.Rtnl, host_mac: bytes) -> bool:
+    """Whether another link here has the MAC just given to a new host end."""
+    return sum(1 for link in net.links() if link.address == host_mac) > 1
 
 
 def _roll_back(net: rtnl.Rtnl, host: bytes, attach: ports.Attachment) -> None:

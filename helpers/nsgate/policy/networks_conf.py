@@ -33,6 +33,8 @@ IPV6_PREFIX = 64  # SLAAC needs a /64
 UPLINKS = ("nat", "routed", "none")
 ALLOCATIONS = ("recorded", "derived")
 KEYS = ("ipv4-pool", "ipv6-pool", "uplink", "allocation")
+_ADDRESS_CHARS = {4: frozenset("0123456789."),  # no scope id (%eth0), no other spelling
+                  6: frozenset("0123456789abcdefABCDEF:.")}
 # Addresses no user subnet may take: this host, link-local, multicast, reserved.
 _FORBIDDEN = (IPv4Network("0.0.0.0/8"), IPv4Network("127.0.0.0/8"),
               IPv4Network("169.254.0.0/16"), IPv4Network("224.0.0.0/4"),
@@ -202,8 +204,9 @@ def _pool(path: str, lineno: int, args: list[str], version: int
         _refuse(path, lineno, f"{key} takes a network and a prefix length",
                 f"e.g. '{key} {example}'")
     text, prefix_text = args
-    _, slash, length = text.partition("/")
-    if not slash or parse_decimal(length.encode(), 128) is None:
+    address, slash, length = text.partition("/")
+    if not slash or parse_decimal(length.encode(), 128) is None \
+            or not _ADDRESS_CHARS[version].issuperset(address):
         _refuse(path, lineno, f"'{text}' is not a network ADDRESS/LENGTH",
                 f"e.g. '{key} {example}'")
     kind = IPv4Network if version == 4 else IPv6Network

@@ -25,16 +25,18 @@ NO_BRIDGE = b"none"
 
 
 class NicRequest:
-    __slots__ = ("bridge", "netns_path", "nic_type", "nicname", "pid", "verb")
+    __slots__ = ("bridge", "lxcpath", "name", "netns_path", "nic_type", "nicname", "pid", "verb")
 
     def __init__(self, verb: str, pid: int, netns_path: bytes, nic_type: bytes, bridge: bytes,
-                 nicname: bytes | None) -> None:
+                 nicname: bytes | None, lxcpath: bytes = b"", name: bytes = b"") -> None:
         self.verb = verb
         self.pid = pid  # create
         self.netns_path = netns_path  # delete
         self.nic_type = nic_type
         self.bridge = bridge
         self.nicname = nicname
+        self.lxcpath = lxcpath  # the caller's words, only hashed into the nic's stable MAC
+        self.name = name
 
 
 def _show(text: bytes) -> str:
@@ -67,4 +69,4 @@ def parse(args: list[bytes]) -> NicRequest:
     if pid is None or pid < 1:
         raise Refusal(f"Could not read pid: {_show(target)}",
                       "the pid must be a positive number in canonical decimal")
-    return NicRequest(verb, pid, b"", nic_type, bridge, nicname)
+    return NicRequest(verb, pid, b"", nic_type, bridge, nicname, args[1], args[2])

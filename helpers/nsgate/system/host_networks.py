@@ -1,6 +1,7 @@
 """The networks this host's links already use: every IPv4 and IPv6 address (RTM_GETADDR dump)
-and every unicast route but the default ones (RTM_GETROUTE dump, all tables), with the link
-each is on. network_apply refuses a pool that overlaps one of them outside the users' bridges."""
+and every unicast route but the default ones (RTM_GETROUTE dump, all tables; a /1 counts as a
+default route: VPN clients split theirs in two), with the link each is on. network_apply
+refuses a pool that overlaps one of them outside the users' bridges."""
 
 import _socket
 import _struct
@@ -35,7 +36,7 @@ def used(family: int) -> list[tuple[int, str, bytes, int]]:
         for payload in sock.request(_RTM_GETROUTE, codec.NLM_F_DUMP,
                                     _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0), "RTM_GETROUTE"):
             fam, dst_len, _, _, _, _, _, kind, _ = _RTMSG.unpack_from(payload)
-            if fam != family or kind != _RTN_UNICAST or dst_len == 0:
+            if fam != family or kind != _RTN_UNICAST or dst_len <= 1:
                 continue
             attrs = codec.parse_attrs(payload, _RTMSG.size)
             oif = attrs.get(_RTA_OIF, b"")

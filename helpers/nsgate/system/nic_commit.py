@@ -4,8 +4,9 @@ recorded in one locked section of /run/lxc/nics, with one write (one fsync) for 
 `commit(intents, net, guard)` takes the database lock and, under it: reads the database once,
 prunes the stale lines of the batch's owners once (liveness from rtnetlink), decides each intent
 in arrival order against the running counts (the second create of a user sees the first one's
-reservation: quotas are exact), makes the private bridges (once per uid) and readies the port
-security (once), picks the host names, and writes every reservation in one replace. Each intent
+reservation: quotas are exact), makes the private bridges (once per uid; with networks.conf's
+plan, after the network table, with their gateway addresses) and readies the port security
+(once), picks the host names, and writes every reservation in one replace. Each intent
 gets a `Reserved` (its host name, and its private bridge) or the Refusal a lone create would get,
 word for word. The lock stays held while the creators make their nics; `Batch.finish(failed)`
 then drops, in one more write made only if one failed, the lines of the failed creates whose
@@ -26,6 +27,10 @@ import posix
 from nsgate.errors import Refusal
 from nsgate.policy import nic_batch, nicdb, nicnames
 from nsgate.system import nicdb_store, port_security, ports, private_bridge, rtnl
+
+TYPE_CHECKING = False  # typing costs import time on every helper run
+if TYPE_CHECKING:
+    from nsgate.policy.networks_conf import Plan
 
 # The worker's end of nsgated's channel to its committer; None in the setuid helper.
 CHANNEL: int | None = None
@@ -73,13 +78,16 @@ def _exists(net: rtnl.Rtnl, dev: bytes) -> bool:
 
 
 def commit(intents: list[nic_batch.Intent], net: rtnl.Rtnl,
-           guard: "port_security.Guard | Refusal | None") -> Batch:
+           guard: "port_security.Guard | Refusal | None",
+           network: "Plan | Refusal | None" = None) -> Batch:
     """Decide and record `intents` in one locked section, which the returned Batch holds.
     `guard`: the port security checker for the guarded intents (a Refusal: why there is none).
-    A Refusal raised here (the lock is busy, the database cannot be read) is every intent's."""
+    `network`: networks.conf's plan for the private bridges (a Refusal: why it cannot be read;
+    None: there is no such file). A Refusal raised here (the lock is busy, the database cannot
+    be read) is every intent's."""
     lock = nicdb_store.Locked()
     try:
-        return _decide(lock, intents, net, guard)
+        return _decide(lock, intents, net, _Steps(net, guard, network))
     except BaseException:
         lock.release()
         raise
@@ -88,9 +96,11 @@ def commit(intents: list[nic_batch.Intent], net: rtnl.Rtnl,
 class _Steps:
     """The batch's side steps, each made once: a uid's private bridge, the port security."""
 
-    def __init__(self, net: rtnl.Rtnl, guard: "port_security.Guard | Refusal | None") -> None:
+    def __init__(self, net: rtnl.Rtnl, guard: "port_security.Guard | Refusal | None",
+                 network: "Plan | Refusal | None" = None) -> None:
         self._net = net
         self._guard = guard
+        self._network = network
         self._guard_ready = False
         self._bridges: dict[int, ports.Attachment | Refusal] = {}
         self.taken: set[bytes] = set()
@@ -98,7 +108,10 @@ class _Steps:
     def private_bridge(self, uid: int) -> ports.Attachment:
         if uid not in self._bridges:
             try:
-                self._bridges[uid] = private_bridge.ensure(self._net, uid)
+                if isinstance(self._network, Refusal):
+                    raise self._network
+                guard = self.ready_guard() if self._network is not None else None
+                self._bridges[uid] = private_bridge.ensure(self._net, uid, self._network, guard)
             except Refusal as refusal:
                 self._bridges[uid] = refusal
         found = self._bridges[uid]
@@ -106,7 +119,7 @@ class _Steps:
             raise found
         return found
 
-    def ready_guard(self) -> None:
+    def ready_guard(self) -> "port_security.Guard":
         if isinstance(self._guard, Refusal):
             raise self._guard
         if self._guard is None:
@@ -118,6 +131,7 @@ class _Steps:
                 self._guard = refusal
                 raise
             self._guard_ready = True
+        return self._guard
 
     def host_name(self, uid: int) -> bytes:
         for _ in range(100):
@@ -129,14 +143,13 @@ class _Steps:
 
 
 def _decide(lock: nicdb_store.Locked, intents: list[nic_batch.Intent], net: rtnl.Rtnl,
-            guard: "port_security.Guard | Refusal | None") -> Batch:
+            steps: "_Steps") -> Batch:
     raw_lines = nicdb.split_lines(nicdb_store.read())
     counted = nic_batch.candidates(raw_lines, intents)
     devs = {line.dev for line in counted.values()}
     live = {dev for dev in devs if _exists(net, dev)}
     kept, _stale = nicdb.prune(raw_lines, counted, live)
     tally = nic_batch.Tally([line for line in counted.values() if line.dev in live])
-    steps = _Steps(net, guard)
     outcomes: list[Reserved | Refusal] = []
     new: dict[int, nicdb.NicLine] = {}
     for position, intent in enumerate(intents):
@@ -169,13 +182,15 @@ def _decide(lock: nicdb_store.Locked, intents: list[nic_batch.Intent], net: rtnl
 class LocalSession:
     """The setuid helper's create: a batch of one, committed and finished in this process."""
 
-    def __init__(self, net: rtnl.Rtnl, guard: "port_security.Guard | None") -> None:
+    def __init__(self, net: rtnl.Rtnl, guard: "port_security.Guard | None",
+                 network: "Plan | None" = None) -> None:
         self._net = net
         self._guard = guard
+        self._network = network
         self._batch: Batch | None = None
 
     def reserve(self, intent: nic_batch.Intent) -> Reserved:
-        batch = commit([intent], self._net, self._guard)
+        batch = commit([intent], self._net, self._guard, self._network)
         outcome = batch.outcomes[0]
         if isinstance(outcome, Refusal):
             batch.finish()

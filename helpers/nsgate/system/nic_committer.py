@@ -26,7 +26,19 @@ import time
 from nsgate.errors import Refusal
 from nsgate.policy import nic_batch
 from nsgate.policy import nic_commit_wire as wire
-from nsgate.system import files, nic_channel, nic_commit, port_security, programs, rtnl
+from nsgate.system import (
+    files,
+    network_plan,
+    nic_channel,
+    nic_commit,
+    port_security,
+    programs,
+    rtnl,
+)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from nsgate.policy.networks_conf import Plan
 
 MEMBER_SECONDS = nic_channel.MEMBER_SECONDS
 ENROLL = b"E"
@@ -152,13 +164,19 @@ class Committer:
 
     def _commit(self, intents: list[nic_batch.Intent]) -> "nic_commit.Batch | Refusal":
         guard: port_security.Guard | Refusal | None = None
-        if any(intent.guarded for intent in intents):
+        network: Plan | Refusal | None = None
+        if any(intent.private for intent in intents):
             try:
-                guard = port_security.Guard()  # before the lock: it may fork nft's runner
+                network = network_plan.load()  # read for each batch: the file may change
+            except Refusal as refusal:
+                network = refusal
+        if any(intent.guarded for intent in intents):
+            try:  # before the lock: it may fork nft's runner
+                guard = port_security.Guard(None if isinstance(network, Refusal) else network)
             except Refusal as refusal:
                 guard = refusal
         try:
-            return nic_commit.commit(intents, self._net, guard)
+            return nic_commit.commit(intents, self._net, guard, network)
         except Refusal as refusal:
             return refusal
         except Exception as err:  # noqa: BLE001 - one batch's failure is not the committer's end

@@ -32,6 +32,8 @@ TYPE_CHECKING = False  # typing costs import time on every helper run
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from nsgate.policy.networks_conf import Plan
+
 GROUP = 0x6E73  # "ns": IFLA_GROUP of every host end nsgate makes
 TABLE = "nsgate"
 VERSION = "nsgate port security 1"
@@ -71,31 +73,47 @@ _U32 = _struct.Struct("=I")
 
 
 class _Installer:
-    """A child forked before the helper confines itself, which on request runs `nft -f -` with
-    RULESET and nothing else; it ends when the helper closes the pipe."""
+    """A child forked before the helper confines itself, which on request loads nsgate's
+    tables and nothing else: b"1" RULESET (`bridge nsgate`), b"2" the network table of `plan`
+    (`inet nsgate`, networks.conf) and the forwarding it needs. Each answer is one line, "0" or
+    the first line of what failed; it ends on b"q" or when the helper closes the pipe."""
 
-    def __init__(self, nft: str) -> None:
+    def __init__(self, nft: str, plan: "Plan | None") -> None:
         def serve(requests: int, answers: int) -> None:
-            if posix.read(requests, 1) == b"1":
-                posix.write(answers, nf_tables.run_nft(nft, RULESET))
+            while job := posix.read(requests, 1):
+                if job == b"1":
+                    answer = nf_tables.run_nft(nft, RULESET)
+                elif job == b"2" and plan is not None:
+                    answer = _load_network(plan)
+                else:
+                    return
+                posix.write(answers, answer.replace(b"\n", b" ") + b"\n")
 
         self._pid, self._request, self._answer = programs.fork_server(serve)
 
-    def install(self) -> str:
-        """The first line nft wrote on failure; "" on success."""
+    def run(self, job: bytes) -> str:
+        """The first line of what failed; "" on success."""
         answer = b""
         try:
-            posix.write(self._request, b"1")
-            while chunk := posix.read(self._answer, 4096):
+            posix.write(self._request, job)
+            while not answer.endswith(b"\n"):
+                chunk = posix.read(self._answer, 4096)
+                if not chunk:
+                    break
                 answer += chunk
         except OSError as err:
             return f"the process that runs nft is gone ({err.strerror})"
-        if answer == b"0":
+        if answer == b"0\n":
             return ""
-        return answer.decode("utf-8", "backslashreplace") or "the process that runs nft died"
+        return answer.strip().decode("utf-8", "backslashreplace") or \
+            "the process that runs nft died"
 
     def close(self) -> None:
         if self._pid:
+            try:  # it also ends at the end of the pipe, unless closing that fails
+                posix.write(self._request, b"q")
+            except OSError:
+                pass
             files.close_quietly(self._request)
             files.close_quietly(self._answer)
             try:
@@ -105,11 +123,43 @@ class _Installer:
             self._pid = 0
 
 
-class Guard:
-    """The table for one create: checked now, before the helper confines itself; installed if
-    needed and cleaned of vanished ports' claims later, under the database lock (`ready`)."""
+def _load_network(plan: "Plan") -> bytes:
+    """In the installer: the network table of `plan` loaded unless it is already, then the
+    forwarding on; b"0", or the refusal's lines in one."""
+    from nsgate.policy import network_ruleset
+    from nsgate.system import network_apply, network_table
 
-    def __init__(self) -> None:
+    try:
+        if network_table.loaded_version() != network_ruleset.version(plan):
+            network_table.load(network_ruleset.ruleset(plan))
+        network_apply.set_forwarding(plan)
+    except Refusal as refusal:
+        return "; ".join((refusal.first, *refusal.details)).encode()[:600]
+    except OSError as err:
+        return f"cannot turn forwarding on: {err}".encode()[:600]
+    return b"0"
+
+
+def _forwarding_on(plan: "Plan") -> bool:
+    from nsgate.system import network_apply
+
+    for path in network_apply.forwarding_wanted(plan):
+        fd = posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC)
+        try:
+            if posix.read(fd, 16).strip() != b"1":
+                return False
+        finally:
+            posix.close(fd)
+    return True
+
+
+class Guard:
+    """nsgate's tables for one create (or one batch): checked now, before the helper confines
+    itself; installed if needed later, under the database lock: `ready` the port security,
+    cleaned of vanished ports' claims; `ready_network` (a private bridge, with networks.conf's
+    `plan`) the network table and forwarding."""
+
+    def __init__(self, plan: "Plan | None" = None) -> None:
         try:
             self._nfnl = nf_tables.Nfnl(nf_tables.NFPROTO_BRIDGE, TABLE)
         except OSError as err:
@@ -120,15 +170,26 @@ class Guard:
             self._nfnl.close()
             raise _no_nf_tables(err) from None
         self._installer: _Installer | None = None
+        self._plan = plan
+        self._network_version = ""
+        self._network_ready = plan is None
         try:
-            if version != VERSION.encode():
+            network_needed = False
+            if plan is not None:
+                from nsgate.policy import network_ruleset
+                from nsgate.system import network_table
+
+                self._network_version = network_ruleset.version(plan)
+                network_needed = (network_table.loaded_version() != self._network_version
+                                  or not _forwarding_on(plan))
+            if version != VERSION.encode() or network_needed:
                 nft = programs.find("nft")
                 if nft is None:
                     raise Refusal("nftables is needed to attach a nic to a Linux bridge",
-                                  "nsgate's port security is a table of nftables, and nft was "
-                                  "not found in " + ", ".join(programs.SEARCH_PATH)
-                                  + ": install nftables")
-                self._installer = _Installer(nft)
+                                  "nsgate's port security (and the firewall of the per-user "
+                                  "networks) are tables of nftables, and nft was not found in "
+                                  + ", ".join(programs.SEARCH_PATH) + ": install nftables")
+                self._installer = _Installer(nft, plan)
         except BaseException:
             self.close()
             raise
@@ -137,7 +198,7 @@ class Guard:
         """The current table is in place and holds no claim of a port that is gone."""
         try:
             if self._nfnl.table_version() != VERSION.encode():
-                failure = self._installer.install() if self._installer else "it vanished"
+                failure = self._installer.run(b"1") if self._installer else "it vanished"
                 if failure or self._nfnl.table_version() != VERSION.encode():
                     raise Refusal(f"could not set up nftables table bridge {TABLE} (port "
                                   "security)", failure or "nft exited 0 but no table is there",
@@ -151,6 +212,23 @@ class Guard:
                         raise
         except NetlinkError as err:
             raise _no_nf_tables(err) from None
+
+    def ready_network(self) -> None:
+        """The network table of the plan is loaded, and forwarding on (once per Guard); a
+        Refusal if it cannot be."""
+        if self._network_ready or self._plan is None:
+            return
+        from nsgate.system import network_table
+
+        if (network_table.loaded_version() != self._network_version
+                or not _forwarding_on(self._plan)):
+            failure = self._installer.run(b"2") if self._installer else "it changed meanwhile"
+            if failure or network_table.loaded_version() != self._network_version:
+                raise Refusal(f"could not set up nftables table {network_table.NAME} (the "
+                              "firewall of the per-user networks of /etc/nsgate/networks.conf)",
+                              failure or "nft exited 0 but the table is not there",
+                              "nothing was attached; nsgate network apply says more")
+        self._network_ready = True
 
     def _forget_vanished_ports(self, net: "rtnl.Rtnl") -> None:
         claims = self._nfnl.keys("port_mac")

@@ -3,8 +3,11 @@
 A grant whose bridge is the reserved name `nsgate-private` (a name no real bridge has) gives the
 user nics on a bridge of its own, `nsgu<uid>` (within IFNAMSIZ for every uid), which nsgate
 creates on first use and records in /run/lxc/nsgate-bridges (`<uid> <bridge>` per line) so that
-it never adopts a bridge it did not make. The bridge has no address (containers do not reach the
-host through it) and accepts no router advertisements. It goes, with its record, when it has no
+it never adopts a bridge it did not make. Without /etc/nsgate/networks.conf the bridge has no
+address (containers do not reach the host through it); with it, the bridge has its user's
+subnet's gateway addresses, a stable MAC, and the firewall table `inet nsgate` is loaded first
+(system/bridge_address.py, subnet_record.py, port_security.Guard). It accepts no router
+advertisements. It goes, with its record, when it has no
 port left (`remove_unused`: `nsgate nics gc`, the service's janitor). Call with the database
 lock held.
 """
@@ -15,6 +18,11 @@ import posix
 from nsgate.errors import Refusal
 from nsgate.policy import nicdb, nicnames, private_bridges
 from nsgate.system import files, nicdb_store, ports, rtnl
+
+TYPE_CHECKING = False  # typing costs import time on every helper run
+if TYPE_CHECKING:
+    from nsgate.policy.networks_conf import Plan, Subnet
+    from nsgate.system import port_security
 
 RESERVED_NAME = b"nsgate-private"
 RECORD_PATH = nicdb_store.DB_DIR + "/nsgate-bridges"
@@ -37,8 +45,19 @@ def _record(line: bytes) -> None:
         posix.close(fd)
 
 
-def ensure(net: "rtnl.Rtnl", uid: int) -> ports.Attachment:
-    """The caller's private bridge, created and recorded on first use."""
+def load_network_modules() -> None:
+    """Import, before the helper confines itself (confine checks every module loaded by then),
+    what ensure() uses when networks.conf exists."""
+    from nsgate.policy import nic_macs  # noqa: F401
+    from nsgate.system import bridge_address, subnet_record  # noqa: F401
+
+
+def ensure(net: "rtnl.Rtnl", uid: int, plan: "Plan | None" = None,
+           guard: "port_security.Guard | None" = None) -> ports.Attachment:
+    """The caller's private bridge, created and recorded on first use. With networks.conf's
+    `plan` (and the create's `guard`, which loads the network table): the firewall is in place,
+    the bridge has the MAC `nic_macs.bridge_mac(uid)` and exactly its subnet's gateway
+    addresses, before any port is attached; what a failure changed is undone."""
     name = bridge_name(uid)
     record = private_bridges.record_line(uid)
     link = net.link(name)
@@ -46,17 +65,62 @@ def ensure(net: "rtnl.Rtnl", uid: int) -> ports.Attachment:
         if link.kind != "bridge" or record not in _recorded():
             raise Refusal(f"{name} exists but is not a private bridge nsgate made for uid {uid}",
                           "refusing to attach containers to it: remove it, or grant it by name")
+        if plan is not None:
+            _network(net, link, uid, plan, guard)
         return ports.Attachment(name, link.index, shared=False)
+    subnet = None
+    if plan is not None:
+        subnet = _subnet(net, uid, plan, guard)  # before any change: a refusal touches nothing
     if record not in _recorded():
         _record(record)  # first: a helper killed right after creating it still owns it
-    index = net.create_bridge(name)
+    index = net.create_bridge(name, None if plan is None else _bridge_mac(uid))
     try:
         ports.no_router_advertisements(name)
+        if subnet is not None:
+            from nsgate.system import bridge_address
+
+            bridge_address.assign(net, index, subnet)
         net.set_link(index, up=True)
     except BaseException:
         net.delete_link(index)
         raise
     return ports.Attachment(name, index, shared=False)
+
+
+def _bridge_mac(uid: int) -> bytes:
+    from nsgate.policy import nic_macs
+
+    return nic_macs.bridge_mac(uid)
+
+
+def _subnet(net: "rtnl.Rtnl", uid: int, plan: "Plan",
+            guard: "port_security.Guard | None") -> "Subnet":
+    """`uid`'s subnet (allocated if need be), once the network table is in place."""
+    from nsgate.policy import networks_conf
+    from nsgate.system import subnet_record
+
+    if guard is None:
+        raise Refusal("internal error: no nftables guard for a private bridge with networks.conf")
+    guard.ready_network()
+    return networks_conf.subnet(plan, subnet_record.index_for(plan, uid, net))
+
+
+def _network(net: "rtnl.Rtnl", link: "rtnl.Link", uid: int, plan: "Plan",
+             guard: "port_security.Guard | None") -> None:
+    """An existing private bridge made right for `plan`: the firewall, its MAC, its gateway
+    addresses (changed only where they differ; undone on failure)."""
+    from nsgate.system import bridge_address
+
+    subnet = _subnet(net, uid, plan, guard)
+    mac = _bridge_mac(uid)
+    if link.address != mac:
+        net.set_link(link.index, address=mac)
+    try:
+        bridge_address.assign(net, link.index, subnet)
+    except BaseException:
+        if link.address != mac and len(link.address) == len(mac):
+            net.set_link(link.index, address=link.address)
+        raise
 
 
 def _state(net: "rtnl.Rtnl", name: bytes) -> tuple[str, int]:

@@ -46,8 +46,8 @@ def run(out: Out, args: Args, libdir: str, libexecdir: str) -> int:
         findings += usernet_lint.lint_nics(NICS, nics, usernet_lint.grants(usernet_data),
                                            set(links))
     findings += _session_conf(accounts, notes)
-    findings += _networks_conf(notes)
-    findings += _network_table(notes)
+    plan_findings = _networks_conf(notes)
+    findings += plan_findings or _network_table(notes, links)
     findings += _lock_leftovers()
     service_only = _service_only(libexecdir)
     findings += _install_findings(libdir, libexecdir, service_only)
@@ -98,18 +98,23 @@ def _networks_conf(notes: list[str]) -> list[Finding]:
     return findings
 
 
-def _network_table(notes: list[str]) -> list[Finding]:
+def _network_table(notes: list[str], links: dict[str, str | None] | None) -> list[Finding]:
     """Whether the loaded table `inet nsgate` is the one networks.conf asks for (none without
-    the file). A file that does not parse has its own finding (_networks_conf)."""
+    the file; called only when the file is safe and parses). A missing table matters once a
+    private bridge exists: lxc-user-nic loads it before it makes the first one, so it is gone
+    only if someone removed it (a firewall reload that flushes the ruleset)."""
     from nsgate.errors import Refusal
-    from nsgate.policy import network_ruleset
+    from nsgate.policy import network_ruleset, nicnames
     from nsgate.system import file_facts, network_table
 
-    data = read(NETWORKS_CONF, []) if file_facts.lstat(NETWORKS_CONF).exists else None
+    exists = file_facts.lstat(NETWORKS_CONF).exists
     wanted = None
-    if data is not None:
+    if exists:
         from nsgate.policy import networks_conf
 
+        data = read(NETWORKS_CONF, [])
+        if data is None:
+            return []
         try:
             wanted = network_ruleset.version(networks_conf.parse(
                 data, read(LOGIN_DEFS, []) or b"", NETWORKS_CONF))
@@ -118,15 +123,21 @@ def _network_table(notes: list[str]) -> list[Finding]:
     try:
         loaded = network_table.loaded_version()
     except Refusal:
-        notes.append(f"cannot read the nftables table {network_table.NAME} (nf_tables answers "
-                     "root only): it was not checked; run as root to include it")
+        if exists:
+            notes.append(f"cannot read the nftables table {network_table.NAME} (nf_tables "
+                         "answers root only): it was not checked; run as root to include it")
         return []
     fix = "'nsgate network apply' (as root) "
     if wanted is None and loaded is not None:
         message = f"no {NETWORKS_CONF}, but the table is loaded: {fix}removes it"
     elif wanted is not None and loaded is None:
-        message = (f"not loaded, so the private bridges have no NAT, isolation or spoofing "
-                   f"filter: {fix}loads it")
+        bridges = sorted(name for name in links or {}
+                         if nicnames.private_bridge_uid(name.encode("utf-8", "surrogateescape"))
+                         is not None)
+        if not bridges:
+            return []
+        message = (f"not loaded, so the private bridges ({', '.join(bridges)}) have no NAT, "
+                   f"isolation or spoofing filter: {fix}loads it")
     elif wanted is not None and loaded != wanted:
         message = f"loaded {loaded!r}, but {NETWORKS_CONF} asks for {wanted!r}: {fix}replaces it"
     else:
