@@ -132,6 +132,16 @@ def test_apply_loads_everything_once_and_undoes_it_without_the_file() -> None:
     assert table_findings() == []
 
 
+def test_apply_on_a_host_that_never_had_the_file_touches_nothing() -> None:
+    BRIDGE_RECORD.unlink()
+    lock = Path("/run/lxc/nics.lock")
+    lock.unlink(missing_ok=True)
+    result = apply()
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.startswith("nothing to change")
+    assert not lock.exists()
+
+
 def test_show_without_the_file_and_as_a_user() -> None:
     result = nsgate("network", "show")
     assert result.returncode == 0

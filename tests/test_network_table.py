@@ -32,6 +32,7 @@ from tests.firewall_support import (
     apply,
     connect,
     listen,
+    no_dad,
     peers,
     remove_table,
     run,
@@ -76,6 +77,11 @@ def lab(request) -> Iterator[Lab]:
     """The two users' bridges with their gateways, a container on each, the uplink, and
     networks.conf with `uplink` = the test's parameter (default nat), applied."""
     uplink = getattr(request, "param", "nat")
+    with no_dad():  # the host's link-local addresses usable at once (IPv6 neighbours)
+        yield from _lab(uplink)
+
+
+def _lab(uplink: str) -> Iterator[Lab]:
     WORK.mkdir(parents=True, exist_ok=True)
     saved = [Path(path).read_text() for path in FORWARDING]
     lab = Lab()
@@ -145,6 +151,10 @@ def test_no_packet_passes_between_two_users_bridges(lab: Lab) -> None:
     assert connect("tcp", B_IP, 7002) == "hi"
     assert peers(b_service) == [f"tcp {B_GW}"]
     assert lab.a.pings(A_GW) and lab.b.pings(B_GW) and lab.a.pings(A_GW6)
+    # Forwarding is on: without the table, alice's container reaches bob's.
+    remove_table()
+    assert lab.a.connect("tcp", B_IP, 7002) == "hi"
+    assert peers(b_service) == [f"tcp {B_GW}", f"tcp {A_IP}"]
 
 
 def test_a_spoofed_source_is_dropped_by_the_table(lab: Lab) -> None:
@@ -182,6 +192,9 @@ def test_the_host_answers_containers_only_dhcp_and_dns_on_their_gateway(lab: Lab
     fresh.run("busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-t", "1", "-T", "1", "-s",
               "/bin/true")
     assert "udp 0.0.0.0" in peers(dhcp)
+    # Without the table the host's other service answers: the table is what kept it out.
+    remove_table()
+    assert lab.a.connect("tcp", A_GW, 2222) == "hi"
 
 
 @pytest.mark.parametrize("lab", ["routed"], indirect=True)
@@ -193,6 +206,11 @@ def test_routed_no_masquerade_and_the_uplink_reaches_containers(lab: Lab) -> Non
     assert peers(seen) == [f"tcp {A_IP}"]
     assert lab.uplink.connect("tcp", A_IP, 7005) == "hi"
     assert peers(inside) == [f"tcp {UPLINK_PEER}"]
+    lab.uplink.must("ip", "-6", "route", "add", "fd42:6e73::/48", "via", UPLINK6_HOST)
+    assert lab.a.connect("tcp", UPLINK6_PEER, 7004) == "hi"
+    assert lab.uplink.connect("tcp", A_IP6, 7005) == "hi"
+    assert peers(seen)[1:] == [f"tcp {A_IP6}"]
+    assert peers(inside)[1:] == [f"tcp {UPLINK6_PEER}"]
     assert lab.a.connect("tcp", B_IP, 7005) == DROPPED  # users still apart
 
 

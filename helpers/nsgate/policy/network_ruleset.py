@@ -1,7 +1,7 @@
 """The firewall of the per-user networks (networks.conf): one nftables table of nsgate's,
 `inet nsgate`, as the text `nft -f -` loads. Pure: a plan in, text out.
 
-Users' bridges are the links named nsgu* (private_bridges.PREFIX); nothing here is per user: the
+Users' bridges are the links named nsgu* (nicnames.PRIVATE_BRIDGE_PREFIX); nothing is per user: the
 kernel's connected routes (each bridge holds its subnet's gateway address) say which source
 addresses belong to which bridge, so one fixed table serves every bridge, present and future.
 - prerouting (priority raw, before conntrack): from a user's bridge, a packet whose source
@@ -18,7 +18,7 @@ addresses belong to which bridge, so one fixed table serves every bridge, presen
 Hooks of other tables still apply (a drop anywhere wins): this table only adds.
 """
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # typing costs import time on the helper's path
 if TYPE_CHECKING:
     from nsgate.policy.networks_conf import Plan
 

@@ -78,9 +78,11 @@ def apply(plan: "Plan | None") -> list[str]:
     changes = []
     if plan is not None:
         check_host(plan)
+    elif not _anything_to_undo():
+        return []  # a host that never had networks.conf: not even the lock file is made
     lock = nicdb_store.Locked()
     try:
-        loaded = network_table.loaded_version()
+        loaded = _loaded_version(plan)
         if plan is None and loaded is not None:
             network_table.load(network_ruleset.ruleset(None))
             changes.append(f"removed nftables table {network_table.NAME}")
@@ -94,6 +96,35 @@ def apply(plan: "Plan | None") -> list[str]:
     finally:
         lock.release()
     return changes
+
+
+def _loaded_version(plan: "Plan | None") -> str | None:
+    """The loaded table's version; without a plan, a kernel with no nf_tables has none."""
+    from nsgate.errors import Refusal
+    from nsgate.system import network_table
+
+    try:
+        return network_table.loaded_version()
+    except Refusal:
+        if plan is not None:
+            raise
+        return None
+
+
+def _anything_to_undo() -> bool:
+    """Without networks.conf: whether a table is loaded or a private bridge recorded (whose
+    addresses may be left from a plan). No nf_tables in the kernel: no table to remove."""
+    import posix
+
+    from nsgate.system import private_bridge
+
+    if _loaded_version(None) is not None:
+        return True
+    try:
+        posix.stat(private_bridge.RECORD_PATH)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _bridge_addresses(plan: "Plan | None") -> list[str]:
