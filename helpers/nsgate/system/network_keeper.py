@@ -30,8 +30,8 @@ from nsgate.policy.networks_conf import Plan, Subnet
 from nsgate.system import (
     audit,
     dhcp_server,
-    files,
     link_events,
+    network_plan,
     nicdb_store,
     private_bridge,
     rtnl,
@@ -42,8 +42,7 @@ COMM = b"nsgated-net"  # its name in ps and /proc/PID/comm
 TICK_SECONDS = 1.0
 RETRY_SECONDS = 1.0
 RETRY_MAX_SECONDS = 60.0
-LOGIN_DEFS = "/etc/login.defs"
-WATCHED = (networks_conf.PATH, LOGIN_DEFS)
+WATCHED = (network_plan.PATH, network_plan.LOGIN_DEFS)
 RECORDS = (private_bridge.RECORD_PATH, networks_conf.SUBNET_RECORD)
 
 Apply = Callable[[Plan | None], list[str]]
@@ -61,15 +60,6 @@ def identity(path: str) -> tuple[int, ...] | None:
         return None
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode,
             st.st_uid)
-
-
-def load_plan() -> Plan | None:
-    """The plan of networks.conf, None if there is no file; a Refusal if it is malformed or
-    cannot be trusted."""
-    data = files.read_small(networks_conf.PATH)
-    if data is None:
-        return None
-    return networks_conf.parse(data, files.read_small(LOGIN_DEFS) or b"", networks_conf.PATH)
 
 
 def served_bridges(net: rtnl.Rtnl, plan: Plan) -> list[tuple[str, Subnet]]:
@@ -134,7 +124,7 @@ class Keeper:
         self.seen = now
         self.retry_at = 0.0
         try:
-            plan = load_plan()
+            plan = network_plan.load()
         except Refusal as refusal:
             log(f"{refusal.first}; the networks stay as they were", True)
             return

@@ -68,8 +68,8 @@ def prune_leases(net: rtnl.Rtnl) -> list[bytes] | None:
     """The DHCP leases (system/dhcp_server.py) of subnets no private bridge has now, removed;
     with no networks.conf, every lease. None when the service's network keeper runs (it
     prunes them as bridges go). A Refusal if networks.conf is malformed (nothing removed)."""
-    from nsgate.system import dhcp_server, network_keeper
+    from nsgate.system import dhcp_server, network_keeper, network_plan
 
-    plan = network_keeper.load_plan()
+    plan = network_plan.load()
     bridges = [] if plan is None else network_keeper.served_bridges(net, plan)
     return dhcp_server.prune_if_idle(dhcp_server.served_networks(bridges))
