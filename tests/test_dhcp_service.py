@@ -37,7 +37,7 @@ from tests.support import (
     wait_for,
     write_etc,
 )
-from tests.usernic_support import DB_DIR, WORK, Proc, clean_db, ip, ip_links
+from tests.usernic_support import DB_DIR, WORK, Proc, clean_db, create, ip, ip_links
 
 CONF = Path("/etc/nsgate/networks.conf")
 RUN_DIR = Path("/run/nsgate/dhcp")
@@ -259,6 +259,45 @@ def test_bridges_coming_and_going_restart_dnsmasq_and_a_gone_ones_leases_go() ->
         ip("link", "del", alice)  # the last one: no dnsmasq
         wait_for(lambda: not dnsmasqs(), "dnsmasq to stop with the last bridge")
         assert not any(alice_lease["ip"] in line for line in lease_lines())
+
+
+def test_a_container_of_the_real_helper_gets_its_address_and_again_after_a_restart() -> None:
+    """The installed lxc-user-nic makes the private bridge (its gateway address, its subnet
+    recorded) and the container's stable MAC; the keeper serves the bridge as it comes. The
+    container killed, its bridge goes with its last port (the janitor) and dnsmasq stops; the
+    container started again (same lxcpath, name, nic) has the same MAC and gets the same
+    address."""
+    write_conf(PLAN)
+    write_etc("lxc/lxc-usernet", f"{ALICE.name} veth nsgate-private 4\n")
+    name = f"nsgu{ALICE.uid}"
+    try:
+        with service():
+            first = _helper_container()
+            assert served() == [name]
+            lease = first.ask()
+            assert lease["router"] == _addresses(name)[0].split("/")[0]
+            in_subnet(lease, IPv4Network(_addresses(name)[0], strict=False))
+            first.stop()
+            wait_for(lambda: name not in ip_links() and not dnsmasqs(),
+                     "the bridge and dnsmasq to go with the last container")
+            again = _helper_container()
+            assert again.mac == first.mac
+            assert again.ask()["ip"] == lease["ip"]
+    finally:
+        Path("/etc/lxc/lxc-usernet").unlink(missing_ok=True)
+
+
+def _helper_container() -> Container:
+    """A container of alice's with a nic on her private bridge, made by the helper."""
+    container = Container.__new__(Container)
+    container.proc = Proc.container(ALICE)
+    result = create(ALICE, container.proc.pid, bridge="nsgate-private")
+    assert result.returncode == 0, result.stderr
+    container.host = result.stdout.decode().strip().split(":")[2]
+    container.mac = ip_links(container.proc.pid)["eth0"]["address"]
+    container.run("ip", "link", "set", "eth0", "up")
+    one_dnsmasq()
+    return container
 
 
 def test_an_ipv6_pool_gives_containers_a_slaac_address_of_their_64() -> None:
