@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.service_support import Nsgated, children, nsgated_running
+from tests.service_support import Activator, Nsgated, children, nsgated_running, traced
 from tests.support import (
     ALICE,
     BOB,
@@ -434,3 +434,26 @@ def gc() -> str:
                             text=True, check=False)
     assert result.returncode == 0, result
     return result.stdout
+
+
+def test_an_activated_service_does_not_exit_idle_while_networks_conf_exists() -> None:
+    """--idle-exit would take the DHCP server away from containers that renew their leases:
+    the service looks for networks.conf once idle long enough (strace sees the stat) and stays;
+    the file removed, it exits, and its dnsmasq with it."""
+    write_conf(PLAN)
+    bridge(ALICE.uid, 0)
+    activator = Activator("--workers", "1", "--idle-exit", "1")
+    try:
+        pid = activator.ready_service()
+        one_dnsmasq()
+        log = WORK / "idle.strace"
+        with traced(pid, "-e", "trace=stat,newfstatat,statx", log=log):
+            wait_for(lambda: log.exists() and log.read_text().count(str(CONF)) >= 2,
+                     "the service to consider exiting, twice")
+        assert activator.service() == pid and dnsmasqs()
+        CONF.unlink()
+        wait_for(lambda: activator.exited(pid) is not None, "the idle service to exit")
+        assert activator.exited(pid) == 0
+        wait_for(lambda: not dnsmasqs(), "dnsmasq to stop with it")
+    finally:
+        activator.stop()

@@ -25,7 +25,14 @@ import time
 
 from nsgate.errors import Refusal
 from nsgate.policy import service_wire
-from nsgate.system import integrity, nic_channel, nic_commit, nic_committer, service_io
+from nsgate.system import (
+    integrity,
+    network_plan,
+    nic_channel,
+    nic_commit,
+    nic_committer,
+    service_io,
+)
 
 USAGE = ("usage: nsgated [--socket PATH] [--workers N] [--idle-exit SECONDS]\n"
          "               [--request-seconds SECONDS]\n"
@@ -577,9 +584,12 @@ class Service:
         return any(companion.pid for companion in self.companions)
 
     def _idle_long_enough(self) -> bool:
+        """Activated with --idle-exit, nothing to do for that long, and no networks.conf: its
+        DHCP server (the network keeper's) must be there for the leases to be renewed."""
         return (self.activated and self.options.idle_exit > 0 and not self.busy
                 and not self.waiting
-                and time.monotonic() - self.last_activity > self.options.idle_exit)
+                and time.monotonic() - self.last_activity > self.options.idle_exit
+                and not _exists(network_plan.PATH))
 
     def _code_fingerprint(self) -> tuple[tuple[int, int], ...]:
         paths = [self.libdir, self.script]
@@ -684,6 +694,14 @@ class Service:
         # the workers' last SIGCHLDs must not find the wakeup fd closed as the interpreter exits
         signal.set_wakeup_fd(-1)
         return 0
+
+
+def _exists(path: str) -> bool:
+    try:
+        posix.stat(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _hurry(pid: int) -> None:

@@ -32,6 +32,7 @@ from nsgate.system.integrity import S_IFDIR, root_only
 RUN_DIR = "/run/nsgate/dhcp"
 DNSMASQ = "/usr/sbin/dnsmasq"
 STOP_SECONDS = 5.0
+LOCK_SECONDS = 3 * STOP_SECONDS
 RESTARTS = 5  # starts in a minute, at most
 LOG_LINE_LIMIT = 4096
 ENVIRONMENT = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
@@ -141,12 +142,12 @@ class DhcpServer:
         ensure_run_dir(self.run_dir)
         lock = posix.open(f"{self.run_dir}/{KEEPER_LOCK}",
                           posix.O_RDWR | posix.O_CREAT | posix.O_CLOEXEC | posix.O_NOFOLLOW, 0o600)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        # a keeper that is stopping (the service restarting into new code) holds it until
+        # its dnsmasq is gone
+        if not files.wait_for_lock(lambda: fcntl.flock(lock, fcntl.LOCK_EX), LOCK_SECONDS):
             posix.close(lock)
             raise Refusal(f"another network keeper holds {self.run_dir}/{KEEPER_LOCK}",
-                          "one nsgated per host: stop the other one") from None
+                          "one nsgated per host: stop the other one")
         self._lock = lock
         stop_left_over(self.run_dir, self.argv, self.log)
 
