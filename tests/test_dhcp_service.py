@@ -95,6 +95,16 @@ def served() -> list[str]:
     return re.findall(r"^interface=(\S+)$", conf.read_text(), re.M) if conf.exists() else []
 
 
+def dns_sockets() -> list[str]:
+    """The local addresses of the sockets dnsmasq listens on for DNS (UDP and TCP)."""
+    (pid,) = dnsmasqs()
+    out = subprocess.run(["ss", "-H", "-lnutp", "sport", "=", ":53"], capture_output=True,
+                         text=True, check=True).stdout
+    found = [line.split()[4] for line in out.splitlines() if f"pid={pid}," in line]
+    assert found, out
+    return found
+
+
 def lease_lines() -> list[str]:
     return LEASES.read_text().splitlines() if LEASES.exists() else []
 
@@ -234,6 +244,10 @@ def test_a_container_gets_an_address_of_its_subnet_and_keeps_it_by_its_mac() -> 
         assert again.ask()["ip"] == first["ip"]
         other = Container(name, "nsgtdh2", "02:00:00:00:00:06")
         assert other.ask()["ip"] != first["ip"]
+        # its DNS listens on the gateway (and the bridge's link-local address) only
+        for local in dns_sockets():
+            assert local == f"{subnet.network_address + 1}:53" or (
+                local.startswith("[fe80::") and local.endswith(f"]%{name}:53")), local
         assert (RUN_DIR.stat().st_mode & 0o777, RUN_DIR.stat().st_uid) == (0o700, 0)
 
 
@@ -318,6 +332,25 @@ def test_an_ipv6_pool_gives_containers_a_slaac_address_of_their_64() -> None:
                  "the container's SLAAC address")
         routes = container.run("ip", "-6", "route", "show", "default").stdout
         assert routes.startswith("default via fe80::"), routes
+
+
+def test_a_bridge_nsgate_did_not_record_is_not_served() -> None:
+    """An nsgu<uid> bridge made by someone else, with a gateway address of the pool: dnsmasq
+    is not told of it, and a client on it gets no answer (udhcpc gives up after 3 tries)."""
+    write_conf(PLAN)
+    name, _ = bridge(ALICE.uid, 0)
+    foreign = f"nsgu{BOB.uid}"
+    ip("link", "add", foreign, "type", "bridge")
+    ip("addr", "add", "10.210.1.1/24", "dev", foreign)
+    ip("link", "set", foreign, "up")
+    with service():
+        one_dnsmasq()
+        assert served() == [name]
+        container = Container(foreign, "nsgtdh0", "02:00:00:00:00:09")
+        result = container.run("busybox", "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "3",
+                               "-T", "1", "-s", str(WORK / "udhcpc.sh"))
+        assert result.returncode != 0 and "BOUND" not in result.stdout, result
+        assert served() == [name]
 
 
 def test_a_killed_dnsmasq_is_started_again() -> None:
