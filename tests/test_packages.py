@@ -180,9 +180,10 @@ def assert_originals(box: DpkgSandbox, before: dict[str, str]) -> None:
 # --- the .deb ---------------------------------------------------------------------------------
 
 def test_deb_metadata_names_distribution_dependencies(deb: Path):
-    fields = subprocess.run(["dpkg-deb", "-f", str(deb), "Package", "Depends"],
+    fields = subprocess.run(["dpkg-deb", "-f", str(deb), "Package", "Depends", "Recommends"],
                             capture_output=True, text=True, check=True).stdout
     assert "Package: nsgate" in fields
+    assert "Recommends: dnsmasq-base" in fields  # nsgated's DHCP on private bridges
     for dependency in ("python3-cffi-backend", "python3-cffi-backend-api-min",
                        "python3 (>= 3.", "python3 (<< 3.", "libseccomp2", "nftables"):
         assert dependency in fields, fields
@@ -472,6 +473,7 @@ def test_rpm_layout_modes_and_capabilities(rpms: dict[str, Path], variant: str):
     requires = rpm_query(package, "--requires")
     assert "python3-cffi" in requires and "python(abi) = 3." in requires
     assert "nftables" in requires.split()  # port security on Linux bridges (port_security.py)
+    assert "dnsmasq" in rpm_query(package, "--recommends").split()  # nsgated's DHCP
 
 
 # --- the man pages ----------------------------------------------------------------------------

@@ -18,10 +18,11 @@ import pytest
 from nsgate.policy import network_ruleset, networks_conf, nic_macs
 
 from tests.admin_support import clean_nic_state, links
-from tests.support import ALICE, BOB, CAROL, User, write_etc
+from tests.support import ALICE, BOB, CAROL, User, helper, only_transport, run_as, write_etc
 from tests.usernic_support import (
     NET_ADDR_RANDOM,
     NET_ADDR_SET,
+    WORK,
     Proc,
     addr_assign_type,
     create,
@@ -161,6 +162,21 @@ def test_derived_subnets_are_not_recorded():
     assert not SUBNETS.exists()
 
 
+def test_derived_gives_no_subnet_outside_the_uid_range():
+    login_defs = Path("/etc/login.defs").read_text()
+    write_etc("login.defs", login_defs + f"\nUID_MIN 23000\nUID_MAX {CAROL.uid - 1}\n")
+    write_etc("nsgate/networks.conf", "ipv4-pool 10.214.0.0/16 24\nallocation derived\n")
+    before = set(ip_links())
+    ctr = Proc.container(CAROL)
+    result = create(CAROL, ctr.pid, bridge="nsgate-private")
+    assert result.returncode == 1
+    assert f"uid {CAROL.uid} is outside UID_MIN..UID_MAX".encode() in result.stderr, \
+        result.stderr
+    assert set(ip_links()) == before
+    assert set(ctr.links()) == {"lo"}
+    assert table() is None
+
+
 def test_recorded_index_is_sticky_and_reassigned_only_when_the_pool_is_full():
     write_etc("nsgate/networks.conf", "ipv4-pool 10.213.0.0/24 25\n")  # two subnets
     alice_ctr, _ = nic(ALICE)
@@ -295,3 +311,101 @@ def test_two_twins_at_once_never_share_a_mac():
     assert reaches(twins[0], "10.210.0.1", tries=20)
     assert reaches(twins[1], "10.210.0.1", tries=20)
     assert reaches(twins[0], "10.210.0.3")
+
+
+# strace's fault injection into the setuid helper's own process (a worker of the service killed
+# at every step is the faults suite's, test_service_faults.py).
+@only_transport("setuid")
+@pytest.mark.parametrize("fault", ["signal=KILL", "error=EIO"])
+def test_a_create_that_fails_anywhere_leaves_no_wrong_address_and_no_half_table(fault):
+    """Killed or failing at every system call from the fork of the nft runner on: the network
+    table is the plan's or absent, a bridge left over has its gateway addresses or none (never
+    another), a failed create leaves no nic; and the next create puts everything right."""
+    write_etc("nsgate/networks.conf", PLAN)
+    plan = networks_conf.parse(NETWORKS.read_bytes(), Path("/etc/login.defs").read_bytes())
+    version = network_ruleset.version(plan)
+    gateways = ["10.210.0.1/24", "fd42:6e73::1/64"]
+    ctr = Proc.container(ALICE)
+    argv = [helper("lxc-user-nic"), "create", "x", "x", str(ctr.pid), "veth", "nsgate-private"]
+    log = WORK / "network-trace"
+    WORK.mkdir(parents=True, exist_ok=True)
+
+    def reset() -> None:
+        subprocess.run(["nft", "delete", "table", "inet", "nsgate"], capture_output=True)
+        for name in [bridge(ALICE), *(n for n in ip_links() if n.startswith("veth23001_"))]:
+            subprocess.run(["ip", "link", "del", name], capture_output=True)
+        FORWARDING.write_text("0\n")
+
+    reset()
+    traced = subprocess.run(["strace", "-qq", "-o", str(log), "-u", ALICE.name, *argv],
+                            capture_output=True, text=True, timeout=60)
+    assert traced.returncode == 0, traced.stderr
+    calls = [line.split("(", 1)[0] for line in log.read_text().splitlines()
+             if "(" in line and line[0].isalpha()]
+    forked = next(i for i, name in enumerate(calls) if name in ("clone", "clone3", "fork"))
+    seen: dict[str, int] = {}
+    points = []
+    memory = ("brk", "mmap", "munmap", "mremap", "madvise", "mprotect")  # the interpreter's
+    for position, name in enumerate(calls):
+        seen[name] = seen.get(name, 0) + 1
+        if position >= forked and not (fault == "error=EIO" and name in memory):
+            points.append((name, seen[name]))
+    for name, when in points:
+        reset()
+        result = subprocess.run(["strace", "-qq", "-o", "/dev/null", "-u", ALICE.name, "-e",
+                                 f"inject={name}:{fault}:when={when}", *argv],
+                                capture_output=True, text=True, timeout=60)
+        assert "Traceback" not in result.stderr
+        assert table() in (None, version), (name, when)
+        if bridge(ALICE) in ip_links():
+            assert addresses(bridge(ALICE)) in ([], ["10.210.0.1/24"], gateways), (name, when)
+        if result.returncode != 0 and fault == "error=EIO":
+            assert result.returncode == 1 and result.stderr.startswith("lxc-user-nic: "), \
+                (name, when, result.stderr)
+            if name not in ("capset", "setresuid", "setresgid"):  # see test_fault_injection
+                new = {n for n in ip_links() if n.startswith("veth23001_")}
+                assert not new, (name, when, new, result.stderr)
+    reset()
+    assert run_as(ALICE, argv).returncode == 0
+    assert table() == version and addresses(bridge(ALICE)) == gateways
+    assert FORWARDING.read_text() == "1\n"
+
+
+
+@only_transport("setuid")  # the helper's own process is the one traced
+def test_without_networks_conf_the_helper_loads_nothing_of_it():
+    """No networks.conf: a private-bridge create opens neither the plan's parser nor ipaddress
+    (their import cost is only paid where the file exists)."""
+    log = WORK / "no-plan-trace"
+    WORK.mkdir(parents=True, exist_ok=True)
+    ctr = Proc.container(ALICE)
+    argv = [helper("lxc-user-nic"), "create", "x", "x", str(ctr.pid), "veth", "nsgate-private"]
+    traced = subprocess.run(["strace", "-qq", "-f", "-e", "trace=openat", "-o", str(log), "-u",
+                             ALICE.name, *argv], capture_output=True, text=True, timeout=60)
+    assert traced.returncode == 0, traced.stderr
+    opened = log.read_text()
+    assert "/etc/nsgate/networks.conf" in opened  # looked for, and not there
+    for module in ("ipaddress", "networks_conf", "bridge_address", "subnet_record",
+                   "network_ruleset"):
+        assert f"/{module}." not in opened, module
+
+
+def test_addresses_the_kernel_refuses_roll_back_and_attach_nothing():
+    """An existing bridge on which the kernel refuses the IPv6 gateway (IPv6 disabled on it):
+    a refusal with the kernel's reason; the IPv4 gateway added meanwhile and the new MAC are
+    undone, and no nic is attached."""
+    nic(ALICE)
+    mac = ip_links()[bridge(ALICE)]["address"]
+    Path(f"/proc/sys/net/ipv6/conf/{bridge(ALICE)}/disable_ipv6").write_text("1\n")
+    write_etc("nsgate/networks.conf", PLAN)
+    before = set(ip_links())
+    ctr = Proc.container(ALICE)
+    result = create(ALICE, ctr.pid, bridge="nsgate-private")
+    assert result.returncode == 1
+    assert f"could not give {bridge(ALICE)} the gateway addresses of 10.210.0.0/24".encode() \
+        in result.stderr, result.stderr
+    assert b"RTM_NEWADDR fd42:6e73" in result.stderr
+    assert addresses(bridge(ALICE)) == []
+    assert ip_links()[bridge(ALICE)]["address"] == mac
+    assert set(ip_links()) == before
+    assert set(ctr.links()) == {"lo"}
