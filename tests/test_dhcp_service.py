@@ -278,8 +278,8 @@ def test_bridges_coming_and_going_restart_dnsmasq_and_a_gone_ones_leases_go() ->
 def test_a_container_of_the_real_helper_gets_its_address_and_again_after_a_restart() -> None:
     """The installed lxc-user-nic makes the private bridge (its gateway address, its subnet
     recorded) and the container's stable MAC; the keeper serves the bridge as it comes. The
-    container killed, its bridge goes with its last port (the janitor) and dnsmasq stops; the
-    container started again (same lxcpath, name, nic) has the same MAC and gets the same
+    container killed, its bridge goes with its last port (the janitor), dnsmasq stops and the
+    lease goes; the container started again (same lxcpath, name, nic) has the same MAC and gets the same
     address."""
     write_conf(PLAN)
     write_etc("lxc/lxc-usernet", f"{ALICE.name} veth nsgate-private 4\n")
@@ -294,6 +294,7 @@ def test_a_container_of_the_real_helper_gets_its_address_and_again_after_a_resta
             first.stop()
             wait_for(lambda: name not in ip_links() and not dnsmasqs(),
                      "the bridge and dnsmasq to go with the last container")
+            assert not any(lease["ip"] in line for line in lease_lines())  # its lease too
             again = _helper_container()
             assert again.mac == first.mac
             assert again.ask()["ip"] == lease["ip"]
