@@ -26,7 +26,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.service_support import Activator, Nsgated, children, nsgated_running, traced
+from tests.service_support import (
+    KEEPER,
+    Activator,
+    Nsgated,
+    children,
+    nsgated_running,
+    traced,
+)
 from tests.support import (
     ALICE,
     BOB,
@@ -46,7 +53,6 @@ DNSMASQ_ARGV = ["/usr/sbin/dnsmasq", "--keep-in-foreground",
                 f"--conf-file={RUN_DIR}/dnsmasq.conf"]
 BRIDGES = DB_DIR / "nsgate-bridges"
 SUBNETS = DB_DIR / "nsgate-subnets"
-KEEPER = "nsgated-net"
 PLAN = "ipv4-pool 10.210.0.0/16 24\n"
 UDHCPC_SCRIPT = """#!/bin/sh
 [ "$1" = bound ] && echo "BOUND ip=$ip mask=$mask router=$router dns=$dns"
@@ -279,8 +285,8 @@ def test_a_container_of_the_real_helper_gets_its_address_and_again_after_a_resta
     """The installed lxc-user-nic makes the private bridge (its gateway address, its subnet
     recorded) and the container's stable MAC; the keeper serves the bridge as it comes. The
     container killed, its bridge goes with its last port (the janitor), dnsmasq stops and the
-    lease goes; the container started again (same lxcpath, name, nic) has the same MAC and gets the same
-    address."""
+    lease goes; the container started again (same lxcpath, name, nic) has the same MAC and
+    gets the same address."""
     write_conf(PLAN)
     write_etc("lxc/lxc-usernet", f"{ALICE.name} veth nsgate-private 4\n")
     name = f"nsgu{ALICE.uid}"
