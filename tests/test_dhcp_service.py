@@ -76,15 +76,18 @@ def keeper_of(service: Nsgated) -> int | None:
 
 
 def dnsmasqs() -> list[int]:
-    """The processes running the keeper's dnsmasq command line."""
+    """The processes of this sandbox (its network namespace: the pid namespace is the host's,
+    where other sandboxes run their own nsgated) running the keeper's dnsmasq command line."""
     wanted = b"".join(arg.encode() + b"\0" for arg in DNSMASQ_ARGV)
+    here = os.readlink("/proc/self/ns/net")
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if (entry / "cmdline").read_bytes() == wanted:
+                if ((entry / "cmdline").read_bytes() == wanted
+                        and os.readlink(entry / "ns" / "net") == here):
                     found.append(int(entry.name))
-            except (FileNotFoundError, ProcessLookupError):
+            except (FileNotFoundError, ProcessLookupError, PermissionError):
                 continue
     return sorted(found)
 
@@ -277,8 +280,9 @@ def test_bridges_coming_and_going_restart_dnsmasq_and_a_gone_ones_leases_go() ->
         assert any(alice_lease["ip"] in line for line in lines)
         assert not any(bob_lease["ip"] in line for line in lines), lines
         ip("link", "del", alice)  # the last one: no dnsmasq
-        wait_for(lambda: not dnsmasqs(), "dnsmasq to stop with the last bridge")
-        assert not any(alice_lease["ip"] in line for line in lease_lines())
+        wait_for(lambda: not dnsmasqs() and not any(alice_lease["ip"] in line
+                                                    for line in lease_lines()),
+                 "dnsmasq to stop with the last bridge, and its lease to go")
 
 
 def test_a_container_of_the_real_helper_gets_its_address_and_again_after_a_restart() -> None:
@@ -298,9 +302,9 @@ def test_a_container_of_the_real_helper_gets_its_address_and_again_after_a_resta
             assert lease["router"] == _addresses(name)[0].split("/")[0]
             in_subnet(lease, IPv4Network(_addresses(name)[0], strict=False))
             first.stop()
-            wait_for(lambda: name not in ip_links() and not dnsmasqs(),
-                     "the bridge and dnsmasq to go with the last container")
-            assert not any(lease["ip"] in line for line in lease_lines())  # its lease too
+            wait_for(lambda: name not in ip_links() and not dnsmasqs() and not any(
+                lease["ip"] in line for line in lease_lines()),
+                "the bridge, dnsmasq and the lease to go with the last container")
             again = _helper_container()
             assert again.mac == first.mac
             assert again.ask()["ip"] == lease["ip"]
