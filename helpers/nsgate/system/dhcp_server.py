@@ -309,30 +309,29 @@ def _terminate(pidfd: int, pid: int) -> None:
             return
 
 
-def stop_left_over(run_dir: str, argv: list[str], log: Log | None = None) -> bool:
-    """Stop the dnsmasq of a keeper that was killed (its pid file names a process running
-    exactly `argv`); True if one is running still (it could not be stopped)."""
+def stop_left_over(run_dir: str, argv: list[str], log: Log | None = None) -> None:
+    """Stop the dnsmasq of a keeper that was killed: the process its pid file names, if it
+    runs exactly `argv` (a pid reused since by anything else is left alone)."""
     try:
         pid = int(_read(f"{run_dir}/{PID_FILE}") or b"0")
     except ValueError:
-        pid = 0
+        return
     if pid <= 0:
-        return False
+        return
     try:
-        pidfd = posix.pidfd_open(pid)
+        pidfd = posix.pidfd_open(pid)  # the process checked below is the one signalled
     except OSError:
-        return False
+        return
     try:
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
                 if cmdline.read() != b"".join(arg.encode() + b"\0" for arg in argv):
-                    return False
+                    return
         except OSError:
-            return False
+            return
         _terminate(pidfd, pid)
         if log is not None:
             log(f"stopped dnsmasq (pid {pid}), left by a network keeper that ended", False)
-        return False
     finally:
         posix.close(pidfd)
 
