@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The rtnetlink codec (nsgate.policy.netlink_codec): split_messages, iter_attrs, parse_attrs,
 parse_link, parse_address, parse_outcome and Answer, on answers from a namespace the caller
-controls, and link_deletions, on the link notifications the service's janitor reads.
+controls, and link_deletions and link_changes, on the link notifications the service's janitor
+and network keeper read.
 
 Input: `seq(4) port(4)` then datagrams, each `length(2, little-endian) bytes` (the last one cut
 where the input ends). Properties: no exception but CodecError; a datagram is split exactly as
@@ -10,8 +11,8 @@ is read as the oracle reads its attributes (the first of a type, exact sizes, st
 one NUL) and reads back the same once encoded again; an NLMSG_ERROR too short for errno and
 header is never an acknowledgement; an answer holds exactly the data messages of its sequence
 number up to the end and ends with that end's errno; a notification gives exactly its RTM_DELLINK
-links, read as the oracle reads them, and is refused whole for any other type of message or a
-malformed RTM_DELLINK.
+links (link_deletions) or RTM_NEWLINK links (link_changes), read as the oracle reads them, and
+is refused whole for any other type of message or a malformed message of the type read.
 """
 
 from __future__ import annotations
@@ -295,31 +296,35 @@ def _oracle_feed(expected: list | None, seq: int, port: int,
     return payloads, end
 
 
-def oracle_deletions(messages: list | None) -> list[dict] | None:
-    """The RTM_DELLINK links of a link notification; None if it must be refused."""
+def oracle_notified(messages: list | None, wanted: int, skipped: int) -> list[dict] | None:
+    """The links of a link notification's messages of type `wanted` (RTM_DELLINK: the
+    deletions; RTM_NEWLINK: the changes), those of type `skipped` unread; None if it must be
+    refused."""
     if messages is None:
         return None
     links = []
     for kind, _, _, _, payload in messages:
-        if kind == codec.RTM_DELLINK:
+        if kind == wanted:
             link = oracle_link(payload)
             if link is None:
                 return None
             links.append(link)
-        elif kind != codec.RTM_NEWLINK:
+        elif kind != skipped:
             return None
     return links
 
 
-def _check_deletions(gram: bytes, expected: list | None) -> None:
-    wanted = oracle_deletions(expected)
-    try:
-        links = codec.link_deletions(gram)
-    except codec.CodecError:
-        assert wanted is None, ("refused a well-formed notification", gram)
-        return
-    assert wanted is not None, ("accepted a notification it must refuse", gram)
-    assert [_view(link) for link in links] == wanted
+def _check_notification(gram: bytes, expected: list | None) -> None:
+    for read, wanted, skipped in ((codec.link_deletions, codec.RTM_DELLINK, codec.RTM_NEWLINK),
+                                  (codec.link_changes, codec.RTM_NEWLINK, codec.RTM_DELLINK)):
+        links_wanted = oracle_notified(expected, wanted, skipped)
+        try:
+            links = read(gram)
+        except codec.CodecError:
+            assert links_wanted is None, ("refused a well-formed notification", gram)
+            continue
+        assert links_wanted is not None, ("accepted a notification it must refuse", gram)
+        assert [_view(link) for link in links] == links_wanted
 
 
 def check(data: bytes) -> None:
@@ -328,7 +333,7 @@ def check(data: bytes) -> None:
     payloads: list[bytes] = []
     for gram in grams:
         expected = oracle_messages(gram)
-        _check_deletions(gram, expected)
+        _check_notification(gram, expected)
         try:
             messages = codec.split_messages(gram)
         except codec.CodecError:

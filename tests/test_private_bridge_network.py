@@ -18,6 +18,7 @@ import pytest
 from nsgate.policy import network_ruleset, networks_conf, nic_macs
 
 from tests.admin_support import clean_nic_state, links
+from tests.service_support import keeper_paused
 from tests.support import ALICE, BOB, CAROL, User, helper, only_transport, run_as, write_etc
 from tests.usernic_support import (
     NET_ADDR_RANDOM,
@@ -284,19 +285,20 @@ def test_a_table_that_cannot_be_loaded_refuses_and_attaches_nothing():
     already, so only the network table needs it): a refusal naming the table, no bridge, no
     nic, no table."""
     nic(BOB)  # the port security table, loaded while nft works
-    write_etc("nsgate/networks.conf", PLAN)
-    before = set(ip_links())
-    subprocess.run(["mount", "--bind", "/usr/bin/false", "/usr/sbin/nft"], check=True)
-    try:
-        ctr = Proc.container(ALICE)
-        result = create(ALICE, ctr.pid, bridge="nsgate-private")
-    finally:
-        subprocess.run(["umount", "/usr/sbin/nft"], check=True)
-    assert result.returncode == 1
-    assert b"could not set up nftables table inet nsgate" in result.stderr, result.stderr
-    assert set(ip_links()) == before
-    assert set(ctr.links()) == {"lo"}
-    assert table() is None
+    with keeper_paused():  # (the service's keeper would load the table on its own)
+        write_etc("nsgate/networks.conf", PLAN)
+        before = set(ip_links())
+        subprocess.run(["mount", "--bind", "/usr/bin/false", "/usr/sbin/nft"], check=True)
+        try:
+            ctr = Proc.container(ALICE)
+            result = create(ALICE, ctr.pid, bridge="nsgate-private")
+        finally:
+            subprocess.run(["umount", "/usr/sbin/nft"], check=True)
+        assert result.returncode == 1
+        assert b"could not set up nftables table inet nsgate" in result.stderr, result.stderr
+        assert set(ip_links()) == before
+        assert set(ctr.links()) == {"lo"}
+        assert table() is None
 
 
 def test_two_twins_at_once_never_share_a_mac():
