@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The rtnetlink codec (nsgate.policy.netlink_codec): split_messages, iter_attrs, parse_attrs,
-parse_link, parse_outcome and Answer, on answers from a namespace the caller controls, and
-link_deletions, on the link notifications the service's janitor reads.
+parse_link, parse_address, parse_outcome and Answer, on answers from a namespace the caller
+controls, and link_deletions and link_changes, on the link notifications the service's janitor
+and network keeper read.
 
 Input: `seq(4) port(4)` then datagrams, each `length(2, little-endian) bytes` (the last one cut
 where the input ends). Properties: no exception but CodecError; a datagram is split exactly as
@@ -10,8 +11,8 @@ is read as the oracle reads its attributes (the first of a type, exact sizes, st
 one NUL) and reads back the same once encoded again; an NLMSG_ERROR too short for errno and
 header is never an acknowledgement; an answer holds exactly the data messages of its sequence
 number up to the end and ends with that end's errno; a notification gives exactly its RTM_DELLINK
-links, read as the oracle reads them, and is refused whole for any other type of message or a
-malformed RTM_DELLINK.
+links (link_deletions) or RTM_NEWLINK links (link_changes), read as the oracle reads them, and
+is refused whole for any other type of message or a malformed message of the type read.
 """
 
 from __future__ import annotations
@@ -207,8 +208,47 @@ def _encode(link: codec.Link) -> bytes:
     return codec.ifinfomsg(link.index, family=link.family, flags=link.flags) + b"".join(attrs)
 
 
+def oracle_address(payload: bytes) -> dict | None:
+    """An RTM_NEWADDR payload: ifaddrmsg, then IFA_LOCAL (else IFA_ADDRESS) of the family's
+    size, IFA_FLAGS (4 bytes) over ifa_flags."""
+    if len(payload) < 8:
+        return None
+    family, prefixlen, flags, scope, index = struct.unpack("=BBBBI", payload[:8])
+    size = {2: 4, 10: 16}.get(family)
+    if size is None or index < 1 or prefixlen > size * 8:
+        return None
+    try:
+        attrs = _nest(payload[8:])
+        address = attrs.get(2, attrs.get(1))
+        if address is None or len(address) != size:
+            return None
+        if 8 in attrs:
+            flags = _number(attrs[8], 4)
+    except Refused:
+        return None
+    return {"family": family, "prefixlen": prefixlen, "flags": flags, "scope": scope,
+            "index": index, "address": address}
+
+
+def _address_view(found: codec.Address) -> dict:
+    return {"family": found.family, "prefixlen": found.prefixlen, "flags": found.flags,
+            "scope": found.scope, "index": found.index, "address": found.address}
+
+
 def _check_message(msg: codec.Message) -> None:
-    if msg.kind in (codec.RTM_NEWLINK, codec.RTM_DELLINK):
+    if msg.kind == codec.RTM_NEWADDR:
+        expected_address = oracle_address(msg.payload)
+        try:
+            found = codec.parse_address(msg.payload)
+        except codec.CodecError:
+            assert expected_address is None, ("refused a well-formed address", msg.payload)
+            return
+        assert _address_view(found) == expected_address, ("address", _address_view(found))
+        again = codec.parse_address(codec.address_change(
+            found.family, found.address, found.prefixlen, found.index, flags=found.flags))
+        assert (again.family, again.address, again.prefixlen, again.index) == (
+            found.family, found.address, found.prefixlen, found.index), ("round trip", again)
+    elif msg.kind in (codec.RTM_NEWLINK, codec.RTM_DELLINK):
         expected = oracle_link(msg.payload)
         try:
             link = codec.parse_link(msg.payload)
@@ -256,31 +296,35 @@ def _oracle_feed(expected: list | None, seq: int, port: int,
     return payloads, end
 
 
-def oracle_deletions(messages: list | None) -> list[dict] | None:
-    """The RTM_DELLINK links of a link notification; None if it must be refused."""
+def oracle_notified(messages: list | None, wanted: int, skipped: int) -> list[dict] | None:
+    """The links of a link notification's messages of type `wanted` (RTM_DELLINK: the
+    deletions; RTM_NEWLINK: the changes), those of type `skipped` unread; None if it must be
+    refused."""
     if messages is None:
         return None
     links = []
     for kind, _, _, _, payload in messages:
-        if kind == codec.RTM_DELLINK:
+        if kind == wanted:
             link = oracle_link(payload)
             if link is None:
                 return None
             links.append(link)
-        elif kind != codec.RTM_NEWLINK:
+        elif kind != skipped:
             return None
     return links
 
 
-def _check_deletions(gram: bytes, expected: list | None) -> None:
-    wanted = oracle_deletions(expected)
-    try:
-        links = codec.link_deletions(gram)
-    except codec.CodecError:
-        assert wanted is None, ("refused a well-formed notification", gram)
-        return
-    assert wanted is not None, ("accepted a notification it must refuse", gram)
-    assert [_view(link) for link in links] == wanted
+def _check_notification(gram: bytes, expected: list | None) -> None:
+    for read, wanted, skipped in ((codec.link_deletions, codec.RTM_DELLINK, codec.RTM_NEWLINK),
+                                  (codec.link_changes, codec.RTM_NEWLINK, codec.RTM_DELLINK)):
+        links_wanted = oracle_notified(expected, wanted, skipped)
+        try:
+            links = read(gram)
+        except codec.CodecError:
+            assert links_wanted is None, ("refused a well-formed notification", gram)
+            continue
+        assert links_wanted is not None, ("accepted a notification it must refuse", gram)
+        assert [_view(link) for link in links] == links_wanted
 
 
 def check(data: bytes) -> None:
@@ -289,7 +333,7 @@ def check(data: bytes) -> None:
     payloads: list[bytes] = []
     for gram in grams:
         expected = oracle_messages(gram)
-        _check_deletions(gram, expected)
+        _check_notification(gram, expected)
         try:
             messages = codec.split_messages(gram)
         except codec.CodecError:

@@ -105,7 +105,8 @@ RECEIVING = "__skb_wait_for_more_packets"  # in a socket receive: a worker waiti
 
 def subscribed_to_links(pid: int) -> bool:
     """Whether `pid` holds a netlink socket subscribed to multicast groups: the service's nic
-    janitor does (link deletions), a worker never does."""
+    janitor (link deletions) and network keeper (its private bridges) do, a worker never
+    does."""
     subscribed = set()
     for line in Path("/proc/net/netlink").read_text().splitlines()[1:]:
         fields = line.split()
@@ -131,8 +132,8 @@ def is_committer(pid: int) -> bool:
 
 
 def workers_of(pid: int) -> list[int]:
-    """The children of service `pid` but its nic janitor and its nic committer: its workers
-    (idle or serving)."""
+    """The children of service `pid` but its nic janitor, its network keeper and its nic
+    committer: its workers (idle or serving)."""
     return [child for child in children(pid)
             if not subscribed_to_links(child) and not is_committer(child)]
 
@@ -160,8 +161,8 @@ def creates_waiting_for_the_lock(pid: int) -> set[int]:
 
 def pool_ready(pid: int, workers: int) -> bool:
     """nsgated `pid` waits for connections with exactly `workers` idle workers, each waiting
-    for a hand-over, and its nic janitor (if it runs) waits for link deletions: no request is
-    being accepted or served, no nic being cleaned up."""
+    for a hand-over, and its nic janitor and network keeper (if they run) wait for link
+    notifications: no request is being accepted or served, no nic being cleaned up."""
     pool = children(pid)
     committers = [child for child in pool if is_committer(child)]
     waiting = [child for child in pool if wchan(child) == RECEIVING]

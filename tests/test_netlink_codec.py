@@ -230,6 +230,18 @@ def test_link_deletions_are_the_dellink_messages_of_both_families() -> None:
     assert codec.link_deletions(msg(NEWLINK, 0, 0, b"")) == []  # other changes: not read
 
 
+def test_link_changes_are_the_newlink_messages() -> None:
+    """What the network keeper reads besides the deletions: links made or changed."""
+    made = ifinfo(9) + nla(3, b"nsgu1000\0")
+    data = (msg(DELLINK, 0, 0, b"", port=0) + msg(NEWLINK, 0, 3, made, port=77))
+    assert [(link.name, link.index) for link in codec.link_changes(data)] == [("nsgu1000", 9)]
+    assert codec.link_changes(b"") == []
+    with pytest.raises(CodecError):
+        codec.link_changes(msg(NEWLINK, 0, 0, ifinfo(9)))  # no name
+    with pytest.raises(CodecError):
+        codec.link_changes(msg(18, 0, 0, LINK))  # RTM_GETLINK
+
+
 @pytest.mark.parametrize("data", [
     msg(ERROR, 0, 0, struct.pack("=i", 0) + bytes(16)),
     msg(DONE, 0, 0, bytes(4)),

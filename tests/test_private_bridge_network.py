@@ -18,13 +18,15 @@ import pytest
 from nsgate.policy import network_ruleset, networks_conf, nic_macs
 
 from tests.admin_support import clean_nic_state, links
-from tests.support import ALICE, BOB, CAROL, User, write_etc
+from tests.support import ALICE, BOB, CAROL, User, helper, only_transport, run_as, write_etc
 from tests.usernic_support import (
     NET_ADDR_RANDOM,
     NET_ADDR_SET,
+    WORK,
     Proc,
     addr_assign_type,
     create,
+    create_popen,
     ip_links,
     master_of,
     wait_until,
@@ -272,3 +274,84 @@ def test_a_table_that_cannot_be_loaded_refuses_and_attaches_nothing():
     assert set(ip_links()) == before
     assert set(ctr.links()) == {"lo"}
     assert table() is None
+
+
+def test_two_twins_at_once_never_share_a_mac():
+    """Two creates of the same user, lxcpath, name and nic name started together (through the
+    service they may be one batch of its committer, which holds the lock for both): both work,
+    and the two containers never end up with one MAC."""
+    write_etc("nsgate/networks.conf", "ipv4-pool 10.210.0.0/16 24\n")
+    nic(ALICE)  # the bridge and the tables exist: the twins race only for their MACs
+    twins = [Proc.container(ALICE) for _ in range(2)]
+    running = [create_popen(ALICE, ctr.pid, bridge="nsgate-private", name="eth1")
+               for ctr in twins]
+    for proc in running:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    macs = {ctr.links()["eth1"]["address"] for ctr in twins}
+    assert len(macs) == 2
+    for number, ctr in enumerate(twins, 2):
+        in_netns(ctr, "ip", "address", "add", f"10.210.0.{number}/24", "dev", "eth1")
+        in_netns(ctr, "ip", "link", "set", "eth1", "up")
+    assert reaches(twins[0], "10.210.0.1", tries=20)
+    assert reaches(twins[1], "10.210.0.1", tries=20)
+    assert reaches(twins[0], "10.210.0.3")
+
+
+# strace's fault injection into the setuid helper's own process (a worker of the service killed
+# at every step is the faults suite's, test_service_faults.py).
+@only_transport("setuid")
+@pytest.mark.parametrize("fault", ["signal=KILL", "error=EIO"])
+def test_a_create_that_fails_anywhere_leaves_no_wrong_address_and_no_half_table(fault):
+    """Killed or failing at every system call from the fork of the nft runner on: the network
+    table is the plan's or absent, a bridge left over has its gateway addresses or none (never
+    another), a failed create leaves no nic; and the next create puts everything right."""
+    write_etc("nsgate/networks.conf", PLAN)
+    plan = networks_conf.parse(NETWORKS.read_bytes(), Path("/etc/login.defs").read_bytes())
+    version = network_ruleset.version(plan)
+    gateways = ["10.210.0.1/24", "fd42:6e73::1/64"]
+    ctr = Proc.container(ALICE)
+    argv = [helper("lxc-user-nic"), "create", "x", "x", str(ctr.pid), "veth", "nsgate-private"]
+    log = WORK / "network-trace"
+    WORK.mkdir(parents=True, exist_ok=True)
+
+    def reset() -> None:
+        subprocess.run(["nft", "delete", "table", "inet", "nsgate"], capture_output=True)
+        for name in [bridge(ALICE), *(n for n in ip_links() if n.startswith("veth23001_"))]:
+            subprocess.run(["ip", "link", "del", name], capture_output=True)
+        FORWARDING.write_text("0\n")
+
+    reset()
+    traced = subprocess.run(["strace", "-qq", "-o", str(log), "-u", ALICE.name, *argv],
+                            capture_output=True, text=True, timeout=60)
+    assert traced.returncode == 0, traced.stderr
+    calls = [line.split("(", 1)[0] for line in log.read_text().splitlines()
+             if "(" in line and line[0].isalpha()]
+    forked = next(i for i, name in enumerate(calls) if name in ("clone", "clone3", "fork"))
+    seen: dict[str, int] = {}
+    points = []
+    memory = ("brk", "mmap", "munmap", "mremap", "madvise", "mprotect")  # the interpreter's
+    for position, name in enumerate(calls):
+        seen[name] = seen.get(name, 0) + 1
+        if position >= forked and not (fault == "error=EIO" and name in memory):
+            points.append((name, seen[name]))
+    for name, when in points:
+        reset()
+        result = subprocess.run(["strace", "-qq", "-o", "/dev/null", "-u", ALICE.name, "-e",
+                                 f"inject={name}:{fault}:when={when}", *argv],
+                                capture_output=True, text=True, timeout=60)
+        assert "Traceback" not in result.stderr
+        assert table() in (None, version), (name, when)
+        if bridge(ALICE) in ip_links():
+            assert addresses(bridge(ALICE)) in ([], ["10.210.0.1/24"], gateways), (name, when)
+        if result.returncode != 0 and fault == "error=EIO":
+            assert result.returncode == 1 and result.stderr.startswith("lxc-user-nic: "), \
+                (name, when, result.stderr)
+            if name not in ("capset", "setresuid", "setresgid"):  # see test_fault_injection
+                new = {n for n in ip_links() if n.startswith("veth23001_")}
+                assert not new, (name, when, new, result.stderr)
+    reset()
+    assert run_as(ALICE, argv).returncode == 0
+    assert table() == version and addresses(bridge(ALICE)) == gateways
+    assert FORWARDING.read_text() == "1\n"
+

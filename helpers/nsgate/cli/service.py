@@ -6,10 +6,12 @@ in advance (cli/service_worker.py), which serves it with the helpers' own code a
 parent forks replacements when it is idle, ends requests that run too long, restarts itself when
 the installed code changes, and, when systemd started it for its socket, exits when idle.
 
-Beside the workers runs one more child, the nic janitor (system/nic_janitor.py): it watches link
-deletions and removes the nic lines and private bridges they leave behind. It stops when the
-parent closes its end of a pipe (on stop, on restart, or when the parent dies), and is started
-again if it dies (at most JANITOR_RESTARTS times a minute).
+Beside the workers run two more children, its companions: the nic janitor
+(system/nic_janitor.py), which watches link deletions and removes the nic lines and private
+bridges they leave behind, and the network keeper (system/network_keeper.py), which applies
+/etc/nsgate/networks.conf and runs the private bridges' DHCP server. Each stops when the parent
+closes its end of a pipe (on stop, on restart, or when the parent dies), and is started again
+if it dies (at most COMPANION_RESTARTS times a minute).
 """
 
 import collections
@@ -23,7 +25,14 @@ import time
 
 from nsgate.errors import Refusal
 from nsgate.policy import service_wire
-from nsgate.system import integrity, nic_channel, nic_commit, nic_committer, service_io
+from nsgate.system import (
+    integrity,
+    network_plan,
+    nic_channel,
+    nic_commit,
+    nic_committer,
+    service_io,
+)
 
 USAGE = ("usage: nsgated [--socket PATH] [--workers N] [--idle-exit SECONDS]\n"
          "               [--request-seconds SECONDS]\n"
@@ -42,7 +51,8 @@ TICK_SECONDS = 1.0
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
 OWNED_MARK = "NSGATED_OWNS_SOCKET"
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP)
-JANITOR_RESTARTS = 5
+COMPANION_RESTARTS = 5
+COMPANIONS = ("nic_janitor", "network_keeper")  # modules of nsgate.system, each with run(stop_fd)
 
 
 class Options:
@@ -155,6 +165,31 @@ def _prepare(libdir: str) -> None:
     gc.freeze()  # what every worker shares stays out of its collections (and off its pages)
 
 
+class Companion:
+    """A child kept beside the workers: `module`'s run(stop_fd), until the write end of the stop
+    pipe, `stop`, is closed."""
+
+    __slots__ = ("module", "pid", "starts", "stop")
+
+    def __init__(self, module: str) -> None:
+        self.module = module
+        self.pid = 0
+        self.stop = -1
+        self.starts: collections.deque[float] = collections.deque(maxlen=COMPANION_RESTARTS + 1)
+
+    def may_start(self) -> bool:
+        """Not running, and not started COMPANION_RESTARTS times in the last minute."""
+        if self.pid:
+            return False
+        starts = self.starts
+        return len(starts) <= COMPANION_RESTARTS or time.monotonic() - starts[0] >= 60.0
+
+    def ask_to_stop(self) -> None:
+        if self.stop >= 0:
+            posix.close(self.stop)  # it stops at the end of its step
+            self.stop = -1
+
+
 class Worker:
     __slots__ = ("ctl", "deadline", "pid", "ready", "uid")
 
@@ -198,10 +233,7 @@ class Service:
         self.fingerprint = self._code_fingerprint()
         self.code_changed_at = 0.0
         self.deaths: collections.deque[float] = collections.deque(maxlen=10)
-        self.janitor_pid = 0
-        self.janitor_stop = -1  # the write end of the janitor's stop pipe
-        self.janitor_starts: collections.deque[float] = collections.deque(
-            maxlen=JANITOR_RESTARTS + 1)
+        self.companions = [Companion(module) for module in COMPANIONS]
         self.wake_r, self.wake_w = socket.socketpair()
         self.wake_r.setblocking(False)
         self.wake_w.setblocking(False)
@@ -221,7 +253,7 @@ class Service:
         selector.register(self.listener, selectors.EVENT_READ, "accept")
         selector.register(self.wake_r, selectors.EVENT_READ, "signal")
         self._fill_pool()
-        self._keep_janitor()
+        self._keep_companions()
         while True:
             for key, _ in selector.select(self._timeout()):
                 if key.data == "signal":
@@ -230,7 +262,7 @@ class Service:
                 elif not self.stopping:
                     self._accept_all()
             self._reap()
-            self._keep_janitor()
+            self._keep_companions()
             self._expire()
             self._dispatch_waiting()
             if not self.busy or not self.idle:
@@ -411,15 +443,13 @@ class Service:
             signal.signal(sig, signal.SIG_IGN)
         parent_end.close()
         self._let_go_of_the_parents_state()
-        if self.janitor_stop >= 0:
-            posix.close(self.janitor_stop)
         import resource
 
         resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(
             resource.RLIMIT_NOFILE)[1]))
 
     def _drop_waiting(self) -> None:
-        """In a fork (a worker, the janitor): the requests waiting for their turn are not its
+        """In a fork (a worker, a companion): the requests waiting for their turn are not its
         to hold, neither their connections nor their callers' pidfds."""
         for queue in self.waiting.values():
             for conn, peer, _ in queue:
@@ -434,11 +464,10 @@ class Service:
                 return
             if pid == 0:
                 return
-            if pid == self.janitor_pid:
-                self.janitor_pid = 0
-                if self.janitor_stop >= 0:  # (closed already when stopping)
-                    posix.close(self.janitor_stop)
-                    self.janitor_stop = -1
+            companion = next((c for c in self.companions if c.pid == pid), None)
+            if companion is not None:
+                companion.pid = 0
+                companion.ask_to_stop()  # (closed already when stopping)
                 continue
             if pid == self.committer.pid:
                 if self.stopping:
@@ -490,27 +519,31 @@ class Service:
                 _answer_and_close(conn, "nsgated: the request waited too long for its turn; "
                                   "nothing was done: try again\n")
 
-    # --- the nic janitor ---------------------------------------------------------------------
-    def _keep_janitor(self) -> None:
-        """Start the janitor, or start it again if it died (not more than JANITOR_RESTARTS
-        times in a minute: then it waits for the minute to pass, tried again each tick)."""
-        if self.stopping or self.janitor_pid:
+    # --- the companions: the nic janitor, the network keeper --------------------------------
+    def _keep_companions(self) -> None:
+        """Start each companion, or start it again if it died (not more than
+        COMPANION_RESTARTS times in a minute: then it waits for the minute to pass, tried
+        again each tick)."""
+        if self.stopping:
             return
-        starts = self.janitor_starts
-        if len(starts) == starts.maxlen and time.monotonic() - starts[0] < 60.0:
-            return
-        starts.append(time.monotonic())
+        for companion in self.companions:
+            if companion.may_start():
+                self._start_companion(companion)
+
+    def _start_companion(self, companion: Companion) -> None:
+        companion.starts.append(time.monotonic())
         stop_read, stop_write = posix.pipe2(posix.O_CLOEXEC)
         pid = posix.fork()
         if pid == 0:
             status = 1
             try:
                 posix.close(stop_write)
-                self._become_janitor()
-                from nsgate.system import nic_janitor
+                self._become_companion()
+                import importlib
 
-                integrity.verify_loaded_modules()  # what the janitor imported too
-                nic_janitor.run(stop_read)
+                module = importlib.import_module(f"nsgate.system.{companion.module}")
+                integrity.verify_loaded_modules()  # what the companion imported too
+                module.run(stop_read)
                 status = 0
             except Refusal as refusal:
                 sys.stderr.write(refusal.text("nsgated"))
@@ -521,9 +554,9 @@ class Service:
             finally:
                 posix._exit(status)
         posix.close(stop_read)
-        self.janitor_pid, self.janitor_stop = pid, stop_write
+        companion.pid, companion.stop = pid, stop_write
 
-    def _become_janitor(self) -> None:
+    def _become_companion(self) -> None:
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)  # killed, it leaves the files whole
@@ -532,9 +565,14 @@ class Service:
 
     def _let_go_of_the_parents_state(self) -> None:
         """In a child just forked: none of the parent's sockets, of its channels to the
-        committer and the idle workers, or of the connections waiting for their turn."""
+        committer and the idle workers, of the companions' stop pipes (a companion stops when
+        the parent's end closes, not when all the children's do), or of the connections
+        waiting for their turn."""
         for sock in (self.listener, self.wake_r, self.wake_w):
             sock.close()
+        for companion in self.companions:
+            if companion.stop >= 0:
+                posix.close(companion.stop)
         self.committer.forget()
         for worker in self.idle:
             if worker.ctl is not None:
@@ -542,10 +580,16 @@ class Service:
         self._drop_waiting()
 
     # --- lifetime ----------------------------------------------------------------------------
+    def _companions_running(self) -> bool:
+        return any(companion.pid for companion in self.companions)
+
     def _idle_long_enough(self) -> bool:
+        """Activated with --idle-exit, nothing to do for that long, and no networks.conf: its
+        DHCP server (the network keeper's) must be there for the leases to be renewed."""
         return (self.activated and self.options.idle_exit > 0 and not self.busy
                 and not self.waiting
-                and time.monotonic() - self.last_activity > self.options.idle_exit)
+                and time.monotonic() - self.last_activity > self.options.idle_exit
+                and not _exists(network_plan.PATH))
 
     def _code_fingerprint(self) -> tuple[tuple[int, int], ...]:
         paths = [self.libdir, self.script]
@@ -630,18 +674,17 @@ class Service:
                 posix.close(peer.pidfd)
                 _answer_and_close(conn, "nsgated: the service is stopping; nothing was done\n")
         self.waiting.clear()
-        if self.janitor_stop >= 0:
-            posix.close(self.janitor_stop)  # the janitor stops at the end of its pass
-            self.janitor_stop = -1
+        for companion in self.companions:
+            companion.ask_to_stop()
         deadline = time.monotonic() + STOP_SECONDS
-        while (self.busy or self.janitor_pid) and time.monotonic() < deadline:
+        while (self.busy or self._companions_running()) and time.monotonic() < deadline:
             selector.select(0.05)
             self._reap()
             try:
                 self.wake_r.recv(256)
             except BlockingIOError:
                 pass
-        for pid in [*self.busy, self.janitor_pid]:
+        for pid in [*self.busy, *(companion.pid for companion in self.companions)]:
             try:
                 if pid:
                     posix.kill(pid, signal.SIGKILL)
@@ -651,6 +694,14 @@ class Service:
         # the workers' last SIGCHLDs must not find the wakeup fd closed as the interpreter exits
         signal.set_wakeup_fd(-1)
         return 0
+
+
+def _exists(path: str) -> bool:
+    try:
+        posix.stat(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _hurry(pid: int) -> None:

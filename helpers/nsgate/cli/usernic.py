@@ -293,6 +293,14 @@ def _make_reserved(session: "nic_commit.LocalSession | nic_channel.RemoteSession
         host_mac, peer_mac = _stable_macs(net, where, intent.uid, identity)
         net.create_veth(host.decode(), peer.decode(), target_fd, mtu, host_address=host_mac,
                         peer_address=peer_mac)
+        if host_mac is not None and not isinstance(session, nic_commit.LocalSession) \
+                and _has_twin(net, host_mac):
+            # A member of the same batch of nsgated's committer made the same pair meanwhile
+            # (the lock is the batch's): this one takes the kernel's random MACs instead.
+            twin = net.link(host.decode())
+            if twin is not None:
+                net.delete_link(twin.index)  # its peer goes with it, at once
+            net.create_veth(host.decode(), peer.decode(), target_fd, mtu)
         link = net.link(host.decode())
         peer_link = inside.link_by_index(link.link) if link is not None else None
         if link is None or peer_link is None:
@@ -323,6 +331,11 @@ def _stable_macs(net: rtnl.Rtnl, where: ports.Attachment, uid: int,
     if any(port.address == host for port in net.links(master=where.index)):
         return None, None
     return host, container
+
+
+def _has_twin(net: rtnl.Rtnl, host_mac: bytes) -> bool:
+    """Whether another link here has the MAC just given to a new host end."""
+    return sum(1 for link in net.links() if link.address == host_mac) > 1
 
 
 def _roll_back(net: rtnl.Rtnl, host: bytes, attach: ports.Attachment) -> None:

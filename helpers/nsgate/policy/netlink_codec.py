@@ -448,3 +448,17 @@ def link_deletions(data: bytes) -> list[Link]:
         elif msg.kind != RTM_NEWLINK:
             raise CodecError(f"message type {msg.kind} in a link notification")
     return deleted
+
+
+def link_changes(data: bytes) -> list[Link]:
+    """The RTM_NEWLINK messages of one RTNLGRP_LINK datagram, as links: a link made or changed
+    (the service's network keeper watches its private bridges come). RTM_DELLINK messages are
+    skipped unread (link_deletions reads them); a message of any other type, or a malformed
+    RTM_NEWLINK, refuses the whole datagram."""
+    changed = []
+    for msg in split_messages(data):
+        if msg.kind == RTM_NEWLINK:
+            changed.append(parse_link(msg.payload))
+        elif msg.kind != RTM_DELLINK:
+            raise CodecError(f"message type {msg.kind} in a link notification")
+    return changed

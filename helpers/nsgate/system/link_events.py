@@ -1,6 +1,8 @@
-"""Link deletions as the kernel announces them: a NETLINK_ROUTE socket subscribed to the
-RTNLGRP_LINK multicast group, for the service's nic janitor (system/nic_janitor.py). The bytes
-are parsed by policy/netlink_codec.py (`link_deletions`).
+"""Link deletions (and, if asked, links made or changed) as the kernel announces them: a
+NETLINK_ROUTE socket subscribed to the RTNLGRP_LINK multicast group, for the service's nic
+janitor (system/nic_janitor.py: deletions) and network keeper (system/network_keeper.py: its
+private bridges coming and going). The bytes are parsed by policy/netlink_codec.py
+(`link_deletions`, `link_changes`).
 
 - Only the kernel and holders of CAP_NET_ADMIN over the namespace's user namespace can send
   to a NETLINK_ROUTE port or group; the socket is also connected to the kernel (port id 0), as
@@ -8,7 +10,7 @@ are parsed by policy/netlink_codec.py (`link_deletions`).
   kernel is not believed (it counts as an overrun). What it reports is a hint all the same: the
   janitor looks up every link it acts on again.
 - A socket filter (classic BPF) lets only RTM_DELLINK through: the many RTM_NEWLINK of every
-  create never wake the janitor nor fill its queue.
+  create never wake the janitor nor fill its queue. A subscriber of changes too has no filter.
 - When the queue overflows, the kernel drops notifications and the next read fails with
   ENOBUFS: `drain` then reports an overrun, and the janitor reconciles everything instead of
   trusting what it read.
@@ -46,24 +48,29 @@ _ONLY_DELLINK = (
 
 class Deletions:
     """What one drain read: links gone from the namespace (name by ifindex), the bridges that
-    lost a port (ifindex), and whether notifications were lost (then trust none of this)."""
+    lost a port (ifindex), links made or changed (name by ifindex; only for a subscriber of
+    changes), and whether notifications were lost (then trust none of this)."""
 
-    __slots__ = ("bridges", "links", "overrun")
+    __slots__ = ("bridges", "changed", "links", "overrun")
 
     def __init__(self) -> None:
         self.links: dict[int, str] = {}
         self.bridges: set[int] = set()
+        self.changed: dict[int, str] = {}
         self.overrun = False
 
 
 class LinkEvents:
-    """The subscription, in the netns of the calling thread. `fileno()` for a selector; `drain()`
-    reads everything pending without blocking."""
+    """The subscription, in the netns of the calling thread: deletions, and with `changes` the
+    links made or changed too. `fileno()` for a selector; `drain()` reads everything pending
+    without blocking."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, changes: bool = False) -> None:
         sock = Socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, NETLINK_ROUTE)
+        self._changes = changes
         try:
-            _attach_filter(sock, _ONLY_DELLINK)
+            if not changes:
+                _attach_filter(sock, _ONLY_DELLINK)
             sock.bind(_KERNEL)
             sock.setsockopt(_SOL_NETLINK, _NETLINK_ADD_MEMBERSHIP, codec.RTNLGRP_LINK)
             sock.connect(_KERNEL)
@@ -105,9 +112,13 @@ class LinkEvents:
                 continue
             try:
                 deleted = codec.link_deletions(data)
+                changed = codec.link_changes(data) if self._changes else []
             except codec.CodecError:
                 found.overrun = True
                 continue
+            for link in changed:
+                if link.family != codec.AF_BRIDGE:
+                    found.changed[link.index] = link.name
             for link in deleted:
                 if link.family == codec.AF_BRIDGE:
                     found.bridges.add(link.master)

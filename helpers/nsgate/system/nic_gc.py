@@ -1,7 +1,9 @@
 """Removing what outlived its nics, under the database lock: the lines of /run/lxc/nics whose
 host end is gone, and the private bridges with no port left (with their record). One function
 for `nsgate nics gc` (everything, once) and the service's janitor (everything at its start and
-after lost notifications; otherwise what the kernel said was deleted).
+after lost notifications; otherwise what the kernel said was deleted). `nsgate nics gc` also
+prunes the DHCP leases of bridges that went (`prune_leases`), when the service does not run:
+its network keeper prunes them itself.
 
 The lock is held only for the checks and the writes; a line goes only if its interface, looked
 up again under the lock, does not exist, so a name reused meanwhile keeps its line. Each file
@@ -60,3 +62,14 @@ def _prune_lines(net: rtnl.Rtnl, devs: set[bytes] | None) -> list[bytes]:
     if stale:
         nicdb_store.replace(nicdb.join_lines(kept))
     return [line.raw for line in stale.values()]
+
+
+def prune_leases(net: rtnl.Rtnl) -> list[bytes] | None:
+    """The DHCP leases (system/dhcp_server.py) of subnets no private bridge has now, removed;
+    with no networks.conf, every lease. None when the service's network keeper runs (it
+    prunes them as bridges go). A Refusal if networks.conf is malformed (nothing removed)."""
+    from nsgate.system import dhcp_server, network_keeper, network_plan
+
+    plan = network_plan.load()
+    bridges = [] if plan is None else network_keeper.served_bridges(net, plan)
+    return dhcp_server.prune_if_idle(dhcp_server.served_networks(bridges))

@@ -7,9 +7,9 @@ it never adopts a bridge it did not make. Without /etc/nsgate/networks.conf the 
 address (containers do not reach the host through it); with it, the bridge has its user's
 subnet's gateway addresses, a stable MAC, and the firewall table `inet nsgate` is loaded first
 (system/bridge_address.py, subnet_record.py, port_security.Guard). It accepts no router
-advertisements. It goes, with its record, when it has no
-port left (`remove_unused`: `nsgate nics gc`, the service's janitor). Call with the database
-lock held.
+advertisements. It goes, with its record, when it has no port left (`remove_unused`: `nsgate
+nics gc`, the service's janitor); its user's recorded subnet stays. Call with the database lock
+held.
 """
 
 import errno

@@ -1,5 +1,6 @@
 """nsgate nics list|gc: the nic database with liveness, and pruning it under lxc-user-nic's lock
-(stale lines, and private bridges with no port left: system/nic_gc.py)."""
+(stale lines, and private bridges with no port left: system/nic_gc.py), and the DHCP leases of
+the bridges that went."""
 
 from nsgate.cli.admin.common import NICS, Args, Out, link_kinds, require_root
 from nsgate.errors import Refusal
@@ -59,6 +60,11 @@ def gc(out: Out) -> int:
 
     with rtnl.Rtnl() as net:
         collected = nic_gc.collect(net)
+        kept_because = ""
+        try:
+            leases = nic_gc.prune_leases(net)
+        except Refusal as refusal:  # (networks.conf: `nsgate check` tells more)
+            leases, kept_because = [], refusal.first
     removed = collected.lines
     if not removed:
         out.say(f"{NICS}: no stale lines")
@@ -68,4 +74,10 @@ def gc(out: Out) -> int:
             out.say(f"  {text(raw)}")
     for name in collected.bridges:
         out.say(f"removed private bridge {text(name)}: no port left")
+    if leases is None:
+        out.say("DHCP leases: the service runs, and prunes them itself")
+    if kept_because:
+        out.say(f"DHCP leases left as they are: {kept_because}")
+    for raw in leases or []:
+        out.say(f"removed DHCP lease '{text(raw)}': no bridge has its subnet")
     return 0
