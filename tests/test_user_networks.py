@@ -291,6 +291,9 @@ def test_a_users_containers_reach_each_other_and_no_other_users(world):
 
 
 def test_the_host_serves_containers_dhcp_and_dns_only(world):
+    """A TCP and UDP service of the host's, on every address: the uplink reaches it, a
+    container on no address of the host (its gateway, another user's, the uplink side); DNS
+    answers on its own gateway only."""
     alice = world.get(ALICE, "c1")
     with ns.listener_on_the_host(HOST_PORT) as host_log:
         control = world.uplink.probe("tcp", HOST_ADDR, HOST_PORT, "from-uplink")
@@ -300,18 +303,29 @@ def test_the_host_serves_containers_dhcp_and_dns_only(world):
             for proto in ("tcp", "udp"):
                 commands[f"{proto} {address}"] = alice.probe_argv(proto, address, HOST_PORT,
                                                                   token(proto), SHORT)
-            commands[f"icmp {address}"] = alice.ping_argv(address, wait=SHORT)
         commands["dns of bob's gateway"] = alice.inside(
             "busybox", "timeout", str(int(SHORT) + 1), "busybox", "nslookup", INTERNET_NAME,
             gateway(1))
         commands["dns"] = alice.inside("busybox", "nslookup", INTERNET_NAME, gateway(0))
         results = side_by_side(commands)
-        assert results.pop("dns").returncode == 0
-        for key, result in results.items():
-            assert result.returncode != 0 or INTERNET not in result.stdout, (key, result.stdout)
-            if key != "dns of bob's gateway":
-                assert result.returncode != 0, (key, result.stdout)
+        assert INTERNET in results.pop("dns").stdout
+        failed = {key: result.stdout for key, result in results.items()
+                  if result.returncode == 0 or INTERNET in result.stdout}
+        assert not failed
         assert [peer for _, peer, _ in host_log.entries()] == [ns.UPLINK_ADDR]
+
+
+def test_the_host_does_not_answer_containers_pings(world):
+    """Reaching the host is for DHCP and DNS only (issue 12, 3.): no echo reply either, from
+    its gateway, another user's, or the uplink side, while the internet answers."""
+    alice = world.get(ALICE, "c1")
+    commands = {address: alice.ping_argv(address, wait=SHORT)
+                for address in (gateway(0), HOST_ADDR, gateway(1))}
+    commands["internet"] = alice.ping_argv(INTERNET)
+    results = side_by_side(commands)
+    assert results.pop("internet").returncode == 0
+    answered = [address for address, result in results.items() if result.returncode == 0]
+    assert not answered
 
 
 def test_a_spoofed_source_address_is_dropped(world):
@@ -358,14 +372,16 @@ def test_a_restarted_container_gets_its_old_lease_back(world):
 def test_rootlesskit_on_nsgate_private_comes_up_with_outbound_traffic(world, user_dir):
     payload = token("rootlesskit")
     inside = ("ip -4 -j addr show dev eth0; ip -4 -j route show default; "
-              f"echo {payload} | busybox nc -w 10 {INTERNET} {ECHO_PORT}; echo; "
+              f"echo {payload} | busybox nc -w 10 {INTERNET} {ECHO_PORT}; "
               f"busybox nslookup {INTERNET_NAME} >/dev/null && echo resolved")
     result = rootlesskit(user_dir / "state", "--net=lxc-user-nic",
                          f"--lxc-user-nic-binary={NSGATE / 'lxc-user-nic'}",
                          "--lxc-user-nic-bridge=nsgate-private", "--copy-up=/etc",
                          "--disable-host-loopback", "sh", "-c", inside)
     assert result.returncode == 0, result.stderr
-    addr, route, echo, resolved = result.stdout.decode().splitlines()
+    lines = result.stdout.decode().splitlines()
+    assert len(lines) == 4, lines
+    addr, route, echo, resolved = lines
     (link,) = json.loads(addr)
     (inet,) = link["addr_info"]
     assert ipaddress.IPv4Interface(f"{inet['local']}/{inet['prefixlen']}").network == \
@@ -458,10 +474,12 @@ def test_nics_gc_takes_the_bridge_and_its_leases_when_no_service_runs(world):
     lease = carol.dhcp()
     with shared_nsgated_paused():
         assert not dnsmasqs()
-        carol.stop()
-        for other in world.extra:  # any other container of carol's
+        ends = []
+        for other in world.extra:  # this one, and any other container of carol's
             if other.user == CAROL:
                 other.stop()
+                ends.append(other.host_end)
+        wait_for(lambda: not set(ends) & set(ns.links()), "carol's host ends to go")
         assert bridge(CAROL) in ns.links()  # nobody took it: no service
         gc = subprocess.run([str(PREFIX / "bin" / "nsgate"), "nics", "gc"],
                             capture_output=True, text=True)
