@@ -152,7 +152,7 @@ def world() -> Iterator[World]:
                     world.containers[(user.name, name)] = container
                     container.attach()
                     wait_for(lambda u=user: serves(bridge(u)), f"dnsmasq on {bridge(user)}")
-                    container.dhcp()  # one at a time (see the report on concurrent udhcpc)
+                    container.dhcp()  # one at a time: all at once is a test of its own
                     container.serve_echo()
             yield world
             for container in [*world.containers.values(), *world.extra]:
