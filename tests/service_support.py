@@ -268,6 +268,34 @@ def module_service() -> Nsgated:
     return _shared[0]
 
 
+KEEPER = "nsgated-net"  # the comm of the service's network keeper
+
+
+@contextlib.contextmanager
+def keeper_paused() -> Iterator[None]:
+    """The module-wide service's network keeper (if one runs) stopped (SIGSTOP) while the block
+    runs: a test of what the helper itself does with networks.conf, which the keeper would
+    otherwise apply too, at a moment of its own."""
+    keepers = [pid for service in _shared if service.proc.poll() is None
+               for pid in children(service.pid) if _comm(pid) == KEEPER]
+    for pid in keepers:
+        os.kill(pid, signal.SIGSTOP)
+        wait_for(lambda pid=pid: proc_state(pid) in ("T", "gone"), "the keeper to stop")
+    try:
+        yield
+    finally:
+        for pid in keepers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
 def acting_pids(client: int) -> set[int]:
     """The processes that act on the request of a helper started as `client`: the helper itself
     in-process, or, through the service transport, the module-wide service's workers and its

@@ -26,7 +26,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.service_support import Activator, Nsgated, children, nsgated_running, traced
+from tests.service_support import (
+    KEEPER,
+    Activator,
+    Nsgated,
+    children,
+    nsgated_running,
+    traced,
+)
 from tests.support import (
     ALICE,
     BOB,
@@ -46,7 +53,6 @@ DNSMASQ_ARGV = ["/usr/sbin/dnsmasq", "--keep-in-foreground",
                 f"--conf-file={RUN_DIR}/dnsmasq.conf"]
 BRIDGES = DB_DIR / "nsgate-bridges"
 SUBNETS = DB_DIR / "nsgate-subnets"
-KEEPER = "nsgated-net"
 PLAN = "ipv4-pool 10.210.0.0/16 24\n"
 UDHCPC_SCRIPT = """#!/bin/sh
 [ "$1" = bound ] && echo "BOUND ip=$ip mask=$mask router=$router dns=$dns"
@@ -93,6 +99,16 @@ def one_dnsmasq(other_than: int = 0) -> int:
 def served() -> list[str]:
     conf = RUN_DIR / "dnsmasq.conf"
     return re.findall(r"^interface=(\S+)$", conf.read_text(), re.M) if conf.exists() else []
+
+
+def dns_sockets() -> list[str]:
+    """The local addresses of the sockets dnsmasq listens on for DNS (UDP and TCP)."""
+    (pid,) = dnsmasqs()
+    out = subprocess.run(["ss", "-H", "-lnutp", "sport", "=", ":53"], capture_output=True,
+                         text=True, check=True).stdout
+    found = [line.split()[4] for line in out.splitlines() if f"pid={pid}," in line]
+    assert found, out
+    return found
 
 
 def lease_lines() -> list[str]:
@@ -234,6 +250,10 @@ def test_a_container_gets_an_address_of_its_subnet_and_keeps_it_by_its_mac() -> 
         assert again.ask()["ip"] == first["ip"]
         other = Container(name, "nsgtdh2", "02:00:00:00:00:06")
         assert other.ask()["ip"] != first["ip"]
+        # its DNS listens on the gateway (and the bridge's link-local address) only
+        for local in dns_sockets():
+            assert local == f"{subnet.network_address + 1}:53" or (
+                local.startswith("[fe80::") and local.endswith(f"]%{name}:53")), local
         assert (RUN_DIR.stat().st_mode & 0o777, RUN_DIR.stat().st_uid) == (0o700, 0)
 
 
@@ -264,9 +284,9 @@ def test_bridges_coming_and_going_restart_dnsmasq_and_a_gone_ones_leases_go() ->
 def test_a_container_of_the_real_helper_gets_its_address_and_again_after_a_restart() -> None:
     """The installed lxc-user-nic makes the private bridge (its gateway address, its subnet
     recorded) and the container's stable MAC; the keeper serves the bridge as it comes. The
-    container killed, its bridge goes with its last port (the janitor) and dnsmasq stops; the
-    container started again (same lxcpath, name, nic) has the same MAC and gets the same
-    address."""
+    container killed, its bridge goes with its last port (the janitor), dnsmasq stops and the
+    lease goes; the container started again (same lxcpath, name, nic) has the same MAC and
+    gets the same address."""
     write_conf(PLAN)
     write_etc("lxc/lxc-usernet", f"{ALICE.name} veth nsgate-private 4\n")
     name = f"nsgu{ALICE.uid}"
@@ -280,6 +300,7 @@ def test_a_container_of_the_real_helper_gets_its_address_and_again_after_a_resta
             first.stop()
             wait_for(lambda: name not in ip_links() and not dnsmasqs(),
                      "the bridge and dnsmasq to go with the last container")
+            assert not any(lease["ip"] in line for line in lease_lines())  # its lease too
             again = _helper_container()
             assert again.mac == first.mac
             assert again.ask()["ip"] == lease["ip"]
@@ -318,6 +339,25 @@ def test_an_ipv6_pool_gives_containers_a_slaac_address_of_their_64() -> None:
                  "the container's SLAAC address")
         routes = container.run("ip", "-6", "route", "show", "default").stdout
         assert routes.startswith("default via fe80::"), routes
+
+
+def test_a_bridge_nsgate_did_not_record_is_not_served() -> None:
+    """An nsgu<uid> bridge made by someone else, with a gateway address of the pool: dnsmasq
+    is not told of it, and a client on it gets no answer (udhcpc gives up after 3 tries)."""
+    write_conf(PLAN)
+    name, _ = bridge(ALICE.uid, 0)
+    foreign = f"nsgu{BOB.uid}"
+    ip("link", "add", foreign, "type", "bridge")
+    ip("addr", "add", "10.210.1.1/24", "dev", foreign)
+    ip("link", "set", foreign, "up")
+    with service():
+        one_dnsmasq()
+        assert served() == [name]
+        container = Container(foreign, "nsgtdh0", "02:00:00:00:00:09")
+        result = container.run("busybox", "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "3",
+                               "-T", "1", "-s", str(WORK / "udhcpc.sh"))
+        assert result.returncode != 0 and "BOUND" not in result.stdout, result
+        assert served() == [name]
 
 
 def test_a_killed_dnsmasq_is_started_again() -> None:

@@ -18,6 +18,7 @@ import pytest
 from nsgate.policy import network_ruleset, networks_conf, nic_macs
 
 from tests.admin_support import clean_nic_state, links
+from tests.service_support import keeper_paused
 from tests.support import ALICE, BOB, CAROL, User, helper, only_transport, run_as, write_etc
 from tests.usernic_support import (
     NET_ADDR_RANDOM,
@@ -162,6 +163,21 @@ def test_derived_subnets_are_not_recorded():
     assert not SUBNETS.exists()
 
 
+def test_derived_gives_no_subnet_outside_the_uid_range():
+    login_defs = Path("/etc/login.defs").read_text()
+    write_etc("login.defs", login_defs + f"\nUID_MIN 23000\nUID_MAX {CAROL.uid - 1}\n")
+    write_etc("nsgate/networks.conf", "ipv4-pool 10.214.0.0/16 24\nallocation derived\n")
+    before = set(ip_links())
+    ctr = Proc.container(CAROL)
+    result = create(CAROL, ctr.pid, bridge="nsgate-private")
+    assert result.returncode == 1
+    assert f"uid {CAROL.uid} is outside UID_MIN..UID_MAX".encode() in result.stderr, \
+        result.stderr
+    assert set(ip_links()) == before
+    assert set(ctr.links()) == {"lo"}
+    assert table() is None
+
+
 def test_recorded_index_is_sticky_and_reassigned_only_when_the_pool_is_full():
     write_etc("nsgate/networks.conf", "ipv4-pool 10.213.0.0/24 25\n")  # two subnets
     alice_ctr, _ = nic(ALICE)
@@ -261,19 +277,20 @@ def test_a_table_that_cannot_be_loaded_refuses_and_attaches_nothing():
     already, so only the network table needs it): a refusal naming the table, no bridge, no
     nic, no table."""
     nic(BOB)  # the port security table, loaded while nft works
-    write_etc("nsgate/networks.conf", PLAN)
-    before = set(ip_links())
-    subprocess.run(["mount", "--bind", "/usr/bin/false", "/usr/sbin/nft"], check=True)
-    try:
-        ctr = Proc.container(ALICE)
-        result = create(ALICE, ctr.pid, bridge="nsgate-private")
-    finally:
-        subprocess.run(["umount", "/usr/sbin/nft"], check=True)
-    assert result.returncode == 1
-    assert b"could not set up nftables table inet nsgate" in result.stderr, result.stderr
-    assert set(ip_links()) == before
-    assert set(ctr.links()) == {"lo"}
-    assert table() is None
+    with keeper_paused():  # (the service's keeper would load the table on its own)
+        write_etc("nsgate/networks.conf", PLAN)
+        before = set(ip_links())
+        subprocess.run(["mount", "--bind", "/usr/bin/false", "/usr/sbin/nft"], check=True)
+        try:
+            ctr = Proc.container(ALICE)
+            result = create(ALICE, ctr.pid, bridge="nsgate-private")
+        finally:
+            subprocess.run(["umount", "/usr/sbin/nft"], check=True)
+        assert result.returncode == 1
+        assert b"could not set up nftables table inet nsgate" in result.stderr, result.stderr
+        assert set(ip_links()) == before
+        assert set(ctr.links()) == {"lo"}
+        assert table() is None
 
 
 def test_two_twins_at_once_never_share_a_mac():
@@ -355,3 +372,42 @@ def test_a_create_that_fails_anywhere_leaves_no_wrong_address_and_no_half_table(
     assert table() == version and addresses(bridge(ALICE)) == gateways
     assert FORWARDING.read_text() == "1\n"
 
+
+
+@only_transport("setuid")  # the helper's own process is the one traced
+def test_without_networks_conf_the_helper_loads_nothing_of_it():
+    """No networks.conf: a private-bridge create opens neither the plan's parser nor ipaddress
+    (their import cost is only paid where the file exists)."""
+    log = WORK / "no-plan-trace"
+    WORK.mkdir(parents=True, exist_ok=True)
+    ctr = Proc.container(ALICE)
+    argv = [helper("lxc-user-nic"), "create", "x", "x", str(ctr.pid), "veth", "nsgate-private"]
+    traced = subprocess.run(["strace", "-qq", "-f", "-e", "trace=openat", "-o", str(log), "-u",
+                             ALICE.name, *argv], capture_output=True, text=True, timeout=60)
+    assert traced.returncode == 0, traced.stderr
+    opened = log.read_text()
+    assert "/etc/nsgate/networks.conf" in opened  # looked for, and not there
+    for module in ("ipaddress", "networks_conf", "bridge_address", "subnet_record",
+                   "network_ruleset"):
+        assert f"/{module}." not in opened, module
+
+
+def test_addresses_the_kernel_refuses_roll_back_and_attach_nothing():
+    """An existing bridge on which the kernel refuses the IPv6 gateway (IPv6 disabled on it):
+    a refusal with the kernel's reason; the IPv4 gateway added meanwhile and the new MAC are
+    undone, and no nic is attached."""
+    nic(ALICE)
+    mac = ip_links()[bridge(ALICE)]["address"]
+    Path(f"/proc/sys/net/ipv6/conf/{bridge(ALICE)}/disable_ipv6").write_text("1\n")
+    write_etc("nsgate/networks.conf", PLAN)
+    before = set(ip_links())
+    ctr = Proc.container(ALICE)
+    result = create(ALICE, ctr.pid, bridge="nsgate-private")
+    assert result.returncode == 1
+    assert f"could not give {bridge(ALICE)} the gateway addresses of 10.210.0.0/24".encode() \
+        in result.stderr, result.stderr
+    assert b"RTM_NEWADDR fd42:6e73" in result.stderr
+    assert addresses(bridge(ALICE)) == []
+    assert ip_links()[bridge(ALICE)]["address"] == mac
+    assert set(ip_links()) == before
+    assert set(ctr.links()) == {"lo"}

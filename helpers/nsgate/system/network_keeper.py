@@ -83,17 +83,10 @@ def served_bridges(net: rtnl.Rtnl, plan: Plan) -> list[tuple[str, Subnet]]:
 
 
 def apply_network(plan: Plan | None) -> list[str]:
-    """The host made what `plan` asks (system/network_apply.py); what changed, as text. No
-    plan and no table loaded (or no nf_tables at all): nothing to undo, and nothing is done (no
-    lock taken, no file made: a host without networks.conf stays as it was)."""
-    from nsgate.system import network_apply, network_table
+    """The host made what `plan` asks (system/network_apply.py, which does nothing without a
+    plan on a host that never had one); what changed, as text."""
+    from nsgate.system import network_apply
 
-    if plan is None:
-        try:
-            if network_table.loaded_version() is None:
-                return []
-        except Refusal:
-            return []
     return network_apply.apply(plan)
 
 

@@ -144,7 +144,10 @@ def _forwarding_on(plan: "Plan") -> bool:
     from nsgate.system import network_apply
 
     for path in network_apply.forwarding_wanted(plan):
-        fd = posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC)
+        try:
+            fd = posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC)
+        except OSError:
+            return False  # IPv6 disabled...: the runner's attempt says why
         try:
             if posix.read(fd, 16).strip() != b"1":
                 return False

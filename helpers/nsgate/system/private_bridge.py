@@ -77,9 +77,7 @@ def ensure(net: "rtnl.Rtnl", uid: int, plan: "Plan | None" = None,
     try:
         ports.no_router_advertisements(name)
         if subnet is not None:
-            from nsgate.system import bridge_address
-
-            bridge_address.assign(net, index, subnet)
+            _assign(net, name, index, subnet)
         net.set_link(index, up=True)
     except BaseException:
         net.delete_link(index)
@@ -95,28 +93,41 @@ def _bridge_mac(uid: int) -> bytes:
 
 def _subnet(net: "rtnl.Rtnl", uid: int, plan: "Plan",
             guard: "port_security.Guard | None") -> "Subnet":
-    """`uid`'s subnet (allocated if need be), once the network table is in place."""
+    """`uid`'s subnet (allocated if need be; a refusal first, before the table is touched),
+    once the network table is in place."""
     from nsgate.policy import networks_conf
     from nsgate.system import subnet_record
 
     if guard is None:
         raise Refusal("internal error: no nftables guard for a private bridge with networks.conf")
+    index = subnet_record.index_for(plan, uid, net)
     guard.ready_network()
-    return networks_conf.subnet(plan, subnet_record.index_for(plan, uid, net))
+    return networks_conf.subnet(plan, index)
+
+
+def _assign(net: "rtnl.Rtnl", name: str, index: int, subnet: "Subnet") -> None:
+    from nsgate.system import bridge_address
+
+    try:
+        bridge_address.assign(net, index, subnet)
+    except rtnl.NetlinkError as err:
+        raise Refusal(f"could not give {name} the gateway addresses of {subnet.ipv4}",
+                      str(err), "nothing was attached; nsgate network apply says more") from None
 
 
 def _network(net: "rtnl.Rtnl", link: "rtnl.Link", uid: int, plan: "Plan",
              guard: "port_security.Guard | None") -> None:
     """An existing private bridge made right for `plan`: the firewall, its MAC, its gateway
     addresses (changed only where they differ; undone on failure)."""
-    from nsgate.system import bridge_address
-
     subnet = _subnet(net, uid, plan, guard)
     mac = _bridge_mac(uid)
     if link.address != mac:
-        net.set_link(link.index, address=mac)
+        try:
+            net.set_link(link.index, address=mac)
+        except rtnl.NetlinkError as err:
+            raise Refusal(f"could not give {link.name} its MAC address", str(err)) from None
     try:
-        bridge_address.assign(net, link.index, subnet)
+        _assign(net, link.name, link.index, subnet)
     except BaseException:
         if link.address != mac and len(link.address) == len(mac):
             net.set_link(link.index, address=link.address)
