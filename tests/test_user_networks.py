@@ -170,7 +170,7 @@ def world() -> Iterator[World]:
         clean_db()
         shutil.rmtree("/run/nsgate/dhcp", ignore_errors=True)
         uplink.stop()
-    assert not dnsmasqs(), "a dnsmasq outlived the service"
+    wait_for(lambda: not dnsmasqs(), "dnsmasq to stop with the service")
 
 
 def all_containers(world: World) -> list[Container]:
@@ -486,7 +486,7 @@ def test_nics_gc_takes_the_bridge_and_its_leases_when_no_service_runs(world):
     wait_for(lambda: serves(bridge(CAROL)), "dnsmasq on carol's bridge")
     lease = carol.dhcp()
     with shared_nsgated_paused():
-        assert not dnsmasqs()
+        wait_for(lambda: not dnsmasqs(), "dnsmasq to stop with the service")
         ends = []
         for other in world.extra:  # this one, and any other container of carol's
             if other.user == CAROL:
