@@ -153,6 +153,19 @@ def addresses(link: dict, family: str = "inet") -> list[str]:
             if a["family"] == family and a.get("scope") == "global"]
 
 
+def ipv6_ready(netns_pid: int) -> list[str]:
+    """The global IPv6 addresses of eth0 in the netns of `netns_pid` once one is usable (past
+    duplicate address detection) and a default route is there (from a router advertisement);
+    [] before."""
+    link = links(netns_pid)["eth0"]
+    ready = [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", [])
+             if a["family"] == "inet6" and a.get("scope") == "global"
+             and not a.get("tentative")]
+    routes = json.loads(check(["nsenter", f"--net=/proc/{netns_pid}/ns/net", "ip", "-6", "-j",
+                               "route", "show", "default"]))
+    return ready if ready and routes else []
+
+
 def sysctl(name: str, value: str | None = None) -> str:
     path = Path("/proc/sys") / name.replace(".", "/")
     if value is not None:

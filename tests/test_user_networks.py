@@ -173,6 +173,11 @@ def world() -> Iterator[World]:
     wait_for(lambda: not dnsmasqs(), "dnsmasq to stop with the service")
 
 
+def slaac_address(container: Container) -> str:
+    wait_for(lambda: bool(ns.ipv6_ready(container.pid)), f"a SLAAC address in {container}")
+    return ns.ipv6_ready(container.pid)[0].split("/")[0]
+
+
 def all_containers(world: World) -> list[Container]:
     return [world.get(user, name) for user in (ALICE, BOB) for name in ("c1", "c2")]
 
@@ -202,26 +207,13 @@ def test_containers_get_an_ipv6_address_of_their_users_64_by_slaac(world):
     for index, user in enumerate((ALICE, BOB)):
         for name in ("c1", "c2"):
             container = world.get(user, name)
-
-            def slaac(c: Container = container) -> list[str]:
-                return ns.addresses(ns.links(c.pid)["eth0"], "inet6")
-
-            wait_for(lambda s=slaac: bool(s()), f"a SLAAC address in {user.name}'s {name}")
-            (address,) = slaac()
+            wait_for(lambda c=container: bool(ns.ipv6_ready(c.pid)),
+                     f"a SLAAC address and a default route in {user.name}'s {name}")
+            (address,) = ns.ipv6_ready(container.pid)
             assert ipaddress.IPv6Interface(address).network == subnet6_of(index), address
-
-
-def test_containers_starting_together_all_get_their_addresses(world):
-    """Two of alice's containers and one of bob's come up at the same moment, each asking for
-    its address at once: every one gets one of its user's subnet."""
-    together = [world.container(ALICE, "together1"), world.container(ALICE, "together2"),
-                world.container(BOB, "together1")]
-    for container in together:
-        container.attach()
-    ns.dhcp_all(together)
-    for container, index in zip(together, (0, 0, 1), strict=True):
-        assert container.lease is not None
-        assert container.lease.interface.network == subnet_of(index), container.lease
+            (route,) = json.loads(container.run("ip", "-6", "-j", "route", "show",
+                                                "default").stdout)
+            assert route["gateway"].startswith("fe80:"), route
 
 
 # --- the way out ---------------------------------------------------------------------------------
@@ -245,8 +237,7 @@ def test_every_container_reaches_the_internet_through_nat(world):
 
 def test_ipv6_reaches_the_internet_through_nat(world):
     container = world.get(BOB, "c2")
-    wait_for(lambda: bool(ns.addresses(ns.links(container.pid)["eth0"], "inet6")),
-             "bob's SLAAC address")
+    slaac_address(container)
     payload = token("tcp6")
     result = container.probe("tcp", INTERNET6, ECHO_PORT, payload, timeout=20)
     assert result.stdout.strip() == f"{HOST_ADDR6} {payload}", result
@@ -301,6 +292,25 @@ def test_a_users_containers_reach_each_other_and_no_other_users(world):
     for victim, attacker in ((b1, a1), (b2, a2), (a1, b1), (a2, b2)):
         assert victim.echo is not None
         assert not [e for e in victim.echo.entries() if e[1] == str(attacker.lease.ip)]
+
+
+def test_a_users_containers_reach_each_other_and_no_other_users_over_ipv6(world):
+    a1, a2 = world.get(ALICE, "c1"), world.get(ALICE, "c2")
+    b1, b2 = world.get(BOB, "c1"), world.get(BOB, "c2")
+    commands = {}
+    pairs = {"a1>a2": (a1, a2, 20), "b1>b2": (b1, b2, 20),
+             "a1>b1": (a1, b1, SHORT), "b2>a2": (b2, a2, SHORT)}
+    for label, (source, target, wait) in pairs.items():
+        address = slaac_address(target)
+        commands[f"{label} icmp"] = source.inside("busybox", "ping", "-c", "1", "-W",
+                                                  str(int(wait)), address)
+        for proto in ("tcp", "udp"):
+            commands[f"{label} {proto}"] = source.probe_argv(proto, address, ECHO_PORT,
+                                                             token(proto), wait)
+    results = side_by_side(commands)
+    for key, result in results.items():
+        reached = result.returncode == 0
+        assert reached == (key[:5] in ("a1>a2", "b1>b2")), (key, result.stdout)
 
 
 def test_the_host_serves_containers_dhcp_and_dns_only(world):
@@ -362,6 +372,23 @@ def test_a_spoofed_source_address_is_dropped(world):
     finally:
         for address in spoofed.values():
             alice.run("ip", "addr", "del", f"{address}/32", "dev", "eth0")
+
+
+def test_a_spoofed_ipv6_source_address_is_dropped(world):
+    alice = world.get(ALICE, "c1")
+    own = slaac_address(alice)
+    bobs = str(subnet6_of(1).network_address + 0x99)
+    ns.check(alice.inside("ip", "addr", "add", f"{bobs}/128", "dev", "eth0", "nodad"))
+    try:
+        spoofed = token("spoof6")
+        result = alice.probe("udp", INTERNET6, ECHO_PORT, spoofed, SHORT, source=bobs)
+        assert result.returncode != 0, result.stdout
+        honest = token("honest6")
+        assert alice.probe("udp", INTERNET6, ECHO_PORT, honest, source=own).returncode == 0
+        logged = [payload for _, _, payload in world.uplink.echo.entries()]
+        assert honest in logged and spoofed not in logged
+    finally:
+        alice.run("ip", "addr", "del", f"{bobs}/128", "dev", "eth0")
 
 
 # --- restarts ------------------------------------------------------------------------------------
