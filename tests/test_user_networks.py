@@ -216,6 +216,19 @@ def test_containers_get_an_ipv6_address_of_their_users_64_by_slaac(world):
             assert route["gateway"].startswith("fe80:"), route
 
 
+def test_containers_starting_together_all_get_their_addresses(world):
+    """Two of alice's containers and one of bob's come up at the same moment, each asking for
+    its address at once: every one gets one of its user's subnet."""
+    together = [world.container(ALICE, "together1"), world.container(ALICE, "together2"),
+                world.container(BOB, "together1")]
+    for container in together:
+        container.attach()
+    ns.dhcp_all(together)
+    for container, index in zip(together, (0, 0, 1), strict=True):
+        assert container.lease is not None
+        assert container.lease.interface.network == subnet_of(index), container.lease
+
+
 # --- the way out ---------------------------------------------------------------------------------
 
 
