@@ -54,6 +54,8 @@ DNSMASQ_ARGV = ["/usr/sbin/dnsmasq", "--keep-in-foreground",
 BRIDGES = DB_DIR / "nsgate-bridges"
 SUBNETS = DB_DIR / "nsgate-subnets"
 PLAN = "ipv4-pool 10.210.0.0/16 24\n"
+UDHCPC = ["busybox", "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "60", "-T", "1", "-s",
+          str(WORK / "udhcpc.sh")]  # 60 tries, a second apart: only a hang takes that long
 UDHCPC_SCRIPT = """#!/bin/sh
 [ "$1" = bound ] && echo "BOUND ip=$ip mask=$mask router=$router dns=$dns"
 exit 0
@@ -76,15 +78,18 @@ def keeper_of(service: Nsgated) -> int | None:
 
 
 def dnsmasqs() -> list[int]:
-    """The processes running the keeper's dnsmasq command line."""
+    """The processes of this sandbox (its network namespace: the pid namespace is the host's,
+    where other sandboxes run their own nsgated) running the keeper's dnsmasq command line."""
     wanted = b"".join(arg.encode() + b"\0" for arg in DNSMASQ_ARGV)
+    here = os.readlink("/proc/self/ns/net")
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if (entry / "cmdline").read_bytes() == wanted:
+                if ((entry / "cmdline").read_bytes() == wanted
+                        and os.readlink(entry / "ns" / "net") == here):
                     found.append(int(entry.name))
-            except (FileNotFoundError, ProcessLookupError):
+            except (FileNotFoundError, ProcessLookupError, PermissionError):
                 continue
     return sorted(found)
 
@@ -164,11 +169,9 @@ class Container:
 
     def ask(self) -> dict[str, str]:
         """A lease by DHCP: what udhcpc's script was given."""
-        result = self.run("busybox", "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "60",
-                          "-T", "1", "-s", str(WORK / "udhcpc.sh"))
-        bound = [line for line in result.stdout.splitlines() if line.startswith("BOUND ")]
-        assert result.returncode == 0 and bound, result
-        return dict(field.split("=", 1) for field in bound[-1].split()[1:])
+        result = self.run(*UDHCPC)
+        assert result.returncode == 0, result
+        return _bound(result.stdout)
 
     def stop(self) -> None:
         self.proc.stop()
@@ -277,8 +280,9 @@ def test_bridges_coming_and_going_restart_dnsmasq_and_a_gone_ones_leases_go() ->
         assert any(alice_lease["ip"] in line for line in lines)
         assert not any(bob_lease["ip"] in line for line in lines), lines
         ip("link", "del", alice)  # the last one: no dnsmasq
-        wait_for(lambda: not dnsmasqs(), "dnsmasq to stop with the last bridge")
-        assert not any(alice_lease["ip"] in line for line in lease_lines())
+        wait_for(lambda: not dnsmasqs() and not any(alice_lease["ip"] in line
+                                                    for line in lease_lines()),
+                 "dnsmasq to stop with the last bridge, and its lease to go")
 
 
 def test_a_container_of_the_real_helper_gets_its_address_and_again_after_a_restart() -> None:
@@ -298,9 +302,9 @@ def test_a_container_of_the_real_helper_gets_its_address_and_again_after_a_resta
             assert lease["router"] == _addresses(name)[0].split("/")[0]
             in_subnet(lease, IPv4Network(_addresses(name)[0], strict=False))
             first.stop()
-            wait_for(lambda: name not in ip_links() and not dnsmasqs(),
-                     "the bridge and dnsmasq to go with the last container")
-            assert not any(lease["ip"] in line for line in lease_lines())  # its lease too
+            wait_for(lambda: name not in ip_links() and not dnsmasqs() and not any(
+                lease["ip"] in line for line in lease_lines()),
+                "the bridge, dnsmasq and the lease to go with the last container")
             again = _helper_container()
             assert again.mac == first.mac
             assert again.ask()["ip"] == lease["ip"]
@@ -319,6 +323,32 @@ def _helper_container() -> Container:
     container.run("ip", "link", "set", "eth0", "up")
     one_dnsmasq()
     return container
+
+
+def test_containers_asking_at_the_same_moment_all_get_an_address() -> None:
+    """Two containers of one bridge and one of another start together (with dnsmasq's ping
+    check, those of one bridge never got their DHCPACK)."""
+    write_conf(PLAN)
+    alice, alice_subnet = bridge(ALICE.uid, 0)
+    bob, bob_subnet = bridge(BOB.uid, 1)
+    with service():
+        one_dnsmasq()
+        together = [(Container(alice, "nsgtdh0", "02:00:00:00:01:00"), alice_subnet),
+                    (Container(alice, "nsgtdh1", "02:00:00:00:01:01"), alice_subnet),
+                    (Container(bob, "nsgtdh2", "02:00:00:00:01:02"), bob_subnet)]
+        asking = [subprocess.Popen(["nsenter", f"--net=/proc/{container.proc.pid}/ns/net",
+                                    *UDHCPC], stdout=subprocess.PIPE, text=True)
+                  for container, _ in together]
+        leases = [_bound(proc.communicate(timeout=PATIENCE)[0]) for proc in asking]
+        for lease, (_, subnet) in zip(leases, together, strict=True):
+            in_subnet(lease, subnet)
+        assert len({lease["ip"] for lease in leases}) == 3
+
+
+def _bound(out: str) -> dict[str, str]:
+    bound = [line for line in out.splitlines() if line.startswith("BOUND ")]
+    assert bound, out
+    return dict(field.split("=", 1) for field in bound[-1].split()[1:])
 
 
 def test_an_ipv6_pool_gives_containers_a_slaac_address_of_their_64() -> None:

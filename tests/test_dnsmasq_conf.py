@@ -31,7 +31,7 @@ def test_one_interface_and_one_range_per_bridge_and_nothing_else_served() -> Non
         "interface=nsgu23002", "dhcp-range=10.210.7.2,10.210.7.254,255.255.255.0,1h"]
     for wanted in ("bind-dynamic", "except-interface=lo", "user=dnsmasq", "log-facility=-",
                    "no-hosts", "resolv-file=/etc/resolv.conf", "dhcp-authoritative",
-                   "dhcp-ignore-clid", "dhcp-ignore-names", "pid-file=",
+                   "dhcp-ignore-clid", "dhcp-ignore-names", "no-ping", "pid-file=",
                    "dhcp-leasefile=/run/nsgate/dhcp/leases", "dhcp-lease-max=506"):
         assert wanted in conf, wanted
     assert "enable-ra" not in conf

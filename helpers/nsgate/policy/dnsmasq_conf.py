@@ -44,6 +44,10 @@ def config(plan: Plan, bridges: list[tuple[str, Subnet]], run_dir: str, *,
         "dhcp-authoritative",
         "dhcp-ignore-clid",
         "dhcp-ignore-names",
+        # no ping of an address before it is offered: with it, dnsmasq 2.90 leaves clients
+        # asking at the same moment on one bridge without their DHCPACK (containers starting
+        # together); a user's subnet holds only that user's containers
+        "no-ping",
         f"dhcp-leasefile={run_dir}/{LEASES_NAME}",
         # one user's containers cannot use up the leases another user's need
         f"dhcp-lease-max={sum(_range_size(subnet) for _, subnet in bridges)}",
