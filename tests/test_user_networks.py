@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -39,9 +40,20 @@ from tests.network_support import (
     token,
 )
 from tests.service_support import children, shared_nsgated, shared_nsgated_paused
-from tests.support import ALICE, BOB, CAROL, NSGATE, PREFIX, User, wait_for, write_etc
+from tests.support import (
+    ALICE,
+    BOB,
+    CAROL,
+    NSGATE,
+    PREFIX,
+    SANDBOX,
+    User,
+    as_user,
+    wait_for,
+    write_etc,
+)
 from tests.test_lxc_real import Lxc, nsgate_lxc_user_nic  # noqa: F401 - the fixture
-from tests.test_rootlesskit import rootlesskit
+from tests.test_rootlesskit import reference_tools_disabled, rootlesskit
 from tests.usernic_support import clean_db
 
 CONF_DIR = Path("/etc/nsgate")
@@ -439,6 +451,30 @@ def test_rootlesskit_on_nsgate_private_comes_up_with_outbound_traffic(world, use
     assert echo == f"{HOST_ADDR} {payload}"
     assert world.uplink.echo.peers_of(payload) == [HOST_ADDR]
     assert resolved == "resolved"
+
+
+def test_rootlesskit_of_a_user_with_no_bridge_yet_comes_up_at_once(world):
+    """A new user, as the issue tried: the grant is all; the first nic makes the bridge, its
+    gateway and DHCP service while rootlesskit's own DHCP client is already asking."""
+    assert bridge(CAROL) not in ns.links()
+    write_etc("subuid", Path("/etc/subuid").read_text() + f"{CAROL.name}:500000:65536\n")
+    write_etc("subgid", Path("/etc/subgid").read_text() + f"{CAROL.name}:500000:65536\n")
+    state = SANDBOX / "users" / "carol-rootlesskit"
+    shutil.rmtree(state, ignore_errors=True)
+    state.mkdir(parents=True)
+    os.chown(state, CAROL.uid, CAROL.gid)
+    payload = token("carol-rootlesskit")
+    argv = ["rootlesskit", f"--state-dir={state / 'state'}", "--subid-source=dynamic",
+            "--net=lxc-user-nic", f"--lxc-user-nic-binary={NSGATE / 'lxc-user-nic'}",
+            "--lxc-user-nic-bridge=nsgate-private", "--copy-up=/etc", "--disable-host-loopback",
+            "sh", "-c", f"echo {payload} | busybox nc -w 10 {INTERNET} {ECHO_PORT}"]
+    env = {"PATH": f"{NSGATE}:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "HOME": "/"}
+    with reference_tools_disabled():
+        result = subprocess.run(as_user(CAROL, argv), capture_output=True, env=env,
+                                timeout=120, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().strip() == f"{HOST_ADDR} {payload}"
+    assert world.uplink.echo.peers_of(payload) == [HOST_ADDR]
 
 
 LXC_APPLETS = ("udhcpc", "nc", "nslookup")
