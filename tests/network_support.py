@@ -23,7 +23,6 @@ import contextlib
 import ipaddress
 import json
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Sequence
@@ -434,7 +433,3 @@ def remove_links(prefixes: tuple[str, ...]) -> None:
         if name.startswith(prefixes):
             subprocess.run(["ip", "link", "del", name], capture_output=True)
 
-
-def kill(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)

@@ -4,10 +4,12 @@ One world for the module (tests/network_support.py): a fake internet behind the 
 host's resolver pointing at it, /etc/nsgate/networks.conf, nsgated running (its network keeper
 loads the `inet nsgate` table and supervises dnsmasq), and two users with two containers each,
 attached to `nsgate-private` by the installed lxc-user-nic with nothing but their lxc-usernet
-grant, configured by DHCP (busybox udhcpc). Then, with real traffic: the address plan, NAT to the
-uplink, DNS through the gateway, users kept apart (ICMP, TCP, UDP, ARP), no host service but DHCP
-and DNS, no spoofed source, a restarted container's old lease, IPv6 by SLAAC, rootlesskit and
-lxc-start with no per-user setup, and the cleanup with the last port (service) or `nsgate nics gc`.
+grant, configured by DHCP (busybox udhcpc, asking at once, as a real client does). Then, with
+real traffic: the address plan, containers asking together, NAT to the uplink, DNS through the
+gateway, users kept apart (ICMP, TCP, UDP, ARP; IPv6 too), no host service but DHCP and DNS (no
+echo reply either), no spoofed source (IPv4, IPv6), a restarted container's old lease, IPv6 by
+SLAAC, rootlesskit (also as a user with no bridge yet) and lxc-start with no per-user setup, and
+the cleanup with the last port (service) or `nsgate nics gc`.
 
 The host's own reverse-path filter is off (rp_filter 0, the kernel's default): what drops a
 spoofed source is nsgate's table alone.
