@@ -96,9 +96,14 @@ def dnsmasqs() -> list[int]:
 
 def one_dnsmasq(other_than: int = 0) -> int:
     """The pid of the one dnsmasq, once it runs (and is not `other_than`)."""
-    wait_for(lambda: len(dnsmasqs()) == 1 and dnsmasqs()[0] != other_than
-             and proc_state(dnsmasqs()[0]) == "S", "dnsmasq to run")
-    return dnsmasqs()[0]
+    found: list[int] = []
+
+    def running() -> bool:
+        found[:] = dnsmasqs()
+        return len(found) == 1 and found[0] != other_than and proc_state(found[0]) == "S"
+
+    wait_for(running, "dnsmasq to run")
+    return found[0]
 
 
 def served() -> list[str]:
@@ -440,11 +445,14 @@ class Syslog:
 
 @contextlib.contextmanager
 def syslog() -> Iterator[Syslog]:
+    """The test's /dev/log, read by a thread. Containers started inside are stopped before it
+    goes (their /dev/null is on its overlay of /dev, which could not be unmounted)."""
     with private_dev_log() as sock:
         reader = Syslog(sock)
         try:
             yield reader
         finally:
+            Proc.stop_all()
             sock.shutdown(socket.SHUT_RDWR)
             reader.thread.join()
 
@@ -467,7 +475,6 @@ def test_networks_conf_changed_is_applied_and_a_malformed_one_keeps_the_last_goo
         moved = IPv4Network("10.211.3.0/24")
         wait_for(lambda: "10.211.3.1/24" in _addresses(name), "the bridge's new gateway")
         in_subnet(Container(name, "nsgtdh1", "02:00:00:00:00:04").ask(), moved)
-        Proc.stop_all()  # (their /dev/null is the test's /dev)
 
 
 def _addresses(name: str) -> list[str]:
