@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from ipaddress import IPv4Network, IPv6Network
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from nsgate.policy import dnsmasq_conf, networks_conf
@@ -22,41 +21,68 @@ def lines(data: bytes) -> list[str]:
     return data.decode().splitlines()
 
 
-def test_one_interface_and_one_range_per_bridge_and_nothing_else_served() -> None:
+def test_every_subnet_of_the_pool_has_its_range_and_only_users_bridges_are_served() -> None:
+    """One wildcard interface line and a range per subnet of the pool: a bridge made after
+    dnsmasq started is served by it at once (rootlesskit asks once, right after the create)."""
     p = plan()
-    bridges = [("nsgu23002", networks_conf.subnet(p, 7)), ("nsgu23001", networks_conf.subnet(p, 3))]
-    conf = lines(dnsmasq_conf.config(p, bridges, "/run/nsgate/dhcp", user="dnsmasq"))
-    assert [line for line in conf if line.startswith(("interface=", "dhcp-range="))] == [
-        "interface=nsgu23001", "dhcp-range=10.210.3.2,10.210.3.254,255.255.255.0,1h",
-        "interface=nsgu23002", "dhcp-range=10.210.7.2,10.210.7.254,255.255.255.0,1h"]
+    conf = lines(dnsmasq_conf.config(p, [], "/run/nsgate/dhcp", user="dnsmasq"))
+    assert [line for line in conf if line.startswith("interface=")] == ["interface=nsgu*"]
+    ranges = [line for line in conf if line.startswith("dhcp-range=")]
+    assert len(ranges) == p.capacity == 256
+    assert ranges[3] == "dhcp-range=10.210.3.2,10.210.3.254,255.255.255.0,1h"
     for wanted in ("bind-dynamic", "except-interface=lo", "user=dnsmasq", "log-facility=-",
                    "no-hosts", "resolv-file=/etc/resolv.conf", "dhcp-authoritative",
                    "dhcp-ignore-clid", "dhcp-ignore-names", "no-ping", "pid-file=",
-                   "dhcp-leasefile=/run/nsgate/dhcp/leases", "dhcp-lease-max=506"):
+                   "dhcp-leasefile=/run/nsgate/dhcp/leases", f"dhcp-lease-max={256 * 253}"):
         assert wanted in conf, wanted
     assert "enable-ra" not in conf
     assert not any(line.startswith(("conf-dir", "conf-file", "dhcp-script", "listen-address"))
                    for line in conf)
 
 
+@given(st.integers(17, 30), st.integers(0, 1 << 14))
+def test_each_range_is_the_subnets_dhcp_range(prefix: int, pick: int) -> None:
+    p = plan(b"ipv4-pool 10.210.0.0/16 %d\n" % prefix)
+    ranges = [line for line in lines(dnsmasq_conf.config(p, [], "/r"))
+              if line.startswith("dhcp-range=")]
+    index = pick % p.capacity
+    subnet = networks_conf.subnet(p, index)
+    assert ranges[index] == (f"dhcp-range={subnet.dhcp_first},{subnet.dhcp_last},"
+                             f"{subnet.ipv4.netmask},1h")
+
+
+def test_derived_plans_range_the_uid_range_and_bridges_beyond_a_limit_are_added() -> None:
+    p = plan(b"ipv4-pool 10.0.0.0/8 24\nallocation derived\n")
+    p_small = networks_conf.parse(b"ipv4-pool 10.0.0.0/8 24\nallocation derived\n",
+                                  b"UID_MIN 1000\nUID_MAX 1009\n")
+    small = [line for line in lines(dnsmasq_conf.config(p_small, [], "/r"))
+             if line.startswith("dhcp-range=")]
+    assert len(small) == 10
+    assert len([line for line in lines(dnsmasq_conf.config(p, [], "/r"))
+                if line.startswith("dhcp-range=")]) == 59001
+    huge = plan(b"ipv4-pool 10.0.0.0/8 30\n")
+    far = networks_conf.subnet(huge, 3_000_000)
+    ranges = [line for line in lines(dnsmasq_conf.config(huge, [("nsgu9", far)], "/r"))
+              if line.startswith("dhcp-range=")]
+    assert len(ranges) == dnsmasq_conf.RANGE_LIMIT + 1
+    assert ranges[-1] == f"dhcp-range={far.dhcp_first},{far.dhcp_last},255.255.255.252,1h"
+
+
 def test_the_order_of_bridges_does_not_change_the_configuration() -> None:
-    p = plan()
-    one = [("nsgu1", networks_conf.subnet(p, 1)), ("nsgu2", networks_conf.subnet(p, 2))]
+    p = plan(b"ipv4-pool 10.0.0.0/8 30\n")
+    one = [("nsgu1", networks_conf.subnet(p, 70000)), ("nsgu2", networks_conf.subnet(p, 80000))]
     assert dnsmasq_conf.config(p, one, "/r") == dnsmasq_conf.config(p, one[::-1], "/r")
     assert "user=nobody" in lines(dnsmasq_conf.config(p, one, "/r"))
 
 
-def test_ipv6_plans_advertise_each_bridges_64_stateless() -> None:
+def test_ipv6_plans_advertise_on_every_users_bridge_with_a_fixed_duid() -> None:
+    """dnsmasq takes its DUID from a link's MAC unless told one: with no bridge yet it would
+    not start."""
     p = plan(V6)
-    conf = lines(dnsmasq_conf.config(p, [("nsgu1000", networks_conf.subnet(p, 2))], "/r"))
+    conf = lines(dnsmasq_conf.config(p, [], "/r"))
     assert "enable-ra" in conf
-    assert "dhcp-range=fd42:6e73:0:2::,ra-stateless,64,1h" in conf
-
-
-def test_no_bridge_is_no_configuration() -> None:
-    """dnsmasq with no interface= line would serve every interface of the host."""
-    with pytest.raises(ValueError):
-        dnsmasq_conf.config(plan(), [], "/r")
+    assert "dhcp-range=::,constructor:nsgu*,ra-stateless,64,1h" in conf
+    assert f"dhcp-duid={dnsmasq_conf.DUID}" in conf
 
 
 LEASES = (b"1796470604 0a:18:ea:1f:64:02 10.210.3.89 * *\n"

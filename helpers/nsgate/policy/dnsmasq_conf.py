@@ -2,10 +2,10 @@
 IPv6 router advertisements, a DNS forwarder on each gateway), and the pruning of its lease file.
 Bytes in, bytes out.
 
-Each bridge is named (`interface=`), so dnsmasq answers on nothing else: not on the loopback
+dnsmasq answers only on links named nsgu* (`interface=nsgu*`): not on the loopback
 (`except-interface=lo`, which `interface=` would otherwise add), not on the uplink. With
-`bind-dynamic` it binds each gateway address as it appears, so a bridge whose address comes
-after the start is served, and a resolver of the host on other addresses is left alone.
+`bind-dynamic` it binds each gateway address as it appears, so a bridge made after the start is
+served at once, and a resolver of the host on other addresses is left alone.
 Which range serves a request is decided by dnsmasq from the address of the bridge it came in on:
 a user's container can only get an address of that user's subnet. Leases are tied to the MAC
 (`dhcp-ignore-clid`), which nsgate makes stable per container; names sent by clients are
@@ -15,23 +15,41 @@ addresses of another user's.
 
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
+from nsgate.policy import nicnames
 from nsgate.policy.networks_conf import Plan, Subnet
 
 LEASE_TIME = "1h"
 RESOLV_CONF = "/etc/resolv.conf"
 CONF_NAME = "dnsmasq.conf"
 LEASES_NAME = "leases"
+PRIVATE_BRIDGES = nicnames.PRIVATE_BRIDGE_PREFIX.decode() + "*"
+RANGE_LIMIT = 65536  # ranges written for a pool's first subnets; beyond, only those in use
+# DUID-EN: nsgate has no enterprise number of its own; RFC 5612's (32473) is one nobody owns,
+# and the DUID need only tell servers of one link apart.
+DUID = "32473,6e736761746564"  # "nsgated"
 
 
 def config(plan: Plan, bridges: list[tuple[str, Subnet]], run_dir: str, *,
            user: str = "nobody") -> bytes:
-    """dnsmasq's configuration serving `bridges` (name, subnet; at least one: with no
-    `interface=` line dnsmasq would serve every interface), running as `user` once started,
-    its lease file in `run_dir`."""
-    if not bridges:
-        raise ValueError("a dnsmasq configuration needs at least one bridge")
+    """dnsmasq's configuration serving every private bridge of `plan`, those of `bridges`
+    (name, subnet) and those still to come, running as `user` once started, its lease file in
+    `run_dir`.
+
+    A bridge made after dnsmasq started is served at once, with no restart: dnsmasq answers on
+    the links named nsgu* (`interface=` with a wildcard; only root names links in the host's
+    namespace) and picks the range by the address of the link a request came in on, so every
+    subnet of the pool has its range (the first RANGE_LIMIT, and any bridge's beyond). A client
+    such as rootlesskit's asks once, right after lxc-user-nic returns, and never again: a
+    restart for its new bridge would lose that question. The server DUID is fixed
+    (`dhcp-duid`): dnsmasq would otherwise take it from a link's MAC and refuse to start with
+    no bridge yet."""
+    usable = plan.capacity
+    if plan.allocation == "derived":
+        usable = min(usable, plan.uid_max - plan.uid_min + 1)
+    indexes = sorted({*range(min(usable, RANGE_LIMIT)), *(subnet.index for _, subnet in bridges)})
     lines = [
         "# written by nsgated (nsgated(8)) from /etc/nsgate/networks.conf: do not edit",
+        f"interface={PRIVATE_BRIDGES}",
         "bind-dynamic",
         "except-interface=lo",
         f"user={user}",
@@ -44,28 +62,39 @@ def config(plan: Plan, bridges: list[tuple[str, Subnet]], run_dir: str, *,
         "dhcp-authoritative",
         "dhcp-ignore-clid",
         "dhcp-ignore-names",
-        # no ping of an address before it is offered: with it, dnsmasq 2.90 leaves clients
-        # asking at the same moment on one bridge without their DHCPACK (containers starting
-        # together); a user's subnet holds only that user's containers
+        # no ping before an offer: with it, clients asking at once on one bridge got no ack
         "no-ping",
         f"dhcp-leasefile={run_dir}/{LEASES_NAME}",
         # one user's containers cannot use up the leases another user's need
-        f"dhcp-lease-max={sum(_range_size(subnet) for _, subnet in bridges)}",
+        f"dhcp-lease-max={len(indexes) * _range_size(plan)}",
     ]
+    lines += _ranges(plan, indexes)
     if plan.ipv6_pool is not None:
-        lines.append("enable-ra")
-    for name, subnet in sorted(bridges, key=lambda bridge: bridge[1].index):
-        lines.append(f"interface={name}")
-        lines.append(f"dhcp-range={subnet.dhcp_first},{subnet.dhcp_last},"
-                     f"{subnet.ipv4.netmask},{LEASE_TIME}")
-        if plan.ipv6_pool is not None and subnet.ipv6 is not None:
-            lines.append(f"dhcp-range={subnet.ipv6.network_address},ra-stateless,"
-                         f"{subnet.ipv6.prefixlen},{LEASE_TIME}")
+        lines += ["enable-ra", f"dhcp-duid={DUID}",
+                  f"dhcp-range=::,constructor:{PRIVATE_BRIDGES},ra-stateless,"
+                  f"{plan.ipv6_prefix},{LEASE_TIME}"]
     return "".join(line + "\n" for line in lines).encode()
 
 
-def _range_size(subnet: Subnet) -> int:
-    return int(subnet.dhcp_last) - int(subnet.dhcp_first) + 1
+def _range_size(plan: Plan) -> int:
+    """Addresses DHCP hands out in a subnet: all but the network, the gateway, the broadcast."""
+    return (1 << (32 - plan.ipv4_prefix)) - 3
+
+
+def _ranges(plan: Plan, indexes: list[int]) -> list[str]:
+    """The `dhcp-range` lines of subnets `indexes` (as networks_conf.subnet gives them: the
+    gateway first, DHCP the rest but the broadcast), in integers: tens of thousands of
+    ipaddress objects would take a second on every refresh."""
+    size = 1 << (32 - plan.ipv4_prefix)
+    base = int(plan.ipv4_pool.network_address)
+    netmask = plan.ipv4_pool.__class__(f"0.0.0.0/{plan.ipv4_prefix}").netmask
+    return [f"dhcp-range={_dotted(base + index * size + 2)},"
+            f"{_dotted(base + index * size + size - 2)},{netmask},{LEASE_TIME}"
+            for index in indexes]
+
+
+def _dotted(address: int) -> str:
+    return f"{address >> 24}.{address >> 16 & 255}.{address >> 8 & 255}.{address & 255}"
 
 
 def prune_leases(data: bytes, keep: "list[IPv4Network | IPv6Network]") -> bytes:

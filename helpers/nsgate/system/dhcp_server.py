@@ -5,9 +5,11 @@ network keeper (system/network_keeper.py), configured by policy/dnsmasq_conf.py.
   as root, before it drops to its user, and keeps it open) and `dnsmasq.pid`, written here so
   that a keeper started after one that was killed stops the dnsmasq it left (a dnsmasq that has
   changed its user keeps no parent-death signal).
-- dnsmasq is restarted only when its configuration changes (a bridge came or went, the plan
-  changed); between the stop and the start the leases of subnets no longer served are pruned
-  from the lease file, so an address of a bridge that went is not kept for a MAC forever.
+- dnsmasq runs while networks.conf gives a plan, bridges or none; a bridge that comes is served
+  by it as it is (policy/dnsmasq_conf.py). It is restarted only when its configuration changes
+  (the plan changed) or a bridge went: between the stop and the start the leases of subnets no
+  longer there are pruned from the lease file, so an address of a bridge that went is not kept
+  for a MAC forever.
 - It runs in the foreground, in a session of its own; what it prints (`log-facility=-`) comes
   through a pipe and is passed to the keeper's log line by line. If it dies, it is started
   again, at most RESTARTS times a minute.
@@ -122,6 +124,7 @@ class DhcpServer:
         self.wanted: bytes | None = None  # the configuration it must run with
         self.running: bytes | None = None  # the one it was started with
         self.keep: list[IPv4Network | IPv6Network] = []
+        self.names: set[str] = set()  # the bridges there when it was last told
         self.pid = 0
         self.pidfd = -1
         self.output = -1
@@ -153,17 +156,20 @@ class DhcpServer:
 
     # --- what to serve ------------------------------------------------------------------------
     def serve(self, plan: Plan | None, bridges: list[tuple[str, Subnet]]) -> None:
-        """dnsmasq serving `bridges` under `plan`; none (or no plan): no dnsmasq. Restarted
-        only if its configuration changes; leases of the networks it no longer serves are
-        pruned before it starts again."""
+        """dnsmasq serving the private bridges of `plan` (`bridges` are those there now; no
+        plan: no dnsmasq). A bridge that comes is served by the running dnsmasq; dnsmasq is
+        restarted only when its configuration changes or a bridge it served went, and then the
+        leases of the networks no longer there are pruned before it starts again."""
         wanted = None
-        if plan is not None and bridges:
+        if plan is not None:
             wanted = dnsmasq_conf.config(plan, bridges, self.run_dir, user=dnsmasq_user())
         if wanted != self.wanted:
             self.starts.clear()  # a new configuration gets a fresh budget of restarts
-        self.wanted = wanted
+        names = {name for name, _ in bridges}
+        gone = bool(self.names - names)
+        self.wanted, self.names = wanted, names
         self.keep = served_networks(bridges) if wanted is not None else []
-        if self.pid and wanted == self.running:
+        if self.pid and wanted == self.running and not gone:
             return
         if self.pid:
             self._stop_child()
@@ -216,12 +222,8 @@ class DhcpServer:
             _replace(f"{self.run_dir}/{PID_FILE}", b"%d\n" % pid)
         except OSError as err:
             self.log(f"writing {self.run_dir}/{PID_FILE}: {err.strerror}", True)
-        self.log(f"started dnsmasq (pid {pid}) for {self._bridges_text()}", False)
-
-    def _bridges_text(self) -> str:
-        names = [line[len(b"interface="):].decode() for line in (self.running or b"").split(b"\n")
-                 if line.startswith(b"interface=")]
-        return ", ".join(names)
+        bridges = ", ".join(sorted(self.names)) or "none yet"
+        self.log(f"started dnsmasq (pid {pid}) for the private bridges (now: {bridges})", False)
 
     def fds(self) -> list[int]:
         return [fd for fd in (self.pidfd, self.output) if fd >= 0]

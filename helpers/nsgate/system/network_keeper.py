@@ -7,10 +7,11 @@
   not parse, or cannot be trusted, or a plan the host refuses: logged, and the last plan that
   was applied stays in force, for the table and for DHCP. A failed apply is tried again,
   RETRY_SECONDS doubled up to RETRY_MAX_SECONDS while it keeps failing.
-- The DHCP server (system/dhcp_server.py, one dnsmasq) serves the private bridges that exist
-  and that nsgate recorded, each with the subnet its user has; it is refreshed when one comes
-  or goes (link notifications, system/link_events.py), when a record changes, and when the plan
-  does. No networks.conf (or no private bridge): no dnsmasq.
+- The DHCP server (system/dhcp_server.py, one dnsmasq) runs while a plan is in force and
+  serves every private bridge, those to come too; it is told the bridges there (existing and
+  recorded) when one comes or goes (link notifications, system/link_events.py), when a record
+  changes, and when the plan does, and restarts only for a plan that changed or a bridge that
+  went (whose leases are pruned). No networks.conf: no dnsmasq.
 - It stops dnsmasq when it stops: when `stop_fd` becomes readable (the service closes its end
   of the pipe on stop, on restart, or by dying).
 - Everything it does, and every failure, goes to syslog (authpriv, tagged nsgated); so does
