@@ -240,3 +240,21 @@ def private_dev_log() -> Iterator[socket.socket]:
     finally:
         sock.close()
         subprocess.run(["umount", "/dev"], check=True)
+
+
+def fault_points(trace: str, fault: str) -> list[tuple[str, int]]:
+    """(system call, its nth occurrence) of every call an `strace -o` log shows from the helper's
+    first fork on (its nft runner's: where its action starts), to inject `fault` at each in turn;
+    with `error=EIO` the interpreter's memory calls are left out (a failing brk or mmap is a
+    MemoryError, not a step of the action)."""
+    calls = [line.split("(", 1)[0] for line in trace.splitlines()
+             if "(" in line and line[0].isalpha()]
+    forked = next(i for i, name in enumerate(calls) if name in ("clone", "clone3", "fork"))
+    seen: dict[str, int] = {}
+    points = []
+    memory = ("brk", "mmap", "munmap", "mremap", "madvise", "mprotect")
+    for position, name in enumerate(calls):
+        seen[name] = seen.get(name, 0) + 1
+        if position >= forked and not (fault == "error=EIO" and name in memory):
+            points.append((name, seen[name]))
+    return points

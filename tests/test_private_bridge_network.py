@@ -19,7 +19,17 @@ from nsgate.policy import network_ruleset, networks_conf, nic_macs
 
 from tests.admin_support import clean_nic_state, links
 from tests.service_support import keeper_paused
-from tests.support import ALICE, BOB, CAROL, User, helper, only_transport, run_as, write_etc
+from tests.support import (
+    ALICE,
+    BOB,
+    CAROL,
+    User,
+    fault_points,
+    helper,
+    only_transport,
+    run_as,
+    write_etc,
+)
 from tests.usernic_support import (
     NET_ADDR_RANDOM,
     NET_ADDR_SET,
@@ -350,16 +360,7 @@ def test_a_create_that_fails_anywhere_leaves_no_wrong_address_and_no_half_table(
     traced = subprocess.run(["strace", "-qq", "-o", str(log), "-u", ALICE.name, *argv],
                             capture_output=True, text=True, timeout=60)
     assert traced.returncode == 0, traced.stderr
-    calls = [line.split("(", 1)[0] for line in log.read_text().splitlines()
-             if "(" in line and line[0].isalpha()]
-    forked = next(i for i, name in enumerate(calls) if name in ("clone", "clone3", "fork"))
-    seen: dict[str, int] = {}
-    points = []
-    memory = ("brk", "mmap", "munmap", "mremap", "madvise", "mprotect")  # the interpreter's
-    for position, name in enumerate(calls):
-        seen[name] = seen.get(name, 0) + 1
-        if position >= forked and not (fault == "error=EIO" and name in memory):
-            points.append((name, seen[name]))
+    points = fault_points(log.read_text(), fault)
     for name, when in points:
         reset()
         result = subprocess.run(["strace", "-qq", "-o", "/dev/null", "-u", ALICE.name, "-e",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ALICE, BOB, helper, only_transport, run_as, write_etc
+from tests.support import ALICE, BOB, fault_points, helper, only_transport, run_as, write_etc
 from tests.test_usernic_isolation import Container, network  # noqa: F401 - the fixture
 from tests.usernic_support import WORK, wait_until
 
@@ -252,16 +252,7 @@ def test_a_create_that_fails_while_installing_the_table_leaves_it_whole_or_absen
     traced = subprocess.run(["strace", "-qq", "-o", str(log), "-u", ALICE.name, *argv],
                             capture_output=True, text=True, timeout=60)
     assert traced.returncode == 0, traced.stderr
-    calls = [line.split("(", 1)[0] for line in log.read_text().splitlines()
-             if "(" in line and line[0].isalpha()]
-    forked = next(i for i, name in enumerate(calls) if name in ("clone", "clone3", "fork"))
-    seen: dict[str, int] = {}
-    points = []
-    memory = ("brk", "mmap", "munmap", "mremap", "madvise", "mprotect")  # the interpreter's
-    for position, name in enumerate(calls):
-        seen[name] = seen.get(name, 0) + 1
-        if position >= forked and not (fault == "error=EIO" and name in memory):
-            points.append((name, seen[name]))
+    points = fault_points(log.read_text(), fault)
     done = 0
     for name, when in points:
         subprocess.run(["nft", "delete", "table", "bridge", "nsgate"], capture_output=True)

@@ -35,6 +35,7 @@ from nsgate.system import (
     network_plan,
     nicdb_store,
     private_bridge,
+    procfs,
     rtnl,
 )
 
@@ -167,17 +168,9 @@ class Keeper:
         self.refresh_at, self.refresh_delay = 0.0, RETRY_SECONDS
 
 
-def _name_self(name: bytes) -> None:
-    fd = posix.open("/proc/self/comm", posix.O_WRONLY | posix.O_CLOEXEC)
-    try:
-        posix.write(fd, name)
-    finally:
-        posix.close(fd)
-
-
 def run(stop_fd: int, apply: Apply = apply_network) -> None:
     """Keep the networks until `stop_fd` is readable; then stop dnsmasq."""
-    _name_self(COMM)
+    procfs.name_self(COMM)
     server = dhcp_server.DhcpServer(log)
     try:
         with link_events.LinkEvents(changes=True) as events, rtnl.Rtnl() as net, \

@@ -32,6 +32,7 @@ from nsgate.system import (
     nic_channel,
     nic_commit,
     port_security,
+    procfs,
     programs,
     rtnl,
 )
@@ -264,14 +265,6 @@ def _close_pair(pair: tuple[int, int]) -> None:
         files.close_quietly(fd)
 
 
-def _name_self(name: bytes) -> None:
-    fd = posix.open("/proc/self/comm", posix.O_WRONLY | posix.O_CLOEXEC)
-    try:
-        posix.write(fd, name)
-    finally:
-        posix.close(fd)
-
-
 class CommitterProcess:
     """The committer as a child of the service: `enroll` hands it workers' channels."""
 
@@ -286,7 +279,7 @@ class CommitterProcess:
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # it reaps nft's runner itself
                 for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     signal.signal(signum, signal.SIG_IGN)  # it ends when the service does
-                _name_self(COMM)
+                procfs.name_self(COMM)
                 control = child.detach()
                 gc.collect()  # no garbage of the service's may close a descriptor reused here
                 programs.keep_only_fds(control)

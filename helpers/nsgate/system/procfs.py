@@ -168,3 +168,12 @@ def write_map(dirfd: int, map_file: str, text: bytes) -> None:
             posix.close(fd)
         except OSError as err:
             raise Refusal(f"closing {map_file} failed: {err.strerror}") from None
+
+
+def name_self(name: bytes) -> None:
+    """This process's name in ps and /proc/self/comm (a service's children tell apart)."""
+    fd = posix.open("/proc/self/comm", posix.O_WRONLY | posix.O_CLOEXEC)
+    try:
+        posix.write(fd, name)
+    finally:
+        posix.close(fd)
