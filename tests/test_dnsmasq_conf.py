@@ -33,6 +33,7 @@ def test_every_subnet_of_the_pool_has_its_range_and_only_users_bridges_are_serve
     for wanted in ("bind-dynamic", "except-interface=lo", "user=dnsmasq", "log-facility=-",
                    "no-hosts", "resolv-file=/etc/resolv.conf", "dhcp-authoritative",
                    "dhcp-ignore-clid", "dhcp-ignore-names", "no-ping", "pid-file=",
+                   "quiet-dhcp", "quiet-dhcp6", "quiet-ra",
                    "dhcp-leasefile=/run/nsgate/dhcp/leases", f"dhcp-lease-max={256 * 253}"):
         assert wanted in conf, wanted
     assert "enable-ra" not in conf

@@ -64,6 +64,9 @@ def config(plan: Plan, bridges: list[tuple[str, Subnet]], run_dir: str, *,
         "dhcp-ignore-names",
         # no ping before an offer: with it, clients asking at once on one bridge got no ack
         "no-ping",
+        # the routine exchanges unlogged: containers asking in a loop would fill the keeper's
+        # syslog, and a full /dev/log holds the keeper and then dnsmasq's output pipe
+        "quiet-dhcp", "quiet-dhcp6", "quiet-ra",
         f"dhcp-leasefile={run_dir}/{LEASES_NAME}",
         # one user's containers cannot use up the leases another user's need
         f"dhcp-lease-max={len(indexes) * _range_size(plan)}",
