@@ -57,21 +57,26 @@ def bridge(user: User) -> str:
 
 @pytest.fixture(autouse=True)
 def world() -> Iterator[None]:
-    clean_nic_state()
-    before = links()
-    forwarding = FORWARDING.read_text()
-    Path("/etc/nsgate").mkdir(mode=0o755, exist_ok=True)
-    write_etc("lxc/lxc-usernet", "".join(f"{user.name} veth nsgate-private 4\n"
-                                         for user in (ALICE, BOB, CAROL)))
-    yield
-    Proc.stop_all()
-    for name in links() - before:
-        subprocess.run(["ip", "link", "del", name], capture_output=True)
-    NETWORKS.unlink(missing_ok=True)
-    subprocess.run(["nft", "delete", "table", "inet", "nsgate"], capture_output=True)
-    FORWARDING.write_text(forwarding)
-    Path("/etc/lxc/lxc-usernet").unlink(missing_ok=True)
-    clean_nic_state()
+    """These tests are of what lxc-user-nic (the setuid helper, or the service's worker and
+    committer) does with networks.conf: the service's network keeper, which applies the file on
+    its own a moment after it changes (test_dhcp_service.py, test_user_networks.py), is held
+    still until everything is clean again."""
+    with keeper_paused():
+        clean_nic_state()
+        before = links()
+        forwarding = FORWARDING.read_text()
+        Path("/etc/nsgate").mkdir(mode=0o755, exist_ok=True)
+        write_etc("lxc/lxc-usernet", "".join(f"{user.name} veth nsgate-private 4\n"
+                                             for user in (ALICE, BOB, CAROL)))
+        yield
+        Proc.stop_all()
+        for name in links() - before:
+            subprocess.run(["ip", "link", "del", name], capture_output=True)
+        NETWORKS.unlink(missing_ok=True)
+        subprocess.run(["nft", "delete", "table", "inet", "nsgate"], capture_output=True)
+        FORWARDING.write_text(forwarding)
+        Path("/etc/lxc/lxc-usernet").unlink(missing_ok=True)
+        clean_nic_state()
 
 
 def addresses(name: str) -> list[str]:
@@ -295,20 +300,19 @@ def test_a_table_that_cannot_be_loaded_refuses_and_attaches_nothing():
     already, so only the network table needs it): a refusal naming the table, no bridge, no
     nic, no table."""
     nic(BOB)  # the port security table, loaded while nft works
-    with keeper_paused():  # (the service's keeper would load the table on its own)
-        write_etc("nsgate/networks.conf", PLAN)
-        before = set(ip_links())
-        subprocess.run(["mount", "--bind", "/usr/bin/false", "/usr/sbin/nft"], check=True)
-        try:
-            ctr = Proc.container(ALICE)
-            result = create(ALICE, ctr.pid, bridge="nsgate-private")
-        finally:
-            subprocess.run(["umount", "/usr/sbin/nft"], check=True)
-        assert result.returncode == 1
-        assert b"could not set up nftables table inet nsgate" in result.stderr, result.stderr
-        assert set(ip_links()) == before
-        assert set(ctr.links()) == {"lo"}
-        assert table() is None
+    write_etc("nsgate/networks.conf", PLAN)
+    before = set(ip_links())
+    subprocess.run(["mount", "--bind", "/usr/bin/false", "/usr/sbin/nft"], check=True)
+    try:
+        ctr = Proc.container(ALICE)
+        result = create(ALICE, ctr.pid, bridge="nsgate-private")
+    finally:
+        subprocess.run(["umount", "/usr/sbin/nft"], check=True)
+    assert result.returncode == 1
+    assert b"could not set up nftables table inet nsgate" in result.stderr, result.stderr
+    assert set(ip_links()) == before
+    assert set(ctr.links()) == {"lo"}
+    assert table() is None
 
 
 def test_two_twins_at_once_never_share_a_mac():
