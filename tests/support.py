@@ -242,19 +242,36 @@ def private_dev_log() -> Iterator[socket.socket]:
         subprocess.run(["umount", "/dev"], check=True)
 
 
-def fault_points(trace: str, fault: str) -> list[tuple[str, int]]:
+# Calls whose effect outlives the process: before one, a kill leaves the world as it was after
+# the last one (a descriptor closed, a lock released by the death itself are the same either way).
+LASTING_CALLS = frozenset((
+    "write", "writev", "pwrite64", "sendto", "sendmsg", "sendmmsg", "rename", "renameat",
+    "renameat2", "unlink", "unlinkat", "mkdir", "mkdirat", "rmdir", "fchmod", "fchmodat",
+    "chmod", "fchown", "fchownat", "ftruncate", "fsync", "fdatasync", "linkat", "symlinkat",
+    "clone", "clone3", "fork", "vfork", "kill", "tgkill", "pidfd_send_signal", "execve"))
+
+
+def fault_points(trace: str, fault: str, start: str | None = None) -> list[tuple[str, int]]:
     """(system call, its nth occurrence) of every call an `strace -o` log shows from the helper's
     first fork on (its nft runner's: where its action starts), to inject `fault` at each in turn;
     with `error=EIO` the interpreter's memory calls are left out (a failing brk or mmap is a
-    MemoryError, not a step of the action)."""
+    MemoryError, not a step of the action); with `signal=KILL` only the first call after each
+    call of LASTING_CALLS (a kill anywhere between two of those leaves the same world); with
+    `start`, from the first such call after the fork on (e.g. the lock's `flock`)."""
     calls = [line.split("(", 1)[0] for line in trace.splitlines()
              if "(" in line and line[0].isalpha()]
     forked = next(i for i, name in enumerate(calls) if name in ("clone", "clone3", "fork"))
+    begin = forked if start is None else calls.index(start, forked)
     seen: dict[str, int] = {}
     points = []
     memory = ("brk", "mmap", "munmap", "mremap", "madvise", "mprotect")
     for position, name in enumerate(calls):
         seen[name] = seen.get(name, 0) + 1
-        if position >= forked and not (fault == "error=EIO" and name in memory):
+        if position < begin:
+            continue
+        after_lasting = position == begin or calls[position - 1] in LASTING_CALLS
+        if fault == "signal=KILL" and not after_lasting:
+            continue
+        if not (fault == "error=EIO" and name in memory):
             points.append((name, seen[name]))
     return points

@@ -17,7 +17,7 @@ import threading
 
 import pytest
 
-from tests.support import ALICE, BOB, write_etc
+from tests.support import ALICE, BOB, LASTING_CALLS, write_etc
 from tests.usernic_support import DB_DIR, NSGATE_NIC, Proc, clean_db, create, db_lines
 
 QUOTA = 1000
@@ -66,16 +66,22 @@ def syscall_trace(container: Proc, bridge: str) -> list[str]:
         return [line.split("(", 1)[0] for line in trace if "(" in line and line[0].isalpha()]
 
 
-def injection_points(calls: list[str], before_lock: bool) -> list[tuple[str, int]]:
+def injection_points(calls: list[str], before_lock: bool, *,
+                     kill: bool = False) -> list[tuple[str, int]]:
     """(system call, its n-th invocation) for every call from taking the lock on (where the
     database and the links change), and with `before_lock` for every eighth call before it
-    (start-up and checks, where an error in the dynamic loader is not nsgate's to report)."""
+    (start-up and checks, where an error in the dynamic loader is not nsgate's to report). To
+    `kill`, only the lock's and the first call after each of LASTING_CALLS (with `before_lock`
+    before the lock too): a kill anywhere between two of those leaves the same world."""
     seen: dict[str, int] = {}
     points = []
     locked = calls.index("flock")
     for position, name in enumerate(calls):
         seen[name] = seen.get(name, 0) + 1
-        if position >= locked or (before_lock and position % 8 == 0):
+        after_lasting = position == locked or calls[position - 1] in LASTING_CALLS
+        if kill and not after_lasting:
+            continue
+        if position >= locked or (before_lock and (kill or position % 8 == 0)):
             points.append((name, seen[name]))
     return points
 
@@ -111,7 +117,7 @@ def start_over(bridge: str) -> None:
 def test_every_system_call_of_a_create_is_a_safe_place_to_fail(world, fault, bridge):
     start_over(bridge)
     points = injection_points(syscall_trace(Proc.container(ALICE), bridge),
-                              fault == "signal=KILL")
+                              fault == "signal=KILL", kill=fault == "signal=KILL")
     stop = threading.Event()
     bob_results: list[int] = []
 

@@ -380,7 +380,8 @@ def test_every_system_call_of_an_open_vswitch_create_is_a_safe_place_to_fail(bri
     vSwitch bridge, bob creating on it all along: the db and the nics stay consistent, a failed
     create leaves neither a nic nor a port of its own, and the next create works."""
     grant("nsgt-alice veth ovsbr 1000", "nsgt-bob veth ovsbr 1000")
-    points = injection_points(syscall_trace(Proc.container(ALICE), "ovsbr"), False)
+    points = injection_points(syscall_trace(Proc.container(ALICE), "ovsbr"), False,
+                              kill=fault == "signal=KILL")
     stop = threading.Event()
     bob_results: list[int] = []
 
