@@ -96,6 +96,28 @@ def _reason(err: Exception) -> str:
     return err.first if isinstance(err, Refusal) else str(err)
 
 
+class _Backoff:
+    """When to try a failed step again: RETRY_SECONDS after the first failure, doubled up to
+    RETRY_MAX_SECONDS while it keeps failing; `at` is 0 while no retry is pending."""
+
+    def __init__(self) -> None:
+        self.at = 0.0  # monotonic clock
+        self.delay = RETRY_SECONDS
+
+    def due(self) -> bool:
+        return time.monotonic() >= self.at
+
+    def failed(self) -> float:
+        """Schedule the retry; the seconds until it."""
+        delay = self.delay
+        self.at = time.monotonic() + delay
+        self.delay = min(delay * 2, RETRY_MAX_SECONDS)
+        return delay
+
+    def succeeded(self) -> None:
+        self.at, self.delay = 0.0, RETRY_SECONDS
+
+
 class Keeper:
     """The keeper's state: the plan in force and what must be done next."""
 
@@ -105,19 +127,17 @@ class Keeper:
         self.plan: Plan | None = None  # the last plan applied
         self.seen: object = ()  # the identities of WATCHED last acted on
         self.records: object = ()  # the identities of RECORDS last read
-        self.retry_at = 0.0  # an apply to try again (monotonic clock), or 0
-        self.delay = RETRY_SECONDS
+        self.applying = _Backoff()  # an apply that failed, to try again
         self.stale = True  # the bridges must be looked at again
-        self.refresh_at = 0.0  # not before (monotonic clock): after a failure
-        self.refresh_delay = RETRY_SECONDS
+        self.refreshing = _Backoff()  # a refresh that failed: not before its time
 
     def check_plan(self) -> None:
         """Read and apply networks.conf if it changed (or an apply is due again)."""
         now = tuple(identity(path) for path in WATCHED)
-        if now == self.seen and not (self.retry_at and time.monotonic() >= self.retry_at):
+        if now == self.seen and not (self.applying.at and self.applying.due()):
             return
         self.seen = now
-        self.retry_at = 0.0
+        self.applying.at = 0.0
         try:
             plan = network_plan.load()
         except Refusal as refusal:
@@ -127,11 +147,9 @@ class Keeper:
             changes = self.apply(plan)
         except (Refusal, OSError) as err:
             log(f"applying {networks_conf.PATH}: {_reason(err)}; the networks stay as they "
-                f"were; trying again in {self.delay:g} s", True)
-            self.retry_at = time.monotonic() + self.delay
-            self.delay = min(self.delay * 2, RETRY_MAX_SECONDS)
+                f"were; trying again in {self.applying.failed():g} s", True)
             return
-        self.delay = RETRY_SECONDS
+        self.applying.succeeded()
         for change in changes:
             log(f"applied {networks_conf.PATH}: {change}")
         if plan != self.plan:
@@ -153,19 +171,17 @@ class Keeper:
     def refresh(self) -> None:
         """dnsmasq serving the private bridges of now (none without a plan). A failure is
         logged and tried again, RETRY_SECONDS doubled up to RETRY_MAX_SECONDS."""
-        if not self.stale or time.monotonic() < self.refresh_at:
+        if not self.stale or not self.refreshing.due():
             return
         try:
             bridges = [] if self.plan is None else served_bridges(self.net, self.plan)
             self.server.serve(self.plan, bridges)
         except (Refusal, OSError) as err:
             log(f"serving DHCP on the private bridges: {_reason(err)}; trying again in "
-                f"{self.refresh_delay:g} s", True)
-            self.refresh_at = time.monotonic() + self.refresh_delay
-            self.refresh_delay = min(self.refresh_delay * 2, RETRY_MAX_SECONDS)
+                f"{self.refreshing.failed():g} s", True)
             return
         self.stale = False
-        self.refresh_at, self.refresh_delay = 0.0, RETRY_SECONDS
+        self.refreshing.succeeded()
 
 
 def run(stop_fd: int, apply: Apply = apply_network) -> None:
